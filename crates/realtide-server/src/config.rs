@@ -1,0 +1,180 @@
+//! Typed configuration of `realtide serve`, loaded once from flags and the environment.
+//!
+//! Every setting has an environment variable (Supabase Realtime's name where one exists) and a
+//! flag; flags win. Validation happens once at start; an invalid setting stops the process with
+//! one line naming it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::Args;
+use realtide_auth::JwtVerifier;
+
+/// Command-line / environment settings of `realtide serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Port to listen on (0 picks a free port).
+    #[arg(long, env = "PORT", default_value_t = 4000)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// HS256/384/512 secret used to verify JWTs (alias: API_JWT_SECRET).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Alias of JWT_SECRET.
+    #[arg(long, env = "API_JWT_SECRET", hide_env_values = true)]
+    pub api_jwt_secret: Option<String>,
+    /// JSON Web Key Set (`{"keys":[...]}`) for asymmetric JWTs and `kid`-selected HS keys.
+    #[arg(long, env = "JWT_JWKS", hide_env_values = true)]
+    pub jwt_jwks: Option<String>,
+    /// JSON object of exact-match claim validators.
+    #[arg(long, env = "JWT_CLAIM_VALIDATORS")]
+    pub jwt_claim_validators: Option<String>,
+    /// PostgreSQL URL (optional; postgres_changes needs it).
+    #[arg(long, env = "DB_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
+    /// Delay before a failed join's error reply, in milliseconds.
+    #[arg(long, env = "CHANNEL_ERROR_BACKOFF_MS", default_value_t = 5000)]
+    pub channel_error_backoff_ms: u64,
+    /// Delay before a failed connect's HTTP error, in milliseconds.
+    #[arg(long, env = "CONNECT_ERROR_BACKOFF_MS", default_value_t = 2000)]
+    pub connect_error_backoff_ms: u64,
+    /// Largest accepted payload, in kilobytes (limit = value × 1000 + 500 bytes).
+    #[arg(long, env = "TENANT_MAX_PAYLOAD_SIZE_IN_KB", default_value_t = 3000)]
+    pub max_payload_size_in_kb: u64,
+    /// Most channels one socket may have joined at once.
+    #[arg(long, env = "TENANT_MAX_CHANNELS_PER_CLIENT", default_value_t = 100)]
+    pub max_channels_per_client: usize,
+    /// Largest WebSocket message accepted; bigger ones close the socket.
+    #[arg(long, env = "WEBSOCKET_MAX_FRAME_SIZE", default_value_t = 5_000_000)]
+    pub max_frame_size: usize,
+    /// Idle time after which a socket that sent nothing is closed, in milliseconds.
+    #[arg(long, env = "WEBSOCKET_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Outbound queue bound per connection, in frames.
+    #[arg(long, env = "OUTBOUND_QUEUE_MESSAGES", default_value_t = 10_000)]
+    pub outbound_queue_messages: usize,
+    /// Outbound queue bound per connection, in bytes.
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Validated configuration, passed down by value.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// JWT verifier built from the secret / JWKS / validators.
+    pub jwt: JwtVerifier,
+    /// Database URL, when configured.
+    pub db_url: Option<String>,
+    /// Delay before join error replies.
+    pub channel_error_backoff: Duration,
+    /// Delay before connect error responses.
+    pub connect_error_backoff: Duration,
+    /// Largest accepted payload in bytes.
+    pub max_payload_bytes: usize,
+    /// Most channels per socket.
+    pub max_channels_per_client: usize,
+    /// Largest WebSocket message.
+    pub max_frame_size: usize,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Outbound queue bounds.
+    pub outbox: crate::outbox::OutboxLimits,
+    /// Emit JSON logs.
+    pub json_logs: bool,
+}
+
+/// A setting that failed validation; its message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither a secret nor a JWKS was given.
+    #[error("JWT_SECRET (or API_JWT_SECRET, or JWT_JWKS) must be set")]
+    MissingJwt,
+    /// The JWT settings are invalid.
+    #[error("invalid JWT configuration: {0}")]
+    Jwt(#[source] realtide_auth::ConfigError),
+    /// A numeric setting is out of range.
+    #[error("{name} must be {rule}")]
+    Range {
+        /// The setting.
+        name: &'static str,
+        /// What it must be.
+        rule: &'static str,
+    },
+    /// LOG_FORMAT is not text or json.
+    #[error("LOG_FORMAT must be `text` or `json`")]
+    LogFormat,
+}
+
+impl ServeArgs {
+    /// Validates the settings into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let secret = self
+            .jwt_secret
+            .or(self.api_jwt_secret)
+            .filter(|s| !s.is_empty());
+        let jwks = self.jwt_jwks.filter(|s| !s.trim().is_empty());
+        if secret.is_none() && jwks.is_none() {
+            return Err(ConfigError::MissingJwt);
+        }
+        let jwt = JwtVerifier::new(
+            secret.as_deref(),
+            jwks.as_deref(),
+            self.jwt_claim_validators.as_deref(),
+        )
+        .map_err(ConfigError::Jwt)?;
+        let positive = |name, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Range {
+                    name,
+                    rule: "greater than 0",
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        positive("TENANT_MAX_PAYLOAD_SIZE_IN_KB", self.max_payload_size_in_kb)?;
+        positive("WEBSOCKET_MAX_FRAME_SIZE", self.max_frame_size as u64)?;
+        positive("WEBSOCKET_IDLE_TIMEOUT_MS", self.idle_timeout_ms)?;
+        positive(
+            "OUTBOUND_QUEUE_MESSAGES",
+            self.outbound_queue_messages as u64,
+        )?;
+        positive("OUTBOUND_QUEUE_BYTES", self.outbound_queue_bytes as u64)?;
+        let json_logs = match self.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            _ => return Err(ConfigError::LogFormat),
+        };
+        let max_payload_bytes = usize::try_from(self.max_payload_size_in_kb)
+            .ok()
+            .and_then(|kb| kb.checked_mul(1000))
+            .and_then(|b| b.checked_add(500))
+            .ok_or(ConfigError::Range {
+                name: "TENANT_MAX_PAYLOAD_SIZE_IN_KB",
+                rule: "a size that fits in memory",
+            })?;
+        Ok(Config {
+            listen: SocketAddr::new(self.host, self.port),
+            jwt,
+            db_url: self.db_url.filter(|s| !s.is_empty()),
+            channel_error_backoff: Duration::from_millis(self.channel_error_backoff_ms),
+            connect_error_backoff: Duration::from_millis(self.connect_error_backoff_ms),
+            max_payload_bytes,
+            max_channels_per_client: self.max_channels_per_client,
+            max_frame_size: self.max_frame_size,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            outbox: crate::outbox::OutboxLimits {
+                messages: self.outbound_queue_messages,
+                bytes: self.outbound_queue_bytes,
+            },
+            json_logs,
+        })
+    }
+}

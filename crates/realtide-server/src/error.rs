@@ -1,0 +1,122 @@
+//! Errors that reach clients, and the one place each is mapped to its wire form.
+
+use axum::http::StatusCode;
+use realtide_auth::AuthError;
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// `realtime:` without a sub-topic.
+    #[error("topic name required")]
+    TopicNameRequired,
+    /// The server is shutting down.
+    #[error("server restarting")]
+    Restarting,
+    /// The socket already has the maximum number of channels.
+    #[error("too many channels")]
+    TooManyChannels,
+    /// The channel token is not acceptable.
+    #[error("invalid channel token")]
+    Token(#[source] AuthError),
+    /// Private channel without read permission (private authorization is not available yet).
+    #[error("unauthorized private channel")]
+    Unauthorized {
+        /// The sub-topic.
+        sub_topic: String,
+    },
+    /// Replay requested on a public channel.
+    #[error("replay on a public channel")]
+    ReplayOnPublic,
+}
+
+impl JoinError {
+    /// The `reason` of the join error reply, `<Code>: <message>` as the reference words it.
+    pub fn reason(&self) -> String {
+        match self {
+            JoinError::TopicNameRequired => {
+                "TopicNameRequired: You must provide a topic name".into()
+            }
+            JoinError::Restarting => {
+                "RealtimeRestarting: Realtime is restarting, please standby".into()
+            }
+            JoinError::TooManyChannels => "ChannelRateLimitReached: Too many channels".into(),
+            JoinError::Token(error) => match error.join_code() {
+                Some(code) => format!("{code}: {error}"),
+                None => "Unknown Error on Channel".into(),
+            },
+            JoinError::Unauthorized { sub_topic } => format!(
+                "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
+            ),
+            JoinError::ReplayOnPublic => {
+                "UnableToReplayMessages: Replay is not allowed for public channels".into()
+            }
+        }
+    }
+}
+
+/// Why a WebSocket connect was refused before the upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No `apikey` query parameter and no `x-api-key` header.
+    #[error("API key is missing")]
+    MissingApiKey,
+    /// The connect token was rejected.
+    #[error("connect token rejected")]
+    Token(#[source] AuthError),
+}
+
+impl ConnectError {
+    /// HTTP status and `error` text of the refusal.
+    pub fn response_parts(&self) -> (StatusCode, String) {
+        match self {
+            ConnectError::MissingApiKey => (StatusCode::UNAUTHORIZED, "API key is missing".into()),
+            ConnectError::Token(AuthError::Expired { .. }) => {
+                (StatusCode::UNAUTHORIZED, "Token has expired".into())
+            }
+            ConnectError::Token(AuthError::ClaimMismatch(_)) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error connecting to Realtime".into(),
+            ),
+            ConnectError::Token(other) => (StatusCode::UNAUTHORIZED, other.to_string()),
+        }
+    }
+}
+
+/// The message a channel is shut down with when its token stops being acceptable.
+pub fn token_shutdown_message(error: &AuthError) -> String {
+    match error {
+        AuthError::ClaimMismatch(_) => "Unknown Error on Channel".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons() {
+        assert_eq!(
+            JoinError::Token(AuthError::Expired { seconds_ago: 7 }).reason(),
+            "InvalidJWTToken: Token has expired 7 seconds ago"
+        );
+        assert_eq!(
+            JoinError::Token(AuthError::Malformed).reason(),
+            "MalformedJWT: The token provided is not a valid JWT"
+        );
+        assert_eq!(
+            JoinError::Unauthorized {
+                sub_topic: "a:b".into()
+            }
+            .reason(),
+            "Unauthorized: You do not have permissions to read from this Channel topic: a:b"
+        );
+        assert_eq!(
+            ConnectError::Token(AuthError::MissingClaims).response_parts(),
+            (
+                StatusCode::UNAUTHORIZED,
+                "Fields `role` and `exp` are required in JWT".into()
+            )
+        );
+    }
+}

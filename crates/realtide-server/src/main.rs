@@ -1,0 +1,136 @@
+//! `realtide`: a Supabase Realtime compatible server.
+//!
+//! Module map:
+//! - [`config`]: typed settings from flags and the environment, validated once.
+//! - [`app`]: shared state, HTTP routes, listening and graceful shutdown.
+//! - [`socket`]: the WebSocket endpoint and connect-time checks.
+//! - [`session`]: one connection's reader loop and its channels (join, leave, broadcast,
+//!   presence, tokens).
+//! - [`outbox`]: the bounded per-connection outbound queue and the writer task.
+//! - [`registry`]: topics, subscribers and fan-out.
+//! - [`presence`]: presence state of a topic.
+//! - [`error`]: client-facing errors and their wire form.
+//! - [`metrics`]: process-wide counters.
+
+mod app;
+mod config;
+mod error;
+mod metrics;
+mod outbox;
+mod presence;
+mod registry;
+mod session;
+mod socket;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ServeArgs;
+
+/// realtide: a Supabase Realtime compatible server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "realtide",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("realtide: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.json_logs);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("realtide: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("realtide: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: config::Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (PORT/HOST): {e}", config.listen))?;
+    let local = listener.local_addr()?;
+    let app = app::App::new(config);
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        shutdown.cancel();
+    });
+    // Tests and scripts read the actual port from this line.
+    println!("realtide listening on {local}");
+    tracing::info!(addr = %local, "listening");
+    app::serve(app, listener).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,282 @@
+//! The per-connection outbound queue and the writer task that owns the socket's write half.
+//!
+//! Everything that wants to send to a client pushes a pre-encoded [`OutFrame`] into the
+//! connection's [`Outbox`] with a non-blocking `try_send`. The queue is bounded in messages and
+//! in bytes; a push that would exceed either bound marks the connection as a slow consumer, and
+//! the writer closes it. One slow client therefore never slows a fan-out or another client.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Close code sent to a slow consumer (1008, policy violation).
+pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
+/// Close code for a frame over the size limit (1009, message too big).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a server restart (1012, service restart).
+pub const CLOSE_RESTART: u16 = 1012;
+/// Close code when the socket is closed for going away (idle timeout, 1001).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// A frame ready to be written.
+#[derive(Debug, Clone)]
+pub enum OutFrame {
+    /// A text frame (JSON).
+    Text(Bytes),
+    /// A binary frame (V2 kind 4).
+    Binary(Bytes),
+    /// A pong answering a ping.
+    Pong(Bytes),
+    /// A close frame; the writer stops after it.
+    Close(u16, &'static str),
+    /// Echo of the client's close frame payload; the writer stops after it.
+    CloseEcho(Bytes),
+}
+
+impl OutFrame {
+    fn cost(&self) -> usize {
+        match self {
+            OutFrame::Text(b)
+            | OutFrame::Binary(b)
+            | OutFrame::Pong(b)
+            | OutFrame::CloseEcho(b) => b.len(),
+            OutFrame::Close(_, reason) => reason.len() + 2,
+        }
+    }
+}
+
+/// Bounds of one connection's outbound queue.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Maximum queued frames.
+    pub messages: usize,
+    /// Maximum queued bytes.
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    overflowed: CancellationToken,
+}
+
+/// Sending side of a connection's outbound queue; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<OutFrame>,
+    shared: Arc<Shared>,
+}
+
+/// Receiving side, owned by the writer task.
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    rx: mpsc::Receiver<OutFrame>,
+    shared: Arc<Shared>,
+}
+
+/// Creates a bounded outbound queue.
+pub fn outbox(limits: OutboxLimits) -> (Outbox, OutboxReceiver) {
+    let (tx, rx) = mpsc::channel(limits.messages.max(1));
+    let shared = Arc::new(Shared {
+        queued_bytes: AtomicUsize::new(0),
+        max_bytes: limits.bytes,
+        overflowed: CancellationToken::new(),
+    });
+    (
+        Outbox {
+            tx,
+            shared: shared.clone(),
+        },
+        OutboxReceiver { rx, shared },
+    )
+}
+
+impl Outbox {
+    /// Queues a frame without waiting. Returns `false` when the frame was not queued: the
+    /// connection is gone, or it just became (or already was) a slow consumer.
+    pub fn push(&self, frame: OutFrame) -> bool {
+        if self.shared.overflowed.is_cancelled() {
+            return false;
+        }
+        let cost = frame.cost();
+        let before = self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.shared.max_bytes {
+            self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            self.shared.overflowed.cancel();
+            return false;
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+                self.shared.overflowed.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Queues a text frame.
+    pub fn text(&self, text: String) -> bool {
+        self.push(OutFrame::Text(Bytes::from(text)))
+    }
+
+    /// Cancelled once the connection has been marked as a slow consumer.
+    pub fn overflowed(&self) -> &CancellationToken {
+        &self.shared.overflowed
+    }
+}
+
+/// Appends an unmasked server frame (RFC 6455 §5.2) to `out`.
+fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xA;
+
+/// Bytes gathered into one write before flushing to the socket.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Runs the writer: drains the queue in batches into the socket until a close frame, the end of
+/// the queue, a write error or a slow-consumer overflow.
+pub async fn run_writer<W: AsyncWrite + Unpin>(
+    mut socket: W,
+    mut queue: OutboxReceiver,
+    metrics: Arc<Metrics>,
+) {
+    let overflowed = queue.shared.overflowed.clone();
+    let mut batch = Vec::new();
+    loop {
+        let first = tokio::select! {
+            // Overflow first: a slow consumer is cut off even when frames are waiting.
+            biased;
+            () = overflowed.cancelled() => break,
+            frame = queue.rx.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
+        let mut closing = encode_into(&mut batch, &first, &queue.shared);
+        while !closing && batch.len() < WRITE_BATCH {
+            match queue.rx.try_recv() {
+                Ok(frame) => closing = encode_into(&mut batch, &frame, &queue.shared),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            biased;
+            () = overflowed.cancelled() => break,
+            result = socket.write_all(&batch) => result,
+        };
+        metrics.add_bytes_out(batch.len());
+        batch.clear();
+        if batch.capacity() > WRITE_BATCH * 2 {
+            // Do not keep a large buffer alive on an idle connection.
+            batch = Vec::new();
+        }
+        if written.is_err() || closing {
+            break;
+        }
+    }
+    if overflowed.is_cancelled() {
+        metrics.slow_consumer_disconnect();
+        tracing::info!("closing slow consumer");
+        let mut close = Vec::new();
+        push_close(&mut close, CLOSE_SLOW_CONSUMER, "slow consumer");
+        // Best effort: the socket is probably full, so do not wait long.
+        let _ = tokio::time::timeout(Duration::from_millis(100), socket.write_all(&close)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
+}
+
+fn push_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    push_frame(out, OP_CLOSE, &payload);
+}
+
+/// Encodes one queued frame; returns true for close frames.
+fn encode_into(batch: &mut Vec<u8>, frame: &OutFrame, shared: &Shared) -> bool {
+    shared
+        .queued_bytes
+        .fetch_sub(frame.cost(), Ordering::Relaxed);
+    match frame {
+        OutFrame::Text(b) => push_frame(batch, OP_TEXT, b),
+        OutFrame::Binary(b) => push_frame(batch, OP_BINARY, b),
+        OutFrame::Pong(b) => push_frame(batch, OP_PONG, b),
+        OutFrame::Close(code, reason) => {
+            push_close(batch, *code, reason);
+            return true;
+        }
+        OutFrame::CloseEcho(b) => {
+            push_frame(batch, OP_CLOSE, b);
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_headers() {
+        let mut out = Vec::new();
+        push_frame(&mut out, OP_TEXT, b"hi");
+        assert_eq!(out, [0x81, 2, b'h', b'i']);
+        out.clear();
+        push_frame(&mut out, OP_BINARY, &[0u8; 300]);
+        assert_eq!(out.get(..4), Some(&[0x82, 126, 1, 44][..]));
+        out.clear();
+        push_frame(&mut out, OP_TEXT, &vec![0u8; 70_000]);
+        assert_eq!(
+            out.get(..10),
+            Some(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70][..])
+        );
+    }
+
+    #[test]
+    fn overflow_by_bytes_and_messages() {
+        let (outbox, _rx) = outbox(OutboxLimits {
+            messages: 2,
+            bytes: 10,
+        });
+        assert!(outbox.push(OutFrame::Text(Bytes::from_static(b"12345"))));
+        assert!(!outbox.push(OutFrame::Text(Bytes::from_static(b"123456"))));
+        assert!(outbox.overflowed().is_cancelled());
+        let (outbox, _rx) = super::outbox(OutboxLimits {
+            messages: 1,
+            bytes: 1000,
+        });
+        assert!(outbox.push(OutFrame::Text(Bytes::from_static(b"a"))));
+        assert!(!outbox.push(OutFrame::Text(Bytes::from_static(b"b"))));
+        assert!(outbox.overflowed().is_cancelled());
+    }
+}

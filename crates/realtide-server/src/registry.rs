@@ -1,0 +1,208 @@
+//! The topic registry: who is subscribed to which topic, and fan-out to them.
+//!
+//! Topics live in a sharded map ([`DashMap`]); a shard lock is held only to find, create or
+//! remove a topic, never across I/O. Each topic keeps its subscribers in a dense map behind a
+//! read-write lock: a fan-out takes the read lock, hands every subscriber the same pre-encoded
+//! bytes with a non-blocking push, and never awaits. Presence state sits beside the subscribers
+//! behind its own mutex (lock order: presence, then subscribers).
+
+use std::cell::OnceCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use indexmap::IndexMap;
+use parking_lot::{Mutex, RwLock};
+use realtide_protocol::Vsn;
+
+use crate::metrics::Metrics;
+use crate::outbox::{OutFrame, Outbox};
+use crate::presence::Presence;
+
+/// Identifies one joined channel (one socket's membership of one topic) process-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u64);
+
+/// A topic namespace key: public and private channels with the same name are different topics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    /// Private (RLS-authorized) namespace.
+    pub private: bool,
+    /// The sub-topic (without `realtime:`).
+    pub sub_topic: Box<str>,
+}
+
+/// A subscriber's delivery handle.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The subscriber's serializer.
+    pub vsn: Vsn,
+    /// Its connection's outbound queue.
+    pub outbox: Outbox,
+}
+
+/// One topic: its subscribers and presence.
+#[derive(Debug)]
+pub struct Topic {
+    /// Wire name, `realtime:<sub-topic>`.
+    name: String,
+    subscribers: RwLock<IndexMap<ChannelId, Subscriber>>,
+    presence: Mutex<Presence>,
+}
+
+/// All topics of the process.
+#[derive(Debug)]
+pub struct Registry {
+    topics: DashMap<TopicKey, Arc<Topic>>,
+    next_channel: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            topics: DashMap::new(),
+            next_channel: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// A fresh channel id.
+    pub fn next_channel_id(&self) -> ChannelId {
+        ChannelId(self.next_channel.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Number of topics with at least one subscriber or presence.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Adds a subscriber to a topic (creating it). `on_joined` runs while the topic's presence
+    /// lock is held and gets the rendered `presence_state`, so that the caller can queue its
+    /// join reply and state before any later diff.
+    pub fn subscribe(
+        &self,
+        key: &TopicKey,
+        id: ChannelId,
+        subscriber: Subscriber,
+        on_joined: impl FnOnce(&mut dyn FnMut() -> String),
+    ) -> Arc<Topic> {
+        let shard_entry = self.topics.entry(key.clone()).or_insert_with(|| {
+            Arc::new(Topic {
+                name: format!("{}{}", realtide_protocol::id::TOPIC_PREFIX, key.sub_topic),
+                subscribers: RwLock::new(IndexMap::new()),
+                presence: Mutex::new(Presence::default()),
+            })
+        });
+        let topic = shard_entry.value().clone();
+        // The shard lock is still held: a concurrent `release` cannot drop this topic between
+        // creation and subscription.
+        let presence = topic.presence.lock();
+        topic.subscribers.write().insert(id, subscriber);
+        on_joined(&mut || presence.render_state());
+        drop(presence);
+        drop(shard_entry);
+        topic
+    }
+
+    /// Removes a channel from its topic: its presence leaves (with a diff to the others), and
+    /// the topic is dropped once nobody is left.
+    pub fn unsubscribe(&self, key: &TopicKey, topic: &Arc<Topic>, id: ChannelId) {
+        {
+            let mut presence = topic.presence.lock();
+            topic.subscribers.write().swap_remove(&id);
+            if let Some(diff) = presence.untrack(id) {
+                topic.fanout_locked(None, &|vsn| topic.diff_frame(vsn, &diff), &self.metrics);
+            }
+        }
+        self.topics
+            .remove_if(key, |_, t| Arc::ptr_eq(t, topic) && t.is_empty());
+    }
+}
+
+impl Topic {
+    /// The topic's wire name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_empty(&self) -> bool {
+        let presence = self.presence.lock();
+        presence.is_empty() && self.subscribers.read().is_empty()
+    }
+
+    /// Hands a message to every subscriber except `exclude`. `encode` is called at most once
+    /// per serializer; `None` means "not deliverable to that serializer" (e.g. binary to V1).
+    /// Returns the number of deliveries.
+    pub fn fanout(
+        &self,
+        exclude: Option<ChannelId>,
+        encode: &dyn Fn(Vsn) -> Option<OutFrame>,
+        metrics: &Metrics,
+    ) -> usize {
+        self.fanout_locked(exclude, encode, metrics)
+    }
+
+    fn fanout_locked(
+        &self,
+        exclude: Option<ChannelId>,
+        encode: &dyn Fn(Vsn) -> Option<OutFrame>,
+        metrics: &Metrics,
+    ) -> usize {
+        let cache: [OnceCell<Option<OutFrame>>; 2] = [OnceCell::new(), OnceCell::new()];
+        let subscribers = self.subscribers.read();
+        let mut delivered = 0;
+        for (id, subscriber) in subscribers.iter() {
+            if Some(*id) == exclude {
+                continue;
+            }
+            let Some(cell) = cache.get(subscriber.vsn.index()) else {
+                continue;
+            };
+            if let Some(frame) = cell.get_or_init(|| encode(subscriber.vsn))
+                && subscriber.outbox.push(frame.clone())
+            {
+                delivered += 1;
+            }
+        }
+        drop(subscribers);
+        metrics.events_out(delivered as u64);
+        delivered
+    }
+
+    fn diff_frame(&self, vsn: Vsn, diff: &str) -> Option<OutFrame> {
+        let text = realtide_protocol::encode::text_frame(
+            vsn,
+            None,
+            None,
+            &self.name,
+            "presence_diff",
+            diff,
+        );
+        Some(OutFrame::Text(text.into()))
+    }
+
+    /// Tracks (or updates) a channel's presence and fans the diff out to every subscriber,
+    /// the tracker included. Identical re-tracks are no-ops.
+    pub fn track(
+        &self,
+        id: ChannelId,
+        key: &str,
+        meta: serde_json::Map<String, serde_json::Value>,
+        metrics: &Metrics,
+    ) {
+        let mut presence = self.presence.lock();
+        if let Some(diff) = presence.track(id, key, meta) {
+            self.fanout_locked(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+        }
+    }
+
+    /// Removes a channel's presence, fanning out the leave.
+    pub fn untrack(&self, id: ChannelId, metrics: &Metrics) {
+        let mut presence = self.presence.lock();
+        if let Some(diff) = presence.untrack(id) {
+            self.fanout_locked(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+        }
+    }
+}

@@ -1,0 +1,844 @@
+//! One WebSocket connection: the reader loop that owns the connection's channels.
+//!
+//! The session task reads frames, decodes them into [`ClientMessage`]s and dispatches them with
+//! an exhaustive `match`. Everything it sends goes through the connection's [`Outbox`]; the
+//! writer task ([`crate::outbox::run_writer`]) owns the socket's write half. Timers (idle
+//! timeout, channel token expiry) are arms of the same `select!`, so a channel's state is only
+//! ever touched by this one task.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use realtide_auth::Claims;
+use realtide_protocol::encode::{self, Status};
+use realtide_protocol::message::{BroadcastPush, JoinRequest, PresencePush, binding_id};
+use realtide_protocol::system::{SystemStatus, system_payload};
+use realtide_protocol::{ClientMessage, Inbound, JoinRef, Ref, Topic, UserEncoding, Vsn};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::error::{JoinError, token_shutdown_message};
+use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox};
+use crate::registry::{ChannelId, Subscriber, TopicKey};
+
+/// Longest interval between two checks of a channel token.
+const TOKEN_CHECK_INTERVAL: i64 = 5 * 60;
+
+/// A joined channel, owned by its session.
+#[derive(Debug)]
+struct Channel {
+    id: ChannelId,
+    join_ref: Option<JoinRef>,
+    key: TopicKey,
+    topic: Arc<crate::registry::Topic>,
+    broadcast_self: bool,
+    broadcast_ack: bool,
+    presence_key: String,
+    token: String,
+    token_check_at: Instant,
+}
+
+impl Channel {
+    fn join_ref(&self) -> Option<&str> {
+        self.join_ref.as_ref().map(JoinRef::as_str)
+    }
+
+    fn sub_topic(&self) -> &str {
+        &self.key.sub_topic
+    }
+}
+
+/// Next token check: `min(5 min, exp - now)` from now.
+fn token_check_at(claims: &Claims) -> Instant {
+    let now = unix_now();
+    let secs = claims.expires_in(now).clamp(0, TOKEN_CHECK_INTERVAL);
+    Instant::now() + Duration::from_secs(secs.unsigned_abs())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A connection's state.
+struct Session {
+    app: Arc<App>,
+    vsn: Vsn,
+    outbox: Outbox,
+    socket_token: String,
+    channels: HashMap<Topic, Channel>,
+}
+
+/// What the loop does after a frame.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Reassembles fragmented messages, bounded by the frame size limit (the library's own
+/// collector does not bound the total of the fragments).
+struct Assembler {
+    opcode: Option<OpCode>,
+    buffer: BytesMut,
+    max: usize,
+}
+
+enum Assembled {
+    Message(OpCode, Bytes),
+    Partial,
+    TooBig,
+    Invalid,
+}
+
+impl Assembler {
+    fn push(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Assembled {
+        match (opcode, self.opcode) {
+            (OpCode::Text | OpCode::Binary, None) if fin => {
+                Assembled::Message(opcode, Bytes::copy_from_slice(payload))
+            }
+            (OpCode::Text | OpCode::Binary, None) => {
+                self.opcode = Some(opcode);
+                self.append(payload)
+            }
+            (OpCode::Continuation, Some(started)) => match self.append(payload) {
+                Assembled::Partial if fin => {
+                    self.opcode = None;
+                    Assembled::Message(started, std::mem::take(&mut self.buffer).freeze())
+                }
+                other => other,
+            },
+            _ => Assembled::Invalid,
+        }
+    }
+
+    fn append(&mut self, payload: &[u8]) -> Assembled {
+        if self.buffer.len() + payload.len() > self.max {
+            return Assembled::TooBig;
+        }
+        self.buffer.extend_from_slice(payload);
+        Assembled::Partial
+    }
+}
+
+type ReadFuture<R> = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    WebSocketRead<R>,
+                    Result<(bool, OpCode, Bytes), WebSocketError>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// Reads one frame. The read half moves into the future and comes back with the result, so the
+/// loop can keep a partially read frame alive across timer wake-ups (reads are not
+/// cancel-safe).
+fn read_next<R>(mut reader: WebSocketRead<R>, outbox: Outbox) -> ReadFuture<R>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        // Frames the protocol obliges us to send (pong, close echo) go through the outbox.
+        let mut obligated = |frame: Frame<'_>| {
+            let payload = Bytes::copy_from_slice(&frame.payload);
+            match frame.opcode {
+                OpCode::Pong => {
+                    outbox.push(OutFrame::Pong(payload));
+                }
+                OpCode::Close => {
+                    outbox.push(OutFrame::CloseEcho(payload));
+                }
+                _ => {}
+            }
+            std::future::ready(Ok::<(), std::io::Error>(()))
+        };
+        let result = reader.read_frame(&mut obligated).await.map(|frame| {
+            (
+                frame.fin,
+                frame.opcode,
+                Bytes::copy_from_slice(&frame.payload),
+            )
+        });
+        (reader, result)
+    })
+}
+
+/// Runs a connection until it closes.
+pub async fn run<S>(app: Arc<App>, stream: S, vsn: Vsn, socket_token: String)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let (outbox, queue) = outbox::outbox(app.config.outbox);
+    let writer = tokio::spawn(outbox::run_writer(write_half, queue, app.metrics.clone()));
+
+    let (mut reader, _unused_write) =
+        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
+    reader.set_max_message_size(app.config.max_frame_size);
+    reader.set_auto_close(true);
+    reader.set_auto_pong(true);
+
+    let mut session = Session {
+        app: app.clone(),
+        vsn,
+        outbox: outbox.clone(),
+        socket_token,
+        channels: HashMap::new(),
+    };
+    session.serve(reader).await;
+    session.leave_all();
+    drop(session);
+    drop(outbox);
+    let _ = writer.await;
+}
+
+impl Session {
+    async fn serve(&mut self, reader: WebSocketRead<ReadHalf<impl AsyncRead + Send + 'static>>) {
+        let app = self.app.clone();
+        let idle = app.config.idle_timeout;
+        let mut idle_deadline = Instant::now() + idle;
+        let mut assembler = Assembler {
+            opcode: None,
+            buffer: BytesMut::new(),
+            max: app.config.max_frame_size,
+        };
+        let mut read = read_next(reader, self.outbox.clone());
+        loop {
+            let token_check = self.next_token_check();
+            tokio::select! {
+                // Server shutdown first: every channel hears about it before anything else.
+                biased;
+                () = app.shutdown.cancelled() => {
+                    self.server_disconnect();
+                    return;
+                }
+                // A slow consumer is being closed by its writer; stop reading for it.
+                () = self.outbox.overflowed().cancelled() => return,
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    tracing::debug!("closing idle socket");
+                    self.outbox.push(OutFrame::Close(CLOSE_GOING_AWAY, "idle timeout"));
+                    return;
+                }
+                () = tokio::time::sleep_until(token_check.unwrap_or(idle_deadline)),
+                    if token_check.is_some() => self.check_tokens(),
+                (reader, result) = &mut read => {
+                    let (fin, opcode, payload) = match result {
+                        Ok(frame) => frame,
+                        Err(WebSocketError::FrameTooLarge) => {
+                            self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "socket read ended");
+                            return;
+                        }
+                    };
+                    idle_deadline = Instant::now() + idle;
+                    let flow = match opcode {
+                        OpCode::Close => Flow::Stop,
+                        OpCode::Ping | OpCode::Pong => Flow::Continue,
+                        _ => match assembler.push(fin, opcode, &payload) {
+                            Assembled::Message(opcode, message) => self.on_message(opcode, message),
+                            Assembled::Partial => Flow::Continue,
+                            Assembled::TooBig => {
+                                self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
+                                Flow::Stop
+                            }
+                            Assembled::Invalid => {
+                                self.outbox.push(OutFrame::Close(1002, "protocol error"));
+                                Flow::Stop
+                            }
+                        },
+                    };
+                    if let Flow::Stop = flow {
+                        return;
+                    }
+                    read = read_next(reader, self.outbox.clone());
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, opcode: OpCode, message: Bytes) -> Flow {
+        let decoded = match opcode {
+            OpCode::Text => match std::str::from_utf8(&message) {
+                Ok(text) => realtide_protocol::frame::decode_text(self.vsn, text),
+                Err(_) => {
+                    tracing::debug!("dropping text frame that is not utf-8");
+                    return Flow::Continue;
+                }
+            },
+            _ => realtide_protocol::frame::decode_binary(self.vsn, &message),
+        };
+        match decoded {
+            Ok(inbound) => self.dispatch(inbound),
+            Err(error) => tracing::debug!(%error, "dropping malformed frame"),
+        }
+        Flow::Continue
+    }
+
+    fn dispatch(&mut self, inbound: Inbound) {
+        self.app.metrics.event_in();
+        let join_ref = inbound.join_ref.clone();
+        let reference = inbound.reference.clone();
+        let topic = inbound.topic.clone();
+        match ClientMessage::from_inbound(inbound) {
+            ClientMessage::Heartbeat => {
+                self.reply(None, reference.as_ref(), topic.as_str(), Status::Ok, "{}");
+            }
+            ClientMessage::Join(request) => self.join(topic, join_ref, reference, *request),
+            ClientMessage::Leave => self.leave(&topic, join_ref.as_ref(), reference.as_ref()),
+            ClientMessage::Broadcast(push) => {
+                if self.channels.contains_key(&topic) {
+                    self.broadcast(&topic, reference.as_ref(), push);
+                } else {
+                    self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
+                }
+            }
+            ClientMessage::Presence(push) => {
+                if self.channels.contains_key(&topic) {
+                    self.presence(&topic, reference.as_ref(), push);
+                } else {
+                    self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
+                }
+            }
+            ClientMessage::AccessToken(token) => {
+                if self.channels.contains_key(&topic) {
+                    self.access_token(&topic, token);
+                } else {
+                    self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
+                }
+            }
+            ClientMessage::Other => {
+                if !self.channels.contains_key(&topic) {
+                    self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
+                }
+            }
+        }
+    }
+
+    fn reply(
+        &self,
+        join_ref: Option<&str>,
+        reference: Option<&Ref>,
+        topic: &str,
+        status: Status,
+        response: &str,
+    ) {
+        let frame = encode::reply(
+            self.vsn,
+            join_ref,
+            reference.map(Ref::as_str),
+            topic,
+            status,
+            response,
+        );
+        self.outbox.text(frame);
+    }
+
+    /// Replies on a joined channel; the channel's current join ref is used so that clients
+    /// that sent a stale or missing one still match the reply.
+    fn channel_reply(
+        &self,
+        topic: &Topic,
+        reference: Option<&Ref>,
+        status: Status,
+        response: &str,
+    ) {
+        let join_ref = self.channels.get(topic).and_then(Channel::join_ref);
+        self.reply(join_ref, reference, topic.as_str(), status, response);
+    }
+
+    fn unmatched(&self, join_ref: Option<&JoinRef>, reference: Option<&Ref>, topic: &Topic) {
+        self.reply(
+            join_ref.map(JoinRef::as_str),
+            reference,
+            topic.as_str(),
+            Status::Error,
+            &encode::reason("unmatched topic"),
+        );
+    }
+
+    /// A push on a channel: `[join_ref, null, topic, event, payload]`.
+    fn channel_push(&self, channel: &Channel, topic: &Topic, event: &str, payload: &str) {
+        let frame = encode::text_frame(
+            self.vsn,
+            channel.join_ref(),
+            None,
+            topic.as_str(),
+            event,
+            payload,
+        );
+        self.outbox.text(frame);
+    }
+
+    fn join(
+        &mut self,
+        topic: Topic,
+        join_ref: Option<JoinRef>,
+        reference: Option<Ref>,
+        request: JoinRequest,
+    ) {
+        // A V1 join without join_ref uses its ref, as Phoenix does.
+        let join_ref = join_ref.or_else(|| reference.as_ref().map(|r| JoinRef::new(r.as_str())));
+        if topic.sub_topic().is_none() {
+            self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
+            return;
+        }
+        if let Some(old) = self.channels.remove(&topic) {
+            // A duplicate join closes the old channel first, with its own join ref.
+            self.outbox.text(encode::channel_end(
+                self.vsn,
+                old.join_ref(),
+                topic.as_str(),
+                "phx_close",
+            ));
+            self.release(old);
+        }
+        if let Err(error) = self.try_join(&topic, join_ref.clone(), reference.as_ref(), request) {
+            tracing::info!(reason = %error.reason(), "join refused");
+            let frame = encode::reply(
+                self.vsn,
+                join_ref.as_ref().map(JoinRef::as_str),
+                reference.as_ref().map(Ref::as_str),
+                topic.as_str(),
+                Status::Error,
+                &encode::reason(&error.reason()),
+            );
+            let outbox = self.outbox.clone();
+            let delay = self.app.config.channel_error_backoff;
+            // Join errors are delayed (CHANNEL_ERROR_BACKOFF_MS) to slow down re-join storms;
+            // the session keeps serving meanwhile.
+            self.app.tasks.spawn(async move {
+                tokio::time::sleep(delay).await;
+                outbox.text(frame);
+            });
+        }
+    }
+
+    fn try_join(
+        &mut self,
+        topic: &Topic,
+        join_ref: Option<JoinRef>,
+        reference: Option<&Ref>,
+        request: JoinRequest,
+    ) -> Result<(), JoinError> {
+        let sub_topic = topic.sub_topic().unwrap_or_default();
+        if sub_topic.is_empty() {
+            return Err(JoinError::TopicNameRequired);
+        }
+        if self.app.shutdown.is_cancelled() {
+            return Err(JoinError::Restarting);
+        }
+        if self.channels.len() >= self.app.config.max_channels_per_client {
+            return Err(JoinError::TooManyChannels);
+        }
+        let token = request
+            .token
+            .clone()
+            .unwrap_or_else(|| self.socket_token.clone());
+        let claims = self
+            .app
+            .config
+            .jwt
+            .verify(&token)
+            .map_err(JoinError::Token)?;
+        if request.private {
+            return Err(JoinError::Unauthorized {
+                sub_topic: sub_topic.to_owned(),
+            });
+        }
+        if request.replay.is_some() {
+            return Err(JoinError::ReplayOnPublic);
+        }
+
+        let id = self.app.registry.next_channel_id();
+        let key = TopicKey {
+            private: false,
+            sub_topic: sub_topic.into(),
+        };
+        let presence_key = request
+            .presence_key
+            .clone()
+            .unwrap_or_else(new_presence_key);
+        let response = join_response(&request.postgres_changes);
+        let reply = encode::reply(
+            self.vsn,
+            join_ref.as_ref().map(JoinRef::as_str),
+            reference.map(Ref::as_str),
+            topic.as_str(),
+            Status::Ok,
+            &response,
+        );
+        let outbox = self.outbox.clone();
+        let vsn = self.vsn;
+        let topic_arc = self.app.registry.subscribe(
+            &key,
+            id,
+            Subscriber {
+                vsn,
+                outbox: outbox.clone(),
+            },
+            |state| {
+                // Reply and state are queued under the topic's presence lock, so no diff can
+                // overtake them.
+                outbox.text(reply);
+                if request.presence_enabled {
+                    let frame = encode::text_frame(
+                        vsn,
+                        join_ref.as_ref().map(JoinRef::as_str),
+                        None,
+                        topic.as_str(),
+                        "presence_state",
+                        &state(),
+                    );
+                    outbox.text(frame);
+                }
+            },
+        );
+        let channel = Channel {
+            id,
+            join_ref,
+            key,
+            topic: topic_arc,
+            broadcast_self: request.broadcast_self,
+            broadcast_ack: request.broadcast_ack,
+            presence_key,
+            token,
+            token_check_at: token_check_at(&claims),
+        };
+        if !request.postgres_changes.is_empty() && self.app.config.db_url.is_none() {
+            let payload = system_payload(
+                "postgres_changes",
+                SystemStatus::Error,
+                "Unable to subscribe to changes: no database is configured (set DB_URL)",
+                Some(channel.sub_topic()),
+            );
+            self.channel_push(&channel, topic, "system", &payload);
+        }
+        self.app.metrics.channel_joined();
+        self.channels.insert(topic.clone(), channel);
+        Ok(())
+    }
+
+    fn leave(&mut self, topic: &Topic, join_ref: Option<&JoinRef>, reference: Option<&Ref>) {
+        match self.channels.remove(topic) {
+            Some(channel) => {
+                self.reply(
+                    channel.join_ref(),
+                    reference,
+                    topic.as_str(),
+                    Status::Ok,
+                    "{}",
+                );
+                self.outbox.text(encode::channel_end(
+                    self.vsn,
+                    channel.join_ref(),
+                    topic.as_str(),
+                    "phx_close",
+                ));
+                self.release(channel);
+            }
+            None => self.reply(
+                join_ref.map(JoinRef::as_str),
+                reference,
+                topic.as_str(),
+                Status::Ok,
+                "{}",
+            ),
+        }
+    }
+
+    fn broadcast(&mut self, topic: &Topic, reference: Option<&Ref>, push: BroadcastPush) {
+        let Some(channel) = self.channels.get(topic) else {
+            return;
+        };
+        let max = self.app.config.max_payload_bytes;
+        let size = match &push {
+            BroadcastPush::Json(raw) => raw.get().len(),
+            BroadcastPush::User(user) => user.body.len(),
+        };
+        if size > max {
+            if channel.broadcast_ack {
+                self.channel_reply(
+                    topic,
+                    reference,
+                    Status::Error,
+                    r#"{"error":"payload_size_exceeded"}"#,
+                );
+            }
+            return;
+        }
+        let exclude = (!channel.broadcast_self).then_some(channel.id);
+        let name = channel.topic.name();
+        let metrics = &self.app.metrics;
+        match &push {
+            BroadcastPush::Json(raw) => {
+                channel.topic.fanout(
+                    exclude,
+                    &|vsn| {
+                        let text =
+                            encode::text_frame(vsn, None, None, name, "broadcast", raw.get());
+                        Some(OutFrame::Text(text.into()))
+                    },
+                    metrics,
+                );
+            }
+            BroadcastPush::User(user) => {
+                channel.topic.fanout(
+                    exclude,
+                    &|vsn| user_broadcast_frame(vsn, name, &user.event, user.encoding, &user.body),
+                    metrics,
+                );
+            }
+        }
+        if channel.broadcast_ack {
+            self.channel_reply(topic, reference, Status::Ok, "{}");
+        }
+    }
+
+    fn presence(&mut self, topic: &Topic, reference: Option<&Ref>, push: PresencePush) {
+        let Some(channel) = self.channels.get(topic) else {
+            return;
+        };
+        match push {
+            PresencePush::Track(Value::Object(meta)) => {
+                let size = Value::Object(meta.clone()).to_string().len();
+                if size > self.app.config.max_payload_bytes {
+                    self.shutdown_channel(topic, "Track message size exceeded");
+                    return;
+                }
+                self.channel_reply(topic, reference, Status::Ok, "{}");
+                channel
+                    .topic
+                    .track(channel.id, &channel.presence_key, meta, &self.app.metrics);
+            }
+            PresencePush::Track(_) => {
+                self.channel_reply(
+                    topic,
+                    reference,
+                    Status::Error,
+                    &encode::reason("Presence track payload must be a map"),
+                );
+            }
+            PresencePush::Untrack => {
+                self.channel_reply(topic, reference, Status::Ok, "{}");
+                channel.topic.untrack(channel.id, &self.app.metrics);
+            }
+            PresencePush::NoEvent => self.channel_reply(topic, reference, Status::Ok, "{}"),
+            PresencePush::Unknown(event) => {
+                tracing::info!(event = %event, "unknown presence event");
+                self.channel_reply(topic, reference, Status::Error, "{}");
+            }
+        }
+    }
+
+    fn access_token(&mut self, topic: &Topic, token: Option<String>) {
+        let Some(channel) = self.channels.get_mut(topic) else {
+            return;
+        };
+        let Some(token) = token else {
+            return;
+        };
+        if token.starts_with("sb_") || token == channel.token {
+            return;
+        }
+        match self.app.config.jwt.verify(&token) {
+            Ok(claims) => {
+                channel.token = token;
+                channel.token_check_at = token_check_at(&claims);
+            }
+            Err(error) => {
+                let message = token_shutdown_message(&error);
+                self.shutdown_channel(topic, &message);
+            }
+        }
+    }
+
+    fn next_token_check(&self) -> Option<Instant> {
+        self.channels.values().map(|c| c.token_check_at).min()
+    }
+
+    fn check_tokens(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Topic> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.token_check_at <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in due {
+            let Some(channel) = self.channels.get_mut(&topic) else {
+                continue;
+            };
+            match self.app.config.jwt.verify(&channel.token) {
+                Ok(claims) => channel.token_check_at = token_check_at(&claims),
+                Err(error) => {
+                    let message = token_shutdown_message(&error);
+                    self.shutdown_channel(&topic, &message);
+                }
+            }
+        }
+    }
+
+    /// Ends a channel from the server side: `system` error, then `phx_close`.
+    fn shutdown_channel(&mut self, topic: &Topic, message: &str) {
+        let Some(channel) = self.channels.remove(topic) else {
+            return;
+        };
+        tracing::info!(reason = message, "shutting down channel");
+        let payload = system_payload(
+            "system",
+            SystemStatus::Error,
+            message,
+            Some(channel.sub_topic()),
+        );
+        self.channel_push(&channel, topic, "system", &payload);
+        self.outbox.text(encode::channel_end(
+            self.vsn,
+            channel.join_ref(),
+            topic.as_str(),
+            "phx_close",
+        ));
+        self.release(channel);
+    }
+
+    /// Server shutdown: every channel is told, then the socket closes with 1012.
+    fn server_disconnect(&mut self) {
+        let payload = system_payload(
+            "system",
+            SystemStatus::Ok,
+            "Server requested disconnect",
+            None,
+        );
+        for (topic, channel) in &self.channels {
+            self.channel_push(channel, topic, "system", &payload);
+        }
+        self.outbox
+            .push(OutFrame::Close(CLOSE_RESTART, "server restart"));
+    }
+
+    fn release(&self, channel: Channel) {
+        self.app
+            .registry
+            .unsubscribe(&channel.key, &channel.topic, channel.id);
+        self.app.metrics.channel_left();
+    }
+
+    fn leave_all(&mut self) {
+        for (_, channel) in std::mem::take(&mut self.channels) {
+            self.release(channel);
+        }
+    }
+}
+
+/// The join reply's response: each requested `postgres_changes` entry echoed verbatim, in
+/// order, plus its integer `id`.
+fn join_response(bindings: &[serde_json::Map<String, Value>]) -> String {
+    let entries: Vec<Value> = bindings
+        .iter()
+        .map(|entry| {
+            let mut echoed = entry.clone();
+            echoed.insert("id".into(), Value::from(binding_id(entry)));
+            Value::Object(echoed)
+        })
+        .collect();
+    serde_json::json!({ "postgres_changes": entries }).to_string()
+}
+
+/// A user broadcast for one serializer: kind 4 for V2; the JSON text form for V1, which never
+/// receives binary payloads.
+fn user_broadcast_frame(
+    vsn: Vsn,
+    topic: &str,
+    event: &str,
+    encoding: UserEncoding,
+    body: &[u8],
+) -> Option<OutFrame> {
+    let json_form = || {
+        let body = std::str::from_utf8(body).ok()?;
+        serde_json::from_str::<&serde_json::value::RawValue>(body).ok()?;
+        let payload = encode::user_broadcast_json(event, body, None);
+        Some(OutFrame::Text(
+            encode::text_frame(vsn, None, None, topic, "broadcast", &payload).into(),
+        ))
+    };
+    match (vsn, encoding) {
+        (Vsn::V2, _) => match encode::user_broadcast_binary(topic, event, b"", encoding, body) {
+            Ok(frame) => Some(OutFrame::Binary(frame.into())),
+            // Header fields over 255 bytes cannot be framed; JSON bodies still go as text.
+            Err(_) if encoding == UserEncoding::Json => json_form(),
+            Err(_) => None,
+        },
+        (Vsn::V1, UserEncoding::Json) => json_form(),
+        (Vsn::V1, UserEncoding::Binary) => None,
+    }
+}
+
+fn new_presence_key() -> String {
+    // UUID v1, as the reference generates; the node id is random per key.
+    let node: [u8; 6] = rand::random();
+    uuid::Uuid::now_v1(&node).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_response_echoes_entries_in_order() {
+        let bindings: Vec<serde_json::Map<String, Value>> = serde_json::from_str(
+            r#"[{"event":"*","schema":"public","table":"messages"},{"event":"INSERT","schema":"public","table":"users","filter":"id=eq.1","extra":[1]}]"#,
+        )
+        .unwrap_or_default();
+        let response: Value = serde_json::from_str(&join_response(&bindings)).unwrap_or_default();
+        let entries = response["postgres_changes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1]["filter"], "id=eq.1");
+        assert_eq!(entries[1]["extra"], serde_json::json!([1]));
+        assert!(entries[0]["id"].as_u64().unwrap_or(0) > 0);
+        assert_ne!(entries[0]["id"], entries[1]["id"]);
+        assert_eq!(join_response(&[]), r#"{"postgres_changes":[]}"#);
+    }
+
+    #[test]
+    fn binary_user_broadcasts_never_reach_v1() {
+        assert!(
+            user_broadcast_frame(Vsn::V1, "realtime:a", "e", UserEncoding::Binary, b"\x01")
+                .is_none()
+        );
+        assert!(
+            user_broadcast_frame(Vsn::V1, "realtime:a", "e", UserEncoding::Json, b"{bad").is_none()
+        );
+        let Some(OutFrame::Text(text)) = user_broadcast_frame(
+            Vsn::V1,
+            "realtime:a",
+            "e",
+            UserEncoding::Json,
+            br#"{"x":1}"#,
+        ) else {
+            panic!("expected a text frame");
+        };
+        assert_eq!(
+            &text[..],
+            br#"{"topic":"realtime:a","event":"broadcast","payload":{"type":"broadcast","event":"e","payload":{"x":1}},"ref":null}"#
+        );
+        assert!(matches!(
+            user_broadcast_frame(Vsn::V2, "realtime:a", "e", UserEncoding::Binary, b"\x01"),
+            Some(OutFrame::Binary(_))
+        ));
+    }
+}
