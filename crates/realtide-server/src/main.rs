@@ -11,6 +11,7 @@
 //! - [`presence`]: presence state of a topic.
 //! - [`error`]: client-facing errors and their wire form.
 //! - [`metrics`]: process-wide counters.
+//! - [`token`]: the `realtide token` command.
 
 mod app;
 mod config;
@@ -21,6 +22,7 @@ mod presence;
 mod registry;
 mod session;
 mod socket;
+mod token;
 
 use std::process::ExitCode;
 
@@ -47,12 +49,29 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Print a JWT signed with the configured secret (HS256).
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help / --version
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One line naming the setting, not clap's usage block.
+            let text = error.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("realtide: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Token(args)) => return token::print(args),
         None => cli.serve,
     };
     let config = match args.into_config() {
