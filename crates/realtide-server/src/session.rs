@@ -100,16 +100,14 @@ enum Assembled {
 }
 
 impl Assembler {
-    fn push(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Assembled {
+    fn push(&mut self, fin: bool, opcode: OpCode, payload: Bytes) -> Assembled {
         match (opcode, self.opcode) {
-            (OpCode::Text | OpCode::Binary, None) if fin => {
-                Assembled::Message(opcode, Bytes::copy_from_slice(payload))
-            }
+            (OpCode::Text | OpCode::Binary, None) if fin => Assembled::Message(opcode, payload),
             (OpCode::Text | OpCode::Binary, None) => {
                 self.opcode = Some(opcode);
-                self.append(payload)
+                self.append(&payload)
             }
-            (OpCode::Continuation, Some(started)) => match self.append(payload) {
+            (OpCode::Continuation, Some(started)) => match self.append(&payload) {
                 Assembled::Partial if fin => {
                     self.opcode = None;
                     Assembled::Message(started, std::mem::take(&mut self.buffer).freeze())
@@ -206,7 +204,11 @@ impl Session {
     async fn serve(&mut self, reader: WebSocketRead<ReadHalf<impl AsyncRead + Send + 'static>>) {
         let app = self.app.clone();
         let idle = app.config.idle_timeout;
-        let mut idle_deadline = Instant::now() + idle;
+        // One idle timer per idle period: frames only record their arrival time, and the timer
+        // is pushed forward when it fires early.
+        let mut last_frame = Instant::now();
+        let idle_timer = tokio::time::sleep_until(last_frame + idle);
+        tokio::pin!(idle_timer);
         let mut assembler = Assembler {
             opcode: None,
             buffer: BytesMut::new(),
@@ -224,12 +226,17 @@ impl Session {
                 }
                 // A slow consumer is being closed by its writer; stop reading for it.
                 () = self.outbox.overflowed().cancelled() => return,
-                () = tokio::time::sleep_until(idle_deadline) => {
+                () = &mut idle_timer => {
+                    let deadline = last_frame + idle;
+                    if deadline > Instant::now() {
+                        idle_timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     tracing::debug!("closing idle socket");
                     self.outbox.push(OutFrame::Close(CLOSE_GOING_AWAY, "idle timeout"));
                     return;
                 }
-                () = tokio::time::sleep_until(token_check.unwrap_or(idle_deadline)),
+                () = tokio::time::sleep_until(token_check.unwrap_or(last_frame + idle)),
                     if token_check.is_some() => self.check_tokens(),
                 (reader, result) = &mut read => {
                     let (fin, opcode, payload) = match result {
@@ -243,11 +250,11 @@ impl Session {
                             return;
                         }
                     };
-                    idle_deadline = Instant::now() + idle;
+                    last_frame = Instant::now();
                     let flow = match opcode {
                         OpCode::Close => Flow::Stop,
                         OpCode::Ping | OpCode::Pong => Flow::Continue,
-                        _ => match assembler.push(fin, opcode, &payload) {
+                        _ => match assembler.push(fin, opcode, payload) {
                             Assembled::Message(opcode, message) => self.on_message(opcode, message),
                             Assembled::Partial => Flow::Continue,
                             Assembled::TooBig => {
