@@ -122,6 +122,7 @@ impl Presence {
 }
 
 #[cfg(test)]
+#[expect(clippy::indexing_slicing, reason = "test assertions on known shapes")]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -62,6 +62,15 @@ fn token_check_at(claims: &Claims) -> Instant {
     Instant::now() + Duration::from_secs(secs.unsigned_abs())
 }
 
+/// Verifies a channel token as the reference's `confirm_token` does: a valid JWT whose `exp`
+/// is still in the future.
+fn verify_channel_token(app: &App, token: &str) -> Result<Claims, realtide_auth::AuthError> {
+    let now = unix_now();
+    let claims = app.config.jwt.verify_at(token, now)?;
+    claims.confirm_expiry(now)?;
+    Ok(claims)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -660,7 +669,7 @@ impl Session {
         if token.starts_with("sb_") || token == channel.token {
             return;
         }
-        match self.app.config.jwt.verify(&token) {
+        match verify_channel_token(&self.app, &token) {
             Ok(claims) => {
                 channel.token = token;
                 channel.token_check_at = token_check_at(&claims);
@@ -688,7 +697,7 @@ impl Session {
             let Some(channel) = self.channels.get_mut(&topic) else {
                 continue;
             };
-            match self.app.config.jwt.verify(&channel.token) {
+            match verify_channel_token(&self.app, &channel.token) {
                 Ok(claims) => channel.token_check_at = token_check_at(&claims),
                 Err(error) => {
                     let message = token_shutdown_message(&error);
@@ -799,6 +808,7 @@ fn new_presence_key() -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::indexing_slicing, clippy::panic, reason = "test assertions on known shapes")]
 mod tests {
     use super::*;
 
