@@ -808,7 +808,11 @@ fn new_presence_key() -> String {
 }
 
 #[cfg(test)]
-#[expect(clippy::indexing_slicing, clippy::panic, reason = "test assertions on known shapes")]
+#[expect(
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test assertions on known shapes"
+)]
 mod tests {
     use super::*;
 
