@@ -31,7 +31,7 @@ if [ ! -d node_modules ]; then
   npm ci --no-audit --no-fund
 fi
 # One file at a time: each file starts its own server; keeps load low on 2 cores.
-node --test --test-concurrency=1 || FAILED+=("js")
+node --test --test-concurrency=1 --test-force-exit || FAILED+=("js")
 
 say "Python end-to-end tests (tests/py)"
 cd "$ROOT/tests/py"

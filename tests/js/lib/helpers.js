@@ -90,14 +90,16 @@ function startServer(extraEnv = {}) {
         settled = true
         clearTimeout(timer)
         const port = Number(m[1])
-        resolve({
+        const srv = {
           port,
           httpUrl: `http://127.0.0.1:${port}`,
           wsBase: `ws://127.0.0.1:${port}`,
           child,
           output: () => `--- realtide stdout ---\n${out}\n--- realtide stderr (tail) ---\n${err.slice(-6000)}`,
           stop: () => stopChild(child),
-        })
+        }
+        currentServer = srv
+        resolve(srv)
       }
     })
     child.on('exit', (code, signal) => {
@@ -109,6 +111,9 @@ function startServer(extraEnv = {}) {
     })
   })
 }
+
+// The server of this test file, so failure messages can show its log tail.
+let currentServer = null
 
 function stopChild(child) {
   return new Promise((resolve) => {
@@ -248,6 +253,9 @@ async function closeAllClients() {
 }
 
 function dumpFrames(clients) {
+  const serverTail = currentServer
+    ? `\n--- realtide log tail ---\n${currentServer.output().split('\n').slice(-40).join('\n')}`
+    : ''
   return clients
     .map((c) => {
       const lines = c.log.frames
@@ -255,7 +263,7 @@ function dumpFrames(clients) {
         .map((f) => `  ${f.dir}${f.binary ? ' BIN ' + f.hex : f.text !== undefined ? ' ' + f.text : ` code=${f.code} reason=${f.reason}`}`)
       return `frames of ${c.name} (${c.log.urls.join(', ')}):\n${lines.join('\n')}`
     })
-    .join('\n')
+    .join('\n') + serverTail
 }
 
 /** Frames received by client `c` (parsed): [{binary, kind?, bytes?, msg?}]. */

@@ -117,6 +117,23 @@ for (const vsn of ['2.0.0', '1.0.0']) {
       assert.deepEqual(keysOf(alice.ch), ['alice'])
     })
 
+    it('an empty presence key is replaced by a server-generated key', async () => {
+      const topic = h.uniqueTopic('presence-nokey')
+      const c = h.makeClient(server, { vsn, name: `nokey(${vsn})` })
+      let syncs = 0
+      const ch = c.supabase.channel(topic).on('presence', { event: 'sync' }, () => syncs++)
+      await h.subscribeOk(ch, [c])
+      assert.ok(c.log.frames.some((f) => f.dir === 'C→S' && f.text?.includes('"presence":{"key":"","enabled":true}')))
+      assert.equal(await ch.track({ anon: true }), 'ok')
+      await h.waitFor(() => Object.keys(ch.presenceState()).length === 1, 'own presence under a generated key', {
+        clients: [c],
+      })
+      const [key] = Object.keys(ch.presenceState())
+      assert.ok(key.length > 0, 'generated key is not empty')
+      assert.equal(ch.presenceState()[key][0].anon, true)
+      assert.ok(syncs >= 2)
+    })
+
     it('a client joining later receives the current state in presence_state', async () => {
       const topic = h.uniqueTopic('presence-late')
       const alice = await presenceClient(vsn, topic, 'alice')
