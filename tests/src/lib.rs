@@ -1,0 +1,1095 @@
+//! Test harness for the realtide integration tests.
+//!
+//! - [`Server`] runs the real `realtide` binary on a free port and kills it on drop.
+//! - [`Client`] is a small WebSocket client (its own RFC 6455 framing over a `TcpStream`) that
+//!   speaks the Supabase Realtime wire protocol with `realtide-protocol`: text frames are encoded
+//!   with [`realtide_protocol::encode::text_frame`] (V2) or as V1 objects, decoded with
+//!   [`realtide_protocol::frame::decode_text`]; kind-3 binary pushes are built by
+//!   [`kind3_frame`].
+//! - [`token`] / [`sign`] mint HS256 JWTs with the test secret through `realtide-auth`.
+//!
+//! Everything returns `anyhow::Result`; timeouts are generous and only bound how long a test
+//! waits, they are never asserted on.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use realtide_protocol::Inbound;
+pub use realtide_protocol::Vsn;
+use realtide_protocol::frame::{InboundPayload, decode_text};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The HS256 secret every test server is started with.
+pub const SECRET: &str = "realtide-integration-test-secret-0123456789";
+
+/// Default wait for a frame that is expected to arrive.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Default window for "nothing arrives".
+pub const QUIET: Duration = Duration::from_millis(400);
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Signs `claims` with the test secret (HS256).
+pub fn sign(claims: &Value) -> String {
+    realtide_auth::sign_hs256(claims, SECRET)
+}
+
+/// Signs `claims` with another secret (for signature failures).
+pub fn sign_with(claims: &Value, secret: &str) -> String {
+    realtide_auth::sign_hs256(claims, secret)
+}
+
+/// A valid-looking token: `{"role": role, "exp": now + exp_offset_secs, "iat": now, "sub": ...}`.
+/// A negative offset gives an expired token.
+pub fn token(role: &str, exp_offset_secs: i64) -> String {
+    let now = unix_now();
+    sign(&json!({
+        "role": role,
+        "exp": now + exp_offset_secs,
+        "iat": now,
+        "sub": "00000000-0000-0000-0000-000000000001",
+    }))
+}
+
+/// An `anon` token valid for an hour.
+pub fn anon() -> String {
+    token("anon", 3600)
+}
+
+/// The `vsn` query value for a serializer.
+pub fn vsn_str(vsn: Vsn) -> &'static str {
+    match vsn {
+        Vsn::V1 => "1.0.0",
+        Vsn::V2 => "2.0.0",
+    }
+}
+
+/// Path of the `realtide` binary: `REALTIDE_BIN`, else `<workspace>/target/debug/realtide`
+/// (or under `CARGO_TARGET_DIR`), built once per test process with
+/// `cargo build -p realtide-server --bin realtide` unless `REALTIDE_BIN` is set.
+pub fn binary() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| locate_binary().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn locate_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("REALTIDE_BIN") {
+        let path = PathBuf::from(path);
+        ensure!(
+            path.exists(),
+            "REALTIDE_BIN={} does not exist",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .context("tests crate has no parent directory")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace.join(dir)
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let path = target
+        .join("debug")
+        .join(format!("realtide{}", std::env::consts::EXE_SUFFIX));
+    // Always (re)build so that the tests never run a stale server; a no-op when fresh.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "realtide-server",
+            "--bin",
+            "realtide",
+        ])
+        .current_dir(&workspace)
+        .status()
+        .context("running cargo build for the realtide binary")?;
+    ensure!(
+        status.success(),
+        "cargo build -p realtide-server --bin realtide failed: {status}"
+    );
+    ensure!(path.exists(), "{} missing after build", path.display());
+    Ok(path)
+}
+
+/// A running `realtide` process; killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Settings every test server gets unless overridden.
+const DEFAULT_ENV: &[(&str, &str)] = &[
+    ("HOST", "127.0.0.1"),
+    ("PORT", "0"),
+    ("JWT_SECRET", SECRET),
+    ("CHANNEL_ERROR_BACKOFF_MS", "50"),
+    ("CONNECT_ERROR_BACKOFF_MS", "50"),
+    ("RUST_LOG", "info"),
+];
+
+/// Variables that would change the server's behaviour if inherited from the caller's shell.
+const SCRUBBED_ENV: &[&str] = &[
+    "API_JWT_SECRET",
+    "JWT_JWKS",
+    "JWT_CLAIM_VALIDATORS",
+    "DB_URL",
+    "TENANT_MAX_PAYLOAD_SIZE_IN_KB",
+    "TENANT_MAX_CHANNELS_PER_CLIENT",
+    "WEBSOCKET_MAX_FRAME_SIZE",
+    "WEBSOCKET_IDLE_TIMEOUT_MS",
+    "OUTBOUND_QUEUE_MESSAGES",
+    "OUTBOUND_QUEUE_BYTES",
+    "LOG_FORMAT",
+];
+
+impl Server {
+    /// Starts the server with the default settings overridden by `env`, and waits for its
+    /// `realtide listening on <addr>` line.
+    pub async fn start(env: &[(&str, &str)]) -> Result<Server> {
+        let mut command = Command::new(binary()?);
+        for name in SCRUBBED_ENV {
+            command.env_remove(name);
+        }
+        for (name, value) in DEFAULT_ENV.iter().chain(env) {
+            command.env(name, value);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("spawning realtide")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let sink = stderr.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(mut text) = sink.lock()
+                        && text.len() < 1 << 20
+                    {
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                }
+            });
+        }
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.trim().strip_prefix("realtide listening on ") {
+                    return Ok::<_, anyhow::Error>(Some(addr.parse::<SocketAddr>()?));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let addr = match found {
+            Ok(Ok(Some(addr))) => addr,
+            other => {
+                let _ = child.start_kill();
+                let status = child.wait().await.ok();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let log = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                bail!(
+                    "realtide did not report its address ({other:?}, exit {status:?}); stderr:\n{log}"
+                );
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server {
+            child,
+            addr,
+            stderr,
+        })
+    }
+
+    /// Starts the server with the default settings.
+    pub async fn default_server() -> Result<Server> {
+        Server::start(&[]).await
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn try_exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Connects to `/socket/websocket?apikey=<anon>&vsn=<vsn>`.
+    pub async fn connect(&self, vsn: Vsn) -> Result<Client> {
+        self.connect_token(vsn, &anon()).await
+    }
+
+    /// Connects with a given socket token.
+    pub async fn connect_token(&self, vsn: Vsn, token: &str) -> Result<Client> {
+        let query = format!("apikey={token}&vsn={}", vsn_str(vsn));
+        self.connect_url(vsn, "/socket/websocket", &query, &[])
+            .await
+    }
+
+    /// Connects to `path?query` with extra request headers; fails unless the upgrade succeeds.
+    /// `vsn` is the serializer the client expects (it must match what the query selects).
+    pub async fn connect_url(
+        &self,
+        vsn: Vsn,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client> {
+        match self.try_connect(vsn, path, query, headers).await? {
+            Connect::Open(client) => Ok(client),
+            Connect::Refused(response) => bail!("connect refused: {response:?}"),
+        }
+    }
+
+    /// Attempts a WebSocket upgrade; returns the client or the HTTP refusal.
+    pub async fn try_connect(
+        &self,
+        vsn: Vsn,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Connect> {
+        self.upgrade(vsn, path, query, headers, true).await
+    }
+
+    async fn upgrade(
+        &self,
+        vsn: Vsn,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+        start_reading: bool,
+    ) -> Result<Connect> {
+        let target = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
+        let mut request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            self.addr
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        stream.write_all(request.as_bytes()).await?;
+        let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
+            .await
+            .context("timed out waiting for the upgrade response")??;
+        if head.status == 101 {
+            ensure!(
+                head.header("sec-websocket-accept") == Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                "bad Sec-WebSocket-Accept in {head:?}"
+            );
+            return Ok(Connect::Open(Client::from_stream(
+                vsn,
+                stream,
+                start_reading,
+            )));
+        }
+        let body = read_body(&mut stream, &head).await?;
+        Ok(Connect::Refused(HttpResponse {
+            status: head.status,
+            headers: head.headers,
+            body,
+        }))
+    }
+
+    /// Connects and returns a client whose frames are not read until
+    /// [`Client::start_reading`] (a consumer that never reads).
+    pub async fn connect_paused(&self, vsn: Vsn) -> Result<Client> {
+        match self
+            .upgrade(
+                vsn,
+                "/socket/websocket",
+                &format!("apikey={}&vsn={}", anon(), vsn_str(vsn)),
+                &[],
+                false,
+            )
+            .await?
+        {
+            Connect::Open(client) => Ok(client),
+            Connect::Refused(response) => bail!("connect refused: {response:?}"),
+        }
+    }
+
+    /// A plain HTTP request (`Connection: close`); returns status, headers and body.
+    pub async fn http(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse> {
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut stream = TcpStream::connect(self.addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
+            .await
+            .context("timed out waiting for the response")??;
+        let body = read_body(&mut stream, &head).await?;
+        Ok(HttpResponse {
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
+    }
+}
+
+/// Outcome of a WebSocket connect attempt.
+#[derive(Debug)]
+pub enum Connect {
+    /// Upgraded.
+    Open(Client),
+    /// Refused with an HTTP response.
+    Refused(HttpResponse),
+}
+
+impl Connect {
+    /// The refusal, or an error when the socket was opened.
+    pub fn refused(self) -> Result<HttpResponse> {
+        match self {
+            Connect::Refused(response) => Ok(response),
+            Connect::Open(_) => bail!("expected the connect to be refused, but it was upgraded"),
+        }
+    }
+
+    /// The client, or an error when refused.
+    pub fn open(self) -> Result<Client> {
+        match self {
+            Connect::Open(client) => Ok(client),
+            Connect::Refused(response) => bail!("connect refused: {response:?}"),
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// First header with that (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a response head byte by byte, so nothing after it is consumed.
+async fn read_head(stream: &mut TcpStream) -> Result<Head> {
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n\r\n") {
+        let byte = stream
+            .read_u8()
+            .await
+            .context("connection closed in the response head")?;
+        raw.push(byte);
+        ensure!(raw.len() < 64 * 1024, "response head too long");
+    }
+    let text = String::from_utf8(raw)?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .context("no status code")?
+        .parse::<u16>()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Head { status, headers })
+}
+
+async fn read_body(stream: &mut TcpStream, head: &Head) -> Result<String> {
+    let body = if let Some(len) = head.header("content-length") {
+        let len: usize = len.parse()?;
+        let mut body = vec![0; len];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut body))
+            .await
+            .context("timed out reading the body")??;
+        body
+    } else if head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        let mut reader = BufReader::new(stream);
+        let mut body = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            let size = usize::from_str_radix(line.trim(), 16)?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await?;
+            chunk.truncate(size);
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        body
+    } else {
+        let mut body = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut body)).await;
+        body
+    };
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A decoded server text frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Msg {
+    /// `join_ref` (always `None` for V1, whose server frames have none).
+    pub join_ref: Option<String>,
+    /// `ref`.
+    pub reference: Option<String>,
+    /// Topic.
+    pub topic: String,
+    /// Event.
+    pub event: String,
+    /// Payload.
+    pub payload: Value,
+    /// The frame text exactly as received.
+    pub raw: String,
+}
+
+impl Msg {
+    /// `payload.status` of a reply.
+    pub fn status(&self) -> Option<&str> {
+        self.payload.get("status").and_then(Value::as_str)
+    }
+
+    /// `payload.response` of a reply.
+    pub fn response(&self) -> &Value {
+        self.payload.get("response").unwrap_or(&Value::Null)
+    }
+
+    /// The frame parsed as JSON (array for V2, object for V1).
+    pub fn json(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.raw)?)
+    }
+}
+
+/// Something the client received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A text frame decoded with `realtide-protocol`.
+    Text(Msg),
+    /// A text frame that `realtide-protocol` could not decode for this serializer.
+    BadText(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+    /// A close frame (code, reason).
+    Close(Option<u16>, String),
+    /// A ping.
+    Ping(Vec<u8>),
+    /// A pong.
+    Pong(Vec<u8>),
+    /// The TCP stream ended (or failed) without a close frame.
+    Eof(String),
+}
+
+impl Incoming {
+    /// The text message, if any.
+    pub fn text(&self) -> Option<&Msg> {
+        match self {
+            Incoming::Text(msg) => Some(msg),
+            _ => None,
+        }
+    }
+
+    /// True for close frames and the end of the stream.
+    pub fn is_end(&self) -> bool {
+        matches!(self, Incoming::Close(..) | Incoming::Eof(_))
+    }
+}
+
+/// Decodes a server text frame with `realtide-protocol`'s decoder (server frames have the same
+/// shape as client frames).
+pub fn decode_server_text(vsn: Vsn, text: &str) -> Option<Msg> {
+    let Inbound {
+        join_ref,
+        reference,
+        topic,
+        event,
+        payload,
+    } = decode_text(vsn, text).ok()?;
+    let payload = match payload {
+        InboundPayload::Json(raw) => serde_json::from_str(raw.get()).ok()?,
+        _ => return None,
+    };
+    Some(Msg {
+        join_ref: join_ref.map(|r| r.as_str().to_owned()),
+        reference: reference.map(|r| r.as_str().to_owned()),
+        topic: topic.as_str().to_owned(),
+        event,
+        payload,
+        raw: text.to_owned(),
+    })
+}
+
+/// Builds a V2 kind-3 user broadcast push (client → server).
+pub fn kind3_frame(
+    join_ref: &str,
+    reference: &str,
+    topic: &str,
+    user_event: &str,
+    metadata: &[u8],
+    encoding: u8,
+    body: &[u8],
+) -> Result<Vec<u8>> {
+    let len = |field: &str, value: &[u8]| {
+        u8::try_from(value.len()).map_err(|_| anyhow!("{field} longer than 255 bytes"))
+    };
+    let mut out = vec![
+        3,
+        len("join_ref", join_ref.as_bytes())?,
+        len("ref", reference.as_bytes())?,
+        len("topic", topic.as_bytes())?,
+        len("event", user_event.as_bytes())?,
+        len("metadata", metadata)?,
+        encoding,
+    ];
+    for part in [
+        join_ref.as_bytes(),
+        reference.as_bytes(),
+        topic.as_bytes(),
+        user_event.as_bytes(),
+        metadata,
+        body,
+    ] {
+        out.extend_from_slice(part);
+    }
+    Ok(out)
+}
+
+/// The kind-4 frame the reference sends for a user broadcast without metadata.
+pub fn kind4_frame(topic: &str, user_event: &str, encoding: u8, body: &[u8]) -> Result<Vec<u8>> {
+    Ok(realtide_protocol::encode::user_broadcast_binary(
+        topic,
+        user_event,
+        b"",
+        if encoding == 0 {
+            realtide_protocol::UserEncoding::Binary
+        } else {
+            realtide_protocol::UserEncoding::Json
+        },
+        body,
+    )?)
+}
+
+const OP_CONTINUATION: u8 = 0x0;
+/// Text frame opcode.
+pub const OP_TEXT: u8 = 0x1;
+/// Binary frame opcode.
+pub const OP_BINARY: u8 = 0x2;
+/// Close frame opcode.
+pub const OP_CLOSE: u8 = 0x8;
+/// Ping opcode.
+pub const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A WebSocket client speaking the Realtime protocol.
+#[derive(Debug)]
+pub struct Client {
+    /// The serializer this client speaks.
+    pub vsn: Vsn,
+    writer: OwnedWriteHalf,
+    reader: Option<OwnedReadHalf>,
+    rx: Option<mpsc::UnboundedReceiver<Incoming>>,
+    buffered: VecDeque<Incoming>,
+    next_ref: u64,
+    mask_seed: u32,
+}
+
+impl Client {
+    fn from_stream(vsn: Vsn, stream: TcpStream, start: bool) -> Client {
+        let (reader, writer) = stream.into_split();
+        let mut client = Client {
+            vsn,
+            writer,
+            reader: Some(reader),
+            rx: None,
+            buffered: VecDeque::new(),
+            next_ref: 0,
+            mask_seed: 0x1234_5678,
+        };
+        if start {
+            client.start_reading();
+        }
+        client
+    }
+
+    /// Starts the background reader (a no-op when it runs already).
+    pub fn start_reading(&mut self) {
+        if self.rx.is_some() {
+            return;
+        }
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let vsn = self.vsn;
+        tokio::spawn(read_loop(vsn, BufReader::new(reader), tx));
+        self.rx = Some(rx);
+    }
+
+    /// A fresh ref from this socket's counter.
+    pub fn make_ref(&mut self) -> String {
+        self.next_ref += 1;
+        self.next_ref.to_string()
+    }
+
+    /// Sends one unfragmented frame with an opcode.
+    pub async fn send_raw(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
+        self.mask_seed = self
+            .mask_seed
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
+        let mask = self.mask_seed.to_be_bytes();
+        let mut out = Vec::with_capacity(payload.len() + 14);
+        out.push(0x80 | opcode);
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | u8::try_from(len)?);
+        } else if let Ok(len) = u16::try_from(len) {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&len.to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&u64::try_from(len)?.to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(
+            payload
+                .iter()
+                .zip(mask.iter().cycle())
+                .map(|(byte, key)| byte ^ key),
+        );
+        self.writer.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.send_raw(OP_TEXT, text.as_bytes()).await
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<()> {
+        self.send_raw(OP_BINARY, bytes).await
+    }
+
+    /// Encodes a client push for this socket's serializer: a V2 array (via
+    /// `realtide_protocol::encode::text_frame`) or a V1 object with `join_ref` when given.
+    pub fn encode(
+        &self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: &Value,
+    ) -> String {
+        match self.vsn {
+            Vsn::V2 => realtide_protocol::encode::text_frame(
+                Vsn::V2,
+                join_ref,
+                reference,
+                topic,
+                event,
+                &payload.to_string(),
+            ),
+            Vsn::V1 => {
+                let mut object = json!({
+                    "topic": topic,
+                    "event": event,
+                    "payload": payload,
+                    "ref": reference,
+                });
+                if let (Some(join_ref), Some(map)) = (join_ref, object.as_object_mut()) {
+                    map.insert("join_ref".into(), json!(join_ref));
+                }
+                object.to_string()
+            }
+        }
+    }
+
+    /// Sends a push with an explicit ref.
+    pub async fn push_with_ref(
+        &mut self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: &Value,
+    ) -> Result<()> {
+        let text = self.encode(join_ref, reference, topic, event, payload);
+        self.send_text(&text).await
+    }
+
+    /// Sends a push with a fresh ref; returns the ref.
+    pub async fn push(
+        &mut self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: &Value,
+    ) -> Result<String> {
+        let reference = self.make_ref();
+        self.push_with_ref(join_ref, Some(&reference), topic, event, payload)
+            .await?;
+        Ok(reference)
+    }
+
+    /// Sends `phx_join` whose join_ref is its own ref; returns that ref.
+    pub async fn send_join(&mut self, topic: &str, payload: &Value) -> Result<String> {
+        let reference = self.make_ref();
+        self.push_with_ref(
+            Some(&reference),
+            Some(&reference),
+            topic,
+            "phx_join",
+            payload,
+        )
+        .await?;
+        Ok(reference)
+    }
+
+    /// Joins and waits for the reply, which must be `ok`; returns the join_ref and the reply.
+    pub async fn join(&mut self, topic: &str, payload: &Value) -> Result<(String, Msg)> {
+        let join_ref = self.send_join(topic, payload).await?;
+        let reply = self.expect_reply(topic, &join_ref).await?;
+        ensure!(
+            reply.status() == Some("ok"),
+            "join of {topic} failed: {}",
+            reply.raw
+        );
+        Ok((join_ref, reply))
+    }
+
+    /// Joins with `{"config": config}`.
+    pub async fn join_config(&mut self, topic: &str, config: Value) -> Result<String> {
+        Ok(self.join(topic, &json!({ "config": config })).await?.0)
+    }
+
+    /// Sends a heartbeat; returns its ref.
+    pub async fn send_heartbeat(&mut self) -> Result<String> {
+        self.push(None, "phoenix", "heartbeat", &json!({})).await
+    }
+
+    /// Sends a heartbeat and waits for its `ok` reply (skipping other frames).
+    pub async fn heartbeat(&mut self) -> Result<Msg> {
+        let reference = self.send_heartbeat().await?;
+        let reply = self.expect_reply("phoenix", &reference).await?;
+        ensure!(
+            reply.payload == json!({"status":"ok","response":{}}),
+            "bad heartbeat reply {}",
+            reply.raw
+        );
+        Ok(reply)
+    }
+
+    /// Sends a broadcast push (text frame); returns its ref.
+    pub async fn broadcast(
+        &mut self,
+        join_ref: &str,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> Result<String> {
+        self.push(
+            Some(join_ref),
+            topic,
+            "broadcast",
+            &json!({"type": "broadcast", "event": event, "payload": payload}),
+        )
+        .await
+    }
+
+    /// Sends a presence track; returns its ref.
+    pub async fn track(&mut self, join_ref: &str, topic: &str, meta: Value) -> Result<String> {
+        self.push(
+            Some(join_ref),
+            topic,
+            "presence",
+            &json!({"type": "presence", "event": "track", "payload": meta}),
+        )
+        .await
+    }
+
+    /// The next item, waiting at most `wait`; `None` on timeout.
+    pub async fn recv_timeout(&mut self, wait: Duration) -> Result<Option<Incoming>> {
+        if let Some(item) = self.buffered.pop_front() {
+            return Ok(Some(item));
+        }
+        let rx = self
+            .rx
+            .as_mut()
+            .context("reader not started (call start_reading)")?;
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(item)) => Ok(Some(item)),
+            Ok(None) => Ok(Some(Incoming::Eof("reader ended".into()))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The next item within [`WAIT`]; an error on timeout.
+    pub async fn recv(&mut self) -> Result<Incoming> {
+        self.recv_timeout(WAIT)
+            .await?
+            .context("no frame within 5 s")
+    }
+
+    /// The next frame, which must be a text frame.
+    pub async fn next_text(&mut self) -> Result<Msg> {
+        match self.recv().await? {
+            Incoming::Text(msg) => Ok(msg),
+            other => bail!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be binary.
+    pub async fn next_binary(&mut self) -> Result<Vec<u8>> {
+        match self.recv().await? {
+            Incoming::Binary(bytes) => Ok(bytes),
+            other => bail!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    /// Waits for the first text frame with this topic and event, skipping any other frame;
+    /// fails if the socket ends first.
+    pub async fn expect_event(&mut self, topic: &str, event: &str) -> Result<Msg> {
+        self.expect_text(|m| m.topic == topic && m.event == event)
+            .await
+            .with_context(|| format!("waiting for {event} on {topic}"))
+    }
+
+    /// Waits for the reply with this ref on this topic, skipping other frames.
+    pub async fn expect_reply(&mut self, topic: &str, reference: &str) -> Result<Msg> {
+        self.expect_text(|m| {
+            m.topic == topic && m.event == "phx_reply" && m.reference.as_deref() == Some(reference)
+        })
+        .await
+        .with_context(|| format!("waiting for the reply to ref {reference} on {topic}"))
+    }
+
+    /// Waits for the first text frame matching `pred`, skipping others, within [`WAIT`].
+    pub async fn expect_text(&mut self, pred: impl Fn(&Msg) -> bool) -> Result<Msg> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_timeout(left).await? {
+                Some(Incoming::Text(msg)) if pred(&msg) => return Ok(msg),
+                Some(item) if item.is_end() => {
+                    bail!("socket ended ({item:?}); skipped {skipped:?}")
+                }
+                Some(item) => skipped.push(item),
+                None => bail!("timed out; skipped {skipped:?}"),
+            }
+        }
+    }
+
+    /// Fails if any frame (or the end of the socket) arrives within `wait`.
+    pub async fn assert_no_frame(&mut self, wait: Duration) -> Result<()> {
+        match self.recv_timeout(wait).await? {
+            None => Ok(()),
+            Some(item) => bail!("expected no frame, got {item:?}"),
+        }
+    }
+
+    /// Collects every item arriving within `wait`.
+    pub async fn drain(&mut self, wait: Duration) -> Result<Vec<Incoming>> {
+        let mut items = Vec::new();
+        while let Some(item) = self.recv_timeout(wait).await? {
+            let end = item.is_end();
+            items.push(item);
+            if end {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    /// Waits (up to `wait`) for the socket to end, skipping other frames; returns the close
+    /// frame's code (`None` for a bare TCP end) and the frames skipped.
+    pub async fn expect_end(&mut self, wait: Duration) -> Result<(Option<u16>, Vec<Incoming>)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_timeout(left).await? {
+                Some(Incoming::Close(code, _)) => return Ok((code, skipped)),
+                Some(Incoming::Eof(_)) => return Ok((None, skipped)),
+                Some(item) => skipped.push(item),
+                None => bail!(
+                    "socket still open after {wait:?}; {} frames skipped",
+                    skipped.len()
+                ),
+            }
+        }
+    }
+}
+
+/// Reads server frames until the stream ends; forwards each to `tx`.
+async fn read_loop<R: AsyncRead + Unpin>(
+    vsn: Vsn,
+    mut reader: BufReader<R>,
+    tx: mpsc::UnboundedSender<Incoming>,
+) {
+    let mut message: Option<(u8, Vec<u8>)> = None;
+    loop {
+        let frame = match read_frame(&mut reader).await {
+            Ok(frame) => frame,
+            Err(error) => {
+                let _ = tx.send(Incoming::Eof(format!("{error:#}")));
+                return;
+            }
+        };
+        let (fin, opcode, payload) = frame;
+        let item = match opcode {
+            OP_CLOSE => {
+                let code = payload.get(..2).map(|b| {
+                    u16::from_be_bytes([
+                        b.first().copied().unwrap_or(0),
+                        b.get(1).copied().unwrap_or(0),
+                    ])
+                });
+                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                let _ = tx.send(Incoming::Close(code, reason.into_owned()));
+                return;
+            }
+            OP_PING => Incoming::Ping(payload),
+            OP_PONG => Incoming::Pong(payload),
+            OP_TEXT | OP_BINARY if fin && message.is_none() => complete(vsn, opcode, payload),
+            OP_TEXT | OP_BINARY if message.is_none() => {
+                message = Some((opcode, payload));
+                continue;
+            }
+            OP_CONTINUATION => match message.as_mut() {
+                Some((_, buffer)) => {
+                    buffer.extend_from_slice(&payload);
+                    if !fin {
+                        continue;
+                    }
+                    match message.take() {
+                        Some((opcode, buffer)) => complete(vsn, opcode, buffer),
+                        None => continue,
+                    }
+                }
+                None => Incoming::Eof("continuation without a started message".into()),
+            },
+            other => Incoming::Eof(format!("unexpected opcode {other:#x}")),
+        };
+        let end = item.is_end();
+        if tx.send(item).is_err() || end {
+            return;
+        }
+    }
+}
+
+fn complete(vsn: Vsn, opcode: u8, payload: Vec<u8>) -> Incoming {
+    if opcode == OP_BINARY {
+        return Incoming::Binary(payload);
+    }
+    match String::from_utf8(payload) {
+        Ok(text) => match decode_server_text(vsn, &text) {
+            Some(msg) => Incoming::Text(msg),
+            None => Incoming::BadText(text),
+        },
+        Err(error) => Incoming::BadText(String::from_utf8_lossy(error.as_bytes()).into_owned()),
+    }
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(bool, u8, Vec<u8>)> {
+    let first = reader.read_u8().await?;
+    let second = reader.read_u8().await?;
+    ensure!(second & 0x80 == 0, "server frame is masked");
+    let len = match second & 0x7f {
+        126 => u64::from(reader.read_u16().await?),
+        127 => reader.read_u64().await?,
+        n => u64::from(n),
+    };
+    ensure!(len <= 256 * 1024 * 1024, "frame of {len} bytes");
+    let mut payload = vec![0; usize::try_from(len)?];
+    reader.read_exact(&mut payload).await?;
+    Ok((first & 0x80 != 0, first & 0x0f, payload))
+}
