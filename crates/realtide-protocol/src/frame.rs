@@ -21,7 +21,7 @@ pub const KIND_USER_BROADCAST: u8 = 4;
 /// Why a frame could not be decoded. The server drops such frames and keeps the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// Text that is not the JSON shape of the serializer.
+    /// Text that is not the JSON shape of the serializer, or kind-3 metadata that is not JSON.
     #[error("invalid json frame")]
     Json(#[source] serde_json::Error),
     /// V2 text that is not an array of at least five elements.
@@ -65,7 +65,7 @@ impl UserEncoding {
 pub struct UserBroadcast {
     /// The user event name.
     pub event: String,
-    /// Client metadata (JSON object text or empty); not re-broadcast.
+    /// Client metadata (JSON text, checked to parse, or empty); not re-broadcast.
     pub metadata: Bytes,
     /// How `body` is encoded.
     pub encoding: UserEncoding,
@@ -125,11 +125,35 @@ struct V1Frame<'a> {
     join_ref: Option<RefField>,
 }
 
+/// A V1 frame, which must be a JSON object. (A derived struct deserializer would also accept a
+/// JSON array, field by field; Phoenix's V1 serializer refuses anything but a map.)
+struct V1Object<'a>(V1Frame<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for V1Object<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+
+        impl<'de> de::Visitor<'de> for ObjectOnly {
+            type Value = V1Frame<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a V1 frame object")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                V1Frame::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectOnly).map(V1Object)
+    }
+}
+
 /// Decodes a text frame for the given serializer.
 pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
     match vsn {
         Vsn::V1 => {
-            let frame: V1Frame<'_> = serde_json::from_str(text).map_err(DecodeError::Json)?;
+            let V1Object(frame) = serde_json::from_str(text).map_err(DecodeError::Json)?;
             Ok(Inbound {
                 join_ref: frame.join_ref.and_then(|r| r.0).map(JoinRef::new),
                 reference: frame.reference.0.map(Ref::new),
@@ -195,6 +219,18 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Kind-3 metadata is empty or JSON text. The reference decodes it (`Jason.decode!` in
+/// `V2Serializer.decode_binary/1`) and so drops the frame when it is not JSON.
+fn check_metadata(metadata: &[u8]) -> Result<(), DecodeError> {
+    if metadata.is_empty() {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(metadata).map_err(|_| DecodeError::NotUtf8)?;
+    serde_json::from_str::<de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(DecodeError::Json)
+}
+
 /// Decodes a binary frame. Only V2 sockets accept binary frames.
 pub fn decode_binary(vsn: Vsn, frame: &Bytes) -> Result<Inbound, DecodeError> {
     if vsn == Vsn::V1 {
@@ -235,7 +271,7 @@ pub fn decode_binary(vsn: Vsn, frame: &Bytes) -> Result<Inbound, DecodeError> {
             let topic = cursor.text(topic_len)?;
             let user_event = cursor.text(event_len)?;
             let meta_start = frame.len() - cursor.bytes.len();
-            cursor.take(meta_len)?;
+            check_metadata(cursor.take(meta_len)?)?;
             let body_start = frame.len() - cursor.bytes.len();
             Ok(Inbound {
                 join_ref: join_ref.map(JoinRef::new),
@@ -282,6 +318,8 @@ mod tests {
         ));
         assert!(decode_text(Vsn::V1, r#"{"event":"x","payload":{},"topic":"t"}"#).is_err());
         assert!(decode_text(Vsn::V1, r#"[null,"1","t","e",{}]"#).is_err());
+        // A derived deserializer would take this array positionally as topic/event/payload/ref.
+        assert!(decode_text(Vsn::V1, r#"["t","e",{},"1"]"#).is_err());
     }
 
     #[test]
