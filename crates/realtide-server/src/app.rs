@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::postgres::Postgres;
 use crate::registry::Registry;
 use crate::socket;
 
@@ -31,13 +32,17 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every connection task and delayed reply, awaited at shutdown.
     pub tasks: TaskTracker,
+    /// Database state, when `DB_URL` is set.
+    pub postgres: Option<Arc<Postgres>>,
 }
 
 impl App {
     /// Builds the shared state.
     pub fn new(config: Config) -> Arc<App> {
         let metrics = Arc::new(Metrics::default());
+        let postgres = config.database.clone().map(Postgres::new);
         Arc::new(App {
+            postgres,
             config,
             registry: Registry::new(metrics.clone()),
             metrics,
@@ -65,7 +70,9 @@ async fn healthcheck() -> &'static str {
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
-        "database_configured": app.config.db_url.is_some(),
+        "database_configured": app.config.database.is_some(),
+        "replication_connected": app.postgres.as_ref().is_some_and(|p| p.replication_connected.load(std::sync::atomic::Ordering::Relaxed)),
+        "replication_lag_bytes": app.postgres.as_ref().map(|p| p.lag_bytes()),
         "topics": app.registry.topic_count(),
         "metrics": app.metrics.snapshot(),
     }))

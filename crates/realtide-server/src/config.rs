@@ -34,6 +34,22 @@ pub struct ServeArgs {
     /// PostgreSQL URL (optional; postgres_changes needs it).
     #[arg(long, env = "DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+    /// Publication whose tables stream postgres_changes (created empty when absent).
+    #[arg(long, env = "PUBLICATION", default_value = "supabase_realtime")]
+    pub publication: String,
+    /// Persistent logical replication slot realtide consumes.
+    #[arg(long, env = "SLOT_NAME", default_value = "realtide")]
+    pub slot_name: String,
+    /// Connections used for catalog lookups and row level security checks.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
+    pub db_pool_size: usize,
+    /// Change records larger than this keep only small fields (`Error 413: Payload Too Large`).
+    #[arg(
+        long,
+        env = "POSTGRES_CHANGES_MAX_RECORD_BYTES",
+        default_value_t = 1_048_576
+    )]
+    pub max_record_bytes: usize,
     /// Delay before a failed join's error reply, in milliseconds.
     #[arg(long, env = "CHANNEL_ERROR_BACKOFF_MS", default_value_t = 5000)]
     pub channel_error_backoff_ms: u64,
@@ -70,8 +86,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// JWT verifier built from the secret / JWKS / validators.
     pub jwt: JwtVerifier,
-    /// Database URL, when configured.
-    pub db_url: Option<String>,
+    /// Database settings, when a database is configured.
+    pub database: Option<DatabaseConfig>,
     /// Delay before join error replies.
     pub channel_error_backoff: Duration,
     /// Delay before connect error responses.
@@ -88,6 +104,21 @@ pub struct Config {
     pub outbox: crate::outbox::OutboxLimits,
     /// Emit JSON logs.
     pub json_logs: bool,
+}
+
+/// Where and how postgres_changes are read.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// Connection URL.
+    pub url: String,
+    /// Publication name.
+    pub publication: String,
+    /// Replication slot name.
+    pub slot: String,
+    /// Query pool size.
+    pub pool_size: usize,
+    /// Record size limit.
+    pub max_record_bytes: usize,
 }
 
 /// A setting that failed validation; its message names the setting.
@@ -110,6 +141,34 @@ pub enum ConfigError {
     /// LOG_FORMAT is not text or json.
     #[error("LOG_FORMAT must be `text` or `json`")]
     LogFormat,
+}
+
+fn nonempty(name: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        Err(ConfigError::Range {
+            name,
+            rule: "non-empty",
+        })
+    } else {
+        Ok(value)
+    }
+}
+
+/// Slot names are limited by PostgreSQL to lower-case letters, digits and underscores.
+fn slot_name(value: String) -> Result<String, ConfigError> {
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(value)
+    } else {
+        Err(ConfigError::Range {
+            name: "SLOT_NAME",
+            rule: "1-63 characters of a-z, 0-9 and _",
+        })
+    }
 }
 
 impl ServeArgs {
@@ -163,7 +222,19 @@ impl ServeArgs {
         Ok(Config {
             listen: SocketAddr::new(self.host, self.port),
             jwt,
-            db_url: self.db_url.filter(|s| !s.is_empty()),
+            database: match self.db_url.filter(|s| !s.is_empty()) {
+                None => None,
+                Some(url) => Some(DatabaseConfig {
+                    url,
+                    publication: nonempty("PUBLICATION", self.publication)?,
+                    slot: slot_name(self.slot_name)?,
+                    pool_size: positive("DB_POOL_SIZE", self.db_pool_size as u64)? as usize,
+                    max_record_bytes: positive(
+                        "POSTGRES_CHANGES_MAX_RECORD_BYTES",
+                        self.max_record_bytes as u64,
+                    )? as usize,
+                }),
+            },
             channel_error_backoff: Duration::from_millis(self.channel_error_backoff_ms),
             connect_error_backoff: Duration::from_millis(self.connect_error_backoff_ms),
             max_payload_bytes,

@@ -14,12 +14,18 @@
 //! - [`token`]: the `realtide token` command.
 
 mod app;
+mod catalog;
+mod changes;
 mod config;
+mod database;
+mod delivery;
 mod error;
 mod metrics;
 mod outbox;
+mod postgres;
 mod presence;
 mod registry;
+mod replication;
 mod session;
 mod socket;
 mod token;
@@ -46,6 +52,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start")]
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
@@ -104,6 +111,10 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (PORT/HOST): {e}", config.listen))?;
     let local = listener.local_addr()?;
     let app = app::App::new(config);
+    if let Some(postgres) = app.postgres.clone() {
+        let task = replication::run(postgres, app.metrics.clone(), app.shutdown.clone());
+        app.tasks.spawn(task);
+    }
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -12,6 +12,7 @@ pub struct Metrics {
     events_out: AtomicU64,
     bytes_out: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
+    database_events: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// Connections closed for being slow consumers.
     pub slow_consumer_disconnects: u64,
+    /// postgres_changes messages delivered since start.
+    pub database_events: u64,
 }
 
 impl Metrics {
@@ -68,6 +71,10 @@ impl Metrics {
         self.slow_consumer_disconnects
             .fetch_add(1, Ordering::Relaxed);
     }
+    /// postgres_changes messages were delivered.
+    pub fn database_events(&self, n: u64) {
+        self.database_events.fetch_add(n, Ordering::Relaxed);
+    }
     /// Reads every counter.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -78,6 +85,7 @@ impl Metrics {
             events_out: self.events_out.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Ordering::Relaxed),
+            database_events: self.database_events.load(Ordering::Relaxed),
         }
     }
 }

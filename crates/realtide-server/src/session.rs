@@ -24,8 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::changes::{self, ChannelChanges, ClaimsGroup};
 use crate::error::{JoinError, token_shutdown_message};
 use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox};
+use crate::postgres::Postgres;
 use crate::registry::{ChannelId, Subscriber, TopicKey};
 
 /// Longest interval between two checks of a channel token.
@@ -408,7 +410,8 @@ impl Session {
         // A V1 join without join_ref uses its ref, as Phoenix does.
         let join_ref = join_ref.or_else(|| reference.as_ref().map(|r| JoinRef::new(r.as_str())));
         if topic.sub_topic().is_none() {
-            self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
+            // Phoenix answers a join it cannot route with a null join_ref.
+            self.unmatched(None, reference.as_ref(), &topic);
             return;
         }
         if let Some(old) = self.channels.remove(&topic) {
@@ -533,14 +536,32 @@ impl Session {
             token,
             token_check_at: token_check_at(&claims),
         };
-        if !request.postgres_changes.is_empty() && self.app.config.db_url.is_none() {
-            let payload = system_payload(
-                "postgres_changes",
-                SystemStatus::Error,
-                "Unable to subscribe to changes: no database is configured (set DB_URL)",
-                Some(channel.sub_topic()),
-            );
-            self.channel_push(&channel, topic, "system", &payload);
+        if !request.postgres_changes.is_empty() {
+            match &self.app.postgres {
+                None => {
+                    let payload = system_payload(
+                        "postgres_changes",
+                        SystemStatus::Error,
+                        "Unable to subscribe to changes: no database is configured (set DB_URL)",
+                        Some(channel.sub_topic()),
+                    );
+                    self.channel_push(&channel, topic, "system", &payload);
+                }
+                Some(postgres) => {
+                    postgres.subscriptions.open(id);
+                    let task = SubscribeTask {
+                        postgres: postgres.clone(),
+                        channel: id,
+                        entries: request.postgres_changes,
+                        claims: Arc::new(ClaimsGroup::new(&claims)),
+                        vsn,
+                        outbox: self.outbox.clone(),
+                        topic: topic.clone(),
+                        join_ref: channel.join_ref.clone(),
+                    };
+                    self.app.tasks.spawn(task.run());
+                }
+            }
         }
         self.app.metrics.channel_joined();
         self.channels.insert(topic.clone(), channel);
@@ -673,6 +694,12 @@ impl Session {
             Ok(claims) => {
                 channel.token = token;
                 channel.token_check_at = token_check_at(&claims);
+                if let Some(postgres) = &self.app.postgres {
+                    // Later changes are checked with the new claims.
+                    postgres
+                        .subscriptions
+                        .update_claims(channel.id, Arc::new(ClaimsGroup::new(&claims)));
+                }
             }
             Err(error) => {
                 let message = token_shutdown_message(&error);
@@ -745,6 +772,9 @@ impl Session {
     }
 
     fn release(&self, channel: Channel) {
+        if let Some(postgres) = &self.app.postgres {
+            postgres.subscriptions.close(channel.id);
+        }
         self.app
             .registry
             .unsubscribe(&channel.key, &channel.topic, channel.id);
@@ -754,6 +784,83 @@ impl Session {
     fn leave_all(&mut self) {
         for (_, channel) in std::mem::take(&mut self.channels) {
             self.release(channel);
+        }
+    }
+}
+
+/// Creates a channel's postgres_changes subscriptions after its join reply, then reports the
+/// outcome with a `system` message. Database errors are retried every 5-10 s while the channel
+/// stays open, as the reference does; parameter errors are final.
+struct SubscribeTask {
+    postgres: Arc<Postgres>,
+    channel: ChannelId,
+    entries: Vec<serde_json::Map<String, Value>>,
+    claims: Arc<ClaimsGroup>,
+    vsn: Vsn,
+    outbox: Outbox,
+    topic: Topic,
+    join_ref: Option<JoinRef>,
+}
+
+impl SubscribeTask {
+    fn system(&self, status: SystemStatus, message: &str) {
+        let sub_topic = self.topic.sub_topic().unwrap_or_default();
+        let payload = system_payload("postgres_changes", status, message, Some(sub_topic));
+        let frame = encode::text_frame(
+            self.vsn,
+            self.join_ref.as_ref().map(JoinRef::as_str),
+            None,
+            self.topic.as_str(),
+            "system",
+            &payload,
+        );
+        self.outbox.text(frame);
+    }
+
+    async fn run(self) {
+        let postgres = &self.postgres;
+        loop {
+            let outcome = changes::prepare(
+                &postgres.catalog,
+                &postgres.config.publication,
+                &self.claims.role,
+                &self.entries,
+            )
+            .await;
+            match outcome {
+                Ok(Ok(bindings)) => {
+                    let registered = postgres.subscriptions.register(
+                        self.channel,
+                        ChannelChanges {
+                            vsn: self.vsn,
+                            outbox: self.outbox.clone(),
+                            topic: Arc::from(self.topic.as_str()),
+                            bindings,
+                            claims: parking_lot::RwLock::new(self.claims.clone()),
+                        },
+                    );
+                    if registered {
+                        self.system(SystemStatus::Ok, "Subscribed to PostgreSQL");
+                    }
+                    return;
+                }
+                Ok(Err(message)) => {
+                    self.system(SystemStatus::Error, &message);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "postgres_changes subscription failed; retrying");
+                    self.system(
+                        SystemStatus::Error,
+                        "Realtime was unable to connect to the project database",
+                    );
+                    let delay = Duration::from_millis(5000 + rand::random::<u64>() % 5000);
+                    tokio::time::sleep(delay).await;
+                    if !postgres.subscriptions.is_open(self.channel) {
+                        return;
+                    }
+                }
+            }
         }
     }
 }

@@ -1,0 +1,383 @@
+//! `postgres_changes` subscriptions: parsing a join's bindings, checking them against the
+//! database, and the registry the replication pipeline matches changes against.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use parking_lot::{Mutex, RwLock};
+use realtide_protocol::Vsn;
+use realtide_protocol::message::binding_id;
+use realtide_replication::filter::{CompiledFilter, Filter, inspect, parse_filters, validate};
+use serde_json::{Map, Value};
+
+use crate::catalog::{Catalog, Table};
+use crate::database::DbError;
+use crate::outbox::Outbox;
+use crate::registry::ChannelId;
+
+/// Which operations a binding wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `*`
+    All,
+    /// `INSERT`
+    Insert,
+    /// `UPDATE`
+    Update,
+    /// `DELETE`
+    Delete,
+}
+
+impl Action {
+    fn parse(event: Option<&Value>) -> Action {
+        match event
+            .and_then(Value::as_str)
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            Some("INSERT") => Action::Insert,
+            Some("UPDATE") => Action::Update,
+            Some("DELETE") => Action::Delete,
+            // Anything else, or nothing, means every operation (as the reference).
+            _ => Action::All,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Action::All => "*",
+            Action::Insert => "INSERT",
+            Action::Update => "UPDATE",
+            Action::Delete => "DELETE",
+        }
+    }
+
+    /// Whether a change of kind `other` (never `All`) is wanted.
+    pub fn accepts(self, other: Action) -> bool {
+        self == Action::All || self == other
+    }
+}
+
+/// A schema or table name pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// `*`
+    Any,
+    /// An exact name.
+    Name(String),
+}
+
+impl Pattern {
+    fn new(name: &str) -> Pattern {
+        if name == "*" {
+            Pattern::Any
+        } else {
+            Pattern::Name(name.to_owned())
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Name(n) => n == name,
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            Pattern::Any => "*",
+            Pattern::Name(n) => n,
+        }
+    }
+}
+
+/// One parsed `postgres_changes` binding.
+#[derive(Debug)]
+pub struct Binding {
+    /// The id clients see in the join reply and in `ids`.
+    pub id: u32,
+    /// Operations wanted.
+    pub action: Action,
+    /// Schema pattern.
+    pub schema: Pattern,
+    /// Table pattern.
+    pub table: Pattern,
+    /// Filters, ANDed.
+    pub filters: Vec<Filter>,
+    /// Selected columns (primary keys are always added).
+    pub select: Option<Vec<String>>,
+    /// Filters compiled per table oid (`None`: not valid for that table).
+    compiled: Mutex<HashMap<u32, Option<Arc<TableFilters>>>>,
+}
+
+impl Binding {
+    /// The reference's Elixir-inspect rendering of the parsed parameters, used in messages.
+    fn params_text(&self) -> String {
+        let select = match &self.select {
+            None => "nil".to_owned(),
+            Some(cols) => format!(
+                "[{}]",
+                cols.iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        format!(
+            "[event: {}, schema: {}, table: {}, filters: {}, select: {}]",
+            self.action.label(),
+            self.schema.label(),
+            self.table.label(),
+            inspect(&self.filters),
+            select
+        )
+    }
+
+    /// Whether the binding is interested in a change of `table` (name and action only).
+    pub fn targets(&self, table: &Table, action: Action) -> bool {
+        self.action.accepts(action)
+            && self.schema.matches(&table.schema)
+            && self.table.matches(&table.name)
+    }
+
+    /// Filters compiled for `table`; `None` when they cannot apply to it.
+    pub fn filters_for(&self, table: &Table) -> Option<Arc<TableFilters>> {
+        if let Some(cached) = self.compiled.lock().get(&table.oid) {
+            return cached.clone();
+        }
+        let compiled = compile(&self.filters, table).ok().map(Arc::new);
+        self.compiled.lock().insert(table.oid, compiled.clone());
+        compiled
+    }
+}
+
+/// Filters compiled for one table: `(column index, filter)`.
+pub type TableFilters = Vec<(usize, CompiledFilter)>;
+
+/// Compiles filters for a table.
+fn compile(filters: &[Filter], table: &Table) -> Result<TableFilters, String> {
+    filters
+        .iter()
+        .map(|filter| {
+            let index = table
+                .column_index(&filter.column)
+                .ok_or_else(|| format!("invalid column for filter {}", filter.column))?;
+            let column = table
+                .columns
+                .get(index)
+                .ok_or_else(|| format!("invalid column for filter {}", filter.column))?;
+            Ok((index, validate(filter, &column.ty)?))
+        })
+        .collect()
+}
+
+/// Parses one raw binding; errors are the `system` message texts.
+pub fn parse_binding(entry: &Map<String, Value>) -> Result<Binding, String> {
+    let schema = entry.get("schema").and_then(Value::as_str);
+    let table = entry.get("table").and_then(Value::as_str);
+    let (schema, table) = match (schema, table) {
+        (Some(s), Some(t)) => (s, t),
+        (Some(s), None) => (s, "*"),
+        (None, Some(t)) => ("public", t),
+        (None, None) => {
+            return Err(format!(
+                "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {}",
+                Value::Object(entry.clone())
+            ));
+        }
+    };
+    let filters = match entry.get("filter").and_then(Value::as_str) {
+        Some(text) => parse_filters(text).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let select = match entry.get("select") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    "Error parsing `select` params: expected a list of column names".to_owned()
+                })?,
+        ),
+        Some(_) => {
+            return Err("Error parsing `select` params: expected a list of column names".to_owned());
+        }
+    };
+    if select.is_some() && (schema == "*" || table == "*") {
+        return Err(
+            "Error parsing `select` params: not allowed with a wildcard schema or table".to_owned(),
+        );
+    }
+    Ok(Binding {
+        id: binding_id(entry),
+        action: Action::parse(entry.get("event")),
+        schema: Pattern::new(schema),
+        table: Pattern::new(table),
+        filters,
+        select,
+        compiled: Mutex::new(HashMap::new()),
+    })
+}
+
+/// Claims shared by subscriptions with identical tokens; RLS checks run once per group.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ClaimsGroup {
+    /// The claims as JSON text (also the group key).
+    pub claims: String,
+    /// The `role` claim.
+    pub role: String,
+    /// The `sub` claim.
+    pub sub: Option<String>,
+}
+
+impl ClaimsGroup {
+    /// From verified claims.
+    pub fn new(claims: &realtide_auth::Claims) -> ClaimsGroup {
+        ClaimsGroup {
+            claims: Value::Object(claims.all.clone()).to_string(),
+            role: claims.role.clone(),
+            sub: claims.sub.clone(),
+        }
+    }
+}
+
+/// A channel's postgres_changes subscriptions.
+#[derive(Debug)]
+pub struct ChannelChanges {
+    /// Its serializer.
+    pub vsn: Vsn,
+    /// Its connection's outbound queue.
+    pub outbox: Outbox,
+    /// The channel's wire topic.
+    pub topic: Arc<str>,
+    /// Its bindings.
+    pub bindings: Vec<Binding>,
+    /// Its claims (replaced on `access_token`).
+    pub claims: RwLock<Arc<ClaimsGroup>>,
+}
+
+/// All postgres_changes subscriptions of the process.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    channels: RwLock<IndexMap<ChannelId, Arc<ChannelChanges>>>,
+    open: Mutex<HashSet<ChannelId>>,
+}
+
+impl Subscriptions {
+    /// Marks a channel as open: its subscriptions may be registered.
+    pub fn open(&self, id: ChannelId) {
+        self.open.lock().insert(id);
+    }
+
+    /// Whether a channel is still open.
+    pub fn is_open(&self, id: ChannelId) -> bool {
+        self.open.lock().contains(&id)
+    }
+
+    /// Removes a channel and its subscriptions.
+    pub fn close(&self, id: ChannelId) {
+        self.open.lock().remove(&id);
+        self.channels.write().swap_remove(&id);
+    }
+
+    /// Registers a channel's subscriptions if the channel is still open.
+    pub fn register(&self, id: ChannelId, changes: ChannelChanges) -> bool {
+        let open = self.open.lock();
+        if !open.contains(&id) {
+            return false;
+        }
+        self.channels.write().insert(id, Arc::new(changes));
+        true
+    }
+
+    /// New claims for a channel (token refresh).
+    pub fn update_claims(&self, id: ChannelId, claims: Arc<ClaimsGroup>) {
+        if let Some(channel) = self.channels.read().get(&id) {
+            *channel.claims.write() = claims;
+        }
+    }
+
+    /// A snapshot of every subscribed channel.
+    pub fn snapshot(&self) -> Vec<Arc<ChannelChanges>> {
+        self.channels.read().values().cloned().collect()
+    }
+
+    /// Whether nobody subscribes.
+    pub fn is_empty(&self) -> bool {
+        self.channels.read().is_empty()
+    }
+}
+
+/// Outcome of subscribing a join's bindings, as the `system` message text.
+pub type SubscribeOutcome = Result<Vec<Binding>, String>;
+
+/// Parses and checks a join's bindings against the publication and the tables' columns.
+pub async fn prepare(
+    catalog: &Catalog,
+    publication: &str,
+    role: &str,
+    entries: &[Map<String, Value>],
+) -> Result<SubscribeOutcome, DbError> {
+    let mut bindings = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match parse_binding(entry) {
+            Ok(binding) => bindings.push(binding),
+            Err(message) => return Ok(Err(message)),
+        }
+    }
+    let published = catalog.published_tables(publication).await?;
+    for binding in &bindings {
+        let tables: Vec<u32> = published
+            .iter()
+            .filter(|(_, schema, table)| {
+                binding.schema.matches(schema) && binding.table.matches(table)
+            })
+            .map(|(oid, _, _)| *oid)
+            .collect();
+        if tables.is_empty() {
+            return Ok(Err(format!(
+                "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: {}",
+                binding.params_text()
+            )));
+        }
+        for oid in tables {
+            let Some(table) = catalog.table(oid).await? else {
+                continue;
+            };
+            let selectable = catalog.selectable(role, &table).await?;
+            if let Err(exception) = check_columns(binding, &table, &selectable) {
+                return Ok(Err(format!(
+                    "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: {exception}",
+                    binding.params_text()
+                )));
+            }
+        }
+    }
+    Ok(Ok(bindings))
+}
+
+/// The subscription-time checks of the reference's `subscription_check_filters` trigger;
+/// errors are the Postgrex exception texts the reference shows.
+fn check_columns(binding: &Binding, table: &Table, selectable: &[bool]) -> Result<(), String> {
+    let raise = |message: String| format!("ERROR P0001 (raise_exception) {message}");
+    let may_select =
+        |index: Option<usize>| index.is_some_and(|i| selectable.get(i).copied().unwrap_or(false));
+    for filter in &binding.filters {
+        if !may_select(table.column_index(&filter.column)) {
+            return Err(raise(format!(
+                "invalid column for filter {}",
+                filter.column
+            )));
+        }
+    }
+    compile(&binding.filters, table)?;
+    for name in binding.select.iter().flatten() {
+        if !may_select(table.column_index(name)) {
+            return Err(raise(format!("invalid column for select {name}")));
+        }
+    }
+    Ok(())
+}

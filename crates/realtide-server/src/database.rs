@@ -1,0 +1,135 @@
+//! Connections to PostgreSQL for queries (catalog lookups and RLS checks).
+//!
+//! A small fixed set of `tokio-postgres` clients used round-robin; a broken client is replaced
+//! on its next use. Queries issued concurrently on one client are pipelined by tokio-postgres.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// A client plus its prepared statements (statements belong to one connection).
+#[derive(Debug)]
+pub struct Conn {
+    /// The client.
+    pub client: Client,
+    statements: parking_lot::Mutex<HashMap<String, Statement>>,
+}
+
+impl Conn {
+    /// A prepared statement for `sql`, prepared once per connection.
+    pub async fn prepared(&self, sql: &str) -> Result<Statement, DbError> {
+        if let Some(statement) = self.statements.lock().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(DbError::query("prepare"))?;
+        let mut statements = self.statements.lock();
+        if statements.len() > 1000 {
+            // Table shapes change rarely; a bound keeps a long-lived connection from growing.
+            statements.clear();
+        }
+        statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// A database error, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The pool has no connection slots.
+    #[error("the database pool has no connections")]
+    NoConnections,
+    /// Connecting failed.
+    #[error("cannot connect to the database")]
+    Connect(#[source] tokio_postgres::Error),
+    /// A query failed.
+    #[error("database query failed: {what}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl DbError {
+    /// Wraps a query error.
+    pub fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+        move |source| DbError::Query { what, source }
+    }
+}
+
+/// A small pool of query connections.
+#[derive(Debug)]
+pub struct Pool {
+    url: String,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// A pool of `size` lazily opened connections.
+    pub fn new(url: String, size: usize) -> Pool {
+        Pool {
+            url,
+            slots: (0..size.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next client, round-robin.
+    pub async fn client(&self) -> Result<Arc<Conn>, DbError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.client_at(index).await
+    }
+
+    /// The client in slot `index` (modulo the pool size), reconnecting it when broken.
+    pub async fn client_at(&self, index: usize) -> Result<Arc<Conn>, DbError> {
+        let Some(slot) = self.slots.get(index % self.slots.len()) else {
+            return Err(DbError::NoConnections);
+        };
+        let mut slot = slot.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(Conn {
+            client: connect(&self.url).await?,
+            statements: parking_lot::Mutex::new(HashMap::new()),
+        });
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// Opens one connection and drives it on a background task.
+pub async fn connect(url: &str) -> Result<Client, DbError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(DbError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "database connection ended");
+        }
+    });
+    client
+        .batch_execute("set application_name = 'realtide'; set time zone 'UTC'")
+        .await
+        .map_err(DbError::query("session setup"))?;
+    Ok(client)
+}

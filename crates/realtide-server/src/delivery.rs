@@ -1,0 +1,531 @@
+//! Delivery of row changes to `postgres_changes` subscribers.
+//!
+//! A batch of committed changes is matched against every subscription (operation, schema,
+//! table, filters), then checked for row level security once per claims group and table with
+//! one pipelined transaction (`select ... join unnest($keys)` under the subscriber's role and
+//! claims), then rendered: the `data` object once per change and column-visibility, the frame
+//! once per `ids` list and serializer, and handed to each channel's outbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use realtide_protocol::Vsn;
+use realtide_protocol::encode::{push_json_str, text_frame};
+use realtide_replication::value::to_json_text;
+
+use crate::catalog::{Catalog, Table, quote_ident};
+use crate::changes::{Action, ChannelChanges, ClaimsGroup, Subscriptions};
+use crate::database::{DbError, Pool};
+use crate::metrics::Metrics;
+use crate::outbox::OutFrame;
+
+/// A column value as pgoutput sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    /// SQL NULL.
+    Null,
+    /// An unchanged TOASTed value that was not sent.
+    Toast,
+    /// The value's text output.
+    Text(String),
+}
+
+/// One committed row change, with tuples aligned to the table's current columns.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The table.
+    pub table: Arc<Table>,
+    /// INSERT, UPDATE or DELETE.
+    pub action: Action,
+    /// New tuple (INSERT, UPDATE).
+    pub new: Option<Vec<Cell>>,
+    /// Old tuple (UPDATE with replica identity or key change, DELETE).
+    pub old: Option<Vec<Cell>>,
+    /// Whether `old` holds only the replica-identity key.
+    pub old_key_only: bool,
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    pub commit_timestamp: Arc<str>,
+}
+
+impl Change {
+    /// The value a filter sees: the new row for INSERT/UPDATE (unchanged TOAST taken from the
+    /// old row), the old row for DELETE.
+    fn filter_value(&self, index: usize) -> Option<&str> {
+        let row = if self.action == Action::Delete {
+            self.old.as_ref()
+        } else {
+            self.new.as_ref()
+        };
+        match row.and_then(|r| r.get(index)) {
+            Some(Cell::Text(text)) => Some(text),
+            Some(Cell::Toast) => match self.old.as_ref().and_then(|r| r.get(index)) {
+                Some(Cell::Text(text)) => Some(text),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn pk_text(&self, index: usize) -> Option<&str> {
+        match self.new.as_ref().and_then(|r| r.get(index)) {
+            Some(Cell::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// A change matched for a channel: (change index, channel, its claims, matched binding ids).
+type Candidate = (usize, Arc<ChannelChanges>, Arc<ClaimsGroup>, Vec<u32>);
+/// One RLS check: a claims group, a table, and the indices of the changes to check.
+type Check = (Arc<ClaimsGroup>, Arc<Table>, Vec<usize>);
+/// A rendered frame is shared by channels with the same data, ids, serializer and topic.
+type FrameKey = (Arc<str>, Vec<u32>, Vsn, Arc<str>);
+
+/// Limits applied while rendering.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderLimits {
+    /// Records above this size keep only small fields (`Error 413`).
+    pub max_record_bytes: usize,
+}
+
+/// Delivers a batch; returns the number of messages handed to channels.
+pub async fn deliver(
+    changes: &[Change],
+    subscriptions: &Subscriptions,
+    catalog: &Catalog,
+    pool: &Pool,
+    metrics: &Metrics,
+    limits: RenderLimits,
+) -> Result<usize, DbError> {
+    if changes.is_empty() || subscriptions.is_empty() {
+        return Ok(0);
+    }
+    let channels = subscriptions.snapshot();
+
+    // 1. Match: (change index, channel, matched binding ids).
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for (ci, change) in changes.iter().enumerate() {
+        for channel in &channels {
+            let mut ids: Vec<u32> = Vec::new();
+            for binding in &channel.bindings {
+                if !binding.targets(&change.table, change.action) {
+                    continue;
+                }
+                let Some(filters) = binding.filters_for(&change.table) else {
+                    continue;
+                };
+                if filters
+                    .iter()
+                    .all(|(i, f)| f.matches(change.filter_value(*i)))
+                    && !ids.contains(&binding.id)
+                {
+                    ids.push(binding.id);
+                }
+            }
+            if !ids.is_empty() {
+                let claims = channel.claims.read().clone();
+                candidates.push((ci, channel.clone(), claims, ids));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+
+    // 2. Row level security: which (claims group, change) pairs may be read.
+    let mut checks: HashMap<(Arc<str>, u32), Check> = HashMap::new();
+    for (ci, _, claims, _) in &candidates {
+        let Some(change) = changes.get(*ci) else {
+            continue;
+        };
+        if needs_rls(change) {
+            let key: Arc<str> = Arc::from(claims.claims.as_str());
+            let entry = checks
+                .entry((key, change.table.oid))
+                .or_insert_with(|| (claims.clone(), change.table.clone(), Vec::new()));
+            if !entry.2.contains(ci) {
+                entry.2.push(*ci);
+            }
+        }
+    }
+    let mut visible: HashMap<(String, usize), bool> = HashMap::new();
+    let jobs = checks
+        .into_values()
+        .enumerate()
+        .map(|(n, (claims, table, indices))| async move {
+            let result = rls_visible(pool, n, &claims, &table, changes, &indices).await;
+            (claims, indices, result)
+        });
+    for (claims, indices, result) in join_all(jobs).await {
+        let allowed = match result {
+            Ok(allowed) => allowed,
+            Err(error) => {
+                // Never deliver a row we could not check.
+                tracing::warn!(%error, role = %claims.role, "row level security check failed");
+                Vec::new()
+            }
+        };
+        for ci in indices {
+            visible.insert((claims.claims.clone(), ci), allowed.contains(&ci));
+        }
+    }
+
+    // 3. Render and hand out.
+    let mut data_cache: HashMap<(usize, Vec<bool>), Arc<str>> = HashMap::new();
+    let mut frame_cache: HashMap<FrameKey, Bytes> = HashMap::new();
+    let mut delivered = 0;
+    for (ci, channel, claims, ids) in candidates {
+        let Some(change) = changes.get(ci) else {
+            continue;
+        };
+        if needs_rls(change)
+            && !visible
+                .get(&(claims.claims.clone(), ci))
+                .copied()
+                .unwrap_or(false)
+        {
+            continue;
+        }
+        let selectable = catalog.selectable(&claims.role, &change.table).await?;
+        let mask = visibility(change, &selectable, &channel, &ids);
+        let data = data_cache
+            .entry((ci, mask.clone()))
+            .or_insert_with(|| Arc::from(render_data(change, &mask, &selectable, limits)))
+            .clone();
+        let frame = frame_cache
+            .entry((
+                data.clone(),
+                ids.clone(),
+                channel.vsn,
+                channel.topic.clone(),
+            ))
+            .or_insert_with(|| {
+                let mut payload = String::with_capacity(data.len() + 32);
+                payload.push_str("{\"ids\":[");
+                for (n, id) in ids.iter().enumerate() {
+                    if n > 0 {
+                        payload.push(',');
+                    }
+                    payload.push_str(&id.to_string());
+                }
+                payload.push_str("],\"data\":");
+                payload.push_str(&data);
+                payload.push('}');
+                Bytes::from(text_frame(
+                    channel.vsn,
+                    None,
+                    None,
+                    &channel.topic,
+                    "postgres_changes",
+                    &payload,
+                ))
+            })
+            .clone();
+        if channel.outbox.push(OutFrame::Text(frame)) {
+            delivered += 1;
+        }
+    }
+    metrics.events_out(delivered as u64);
+    Ok(delivered)
+}
+
+/// RLS applies to INSERT/UPDATE on tables with row level security and a primary key.
+fn needs_rls(change: &Change) -> bool {
+    change.table.rls && change.action != Action::Delete && !change.table.primary_key.is_empty()
+}
+
+/// Columns a channel sees: selectable by its role, and within its `select` lists (plus keys).
+fn visibility(
+    change: &Change,
+    selectable: &[bool],
+    channel: &ChannelChanges,
+    ids: &[u32],
+) -> Vec<bool> {
+    let table = &change.table;
+    let mut selected: Option<Vec<bool>> = None;
+    for binding in channel.bindings.iter().filter(|b| ids.contains(&b.id)) {
+        match &binding.select {
+            None => {
+                selected = None;
+                break;
+            }
+            Some(names) => {
+                let mask = selected.get_or_insert_with(|| vec![false; table.columns.len()]);
+                for (i, column) in table.columns.iter().enumerate() {
+                    if (names.contains(&column.name) || table.primary_key.contains(&i))
+                        && let Some(slot) = mask.get_mut(i)
+                    {
+                        *slot = true;
+                    }
+                }
+            }
+        }
+    }
+    (0..table.columns.len())
+        .map(|i| {
+            selectable.get(i).copied().unwrap_or(false)
+                && selected
+                    .as_ref()
+                    .is_none_or(|m| m.get(i).copied().unwrap_or(false))
+        })
+        .collect()
+}
+
+/// Keys of `indices`' changes visible to the group, by one pipelined transaction.
+async fn rls_visible(
+    pool: &Pool,
+    slot: usize,
+    claims: &ClaimsGroup,
+    table: &Table,
+    changes: &[Change],
+    indices: &[usize],
+) -> Result<Vec<usize>, DbError> {
+    let conn = pool.client_at(slot).await?;
+    let key_columns: Vec<_> = table
+        .primary_key
+        .iter()
+        .filter_map(|i| table.columns.get(*i).map(|c| (*i, c)))
+        .collect();
+    let mut arrays: Vec<Vec<Option<String>>> =
+        vec![Vec::with_capacity(indices.len()); key_columns.len()];
+    for ci in indices {
+        let Some(change) = changes.get(*ci) else {
+            continue;
+        };
+        for (k, (index, _)) in key_columns.iter().enumerate() {
+            if let Some(array) = arrays.get_mut(k) {
+                array.push(change.pk_text(*index).map(str::to_owned));
+            }
+        }
+    }
+    let params: Vec<String> = (1..=key_columns.len())
+        .map(|n| format!("${n}::text[]"))
+        .collect();
+    let names: Vec<String> = (1..=key_columns.len()).map(|n| format!("k{n}")).collect();
+    let join: Vec<String> = key_columns
+        .iter()
+        .zip(&names)
+        .map(|((_, column), name)| {
+            format!(
+                "t.{} = u.{name}::{}",
+                quote_ident(&column.name),
+                column.type_sql
+            )
+        })
+        .collect();
+    let sql = format!(
+        "select (u.n - 1)::int4 from unnest({}) with ordinality as u({}, n) join {} t on {}",
+        params.join(", "),
+        names.join(", "),
+        table.qualified_name(),
+        join.join(" and ")
+    );
+    let begin = conn.prepared("begin").await?;
+    let settings = conn
+        .prepared(
+            "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
+             set_config('request.jwt.claim.sub', $3, true), set_config('request.jwt.claim.role', $1, true)",
+        )
+        .await?;
+    let visible = conn.prepared(&sql).await?;
+    let rollback = conn.prepared("rollback").await?;
+    let sub = claims.sub.clone().unwrap_or_default();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    // Sent back to back on one connection: one round trip for the whole check.
+    let setting_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&claims.role, &claims.claims, &sub];
+    let (began, set, rows, ended) = tokio::join!(
+        conn.execute(&begin, &[]),
+        conn.execute(&settings, &setting_params),
+        conn.query(&visible, &refs),
+        conn.execute(&rollback, &[]),
+    );
+    began.map_err(DbError::query("rls begin"))?;
+    set.map_err(DbError::query("rls settings"))?;
+    ended.map_err(DbError::query("rls rollback"))?;
+    let rows = rows.map_err(DbError::query("rls visibility"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| usize::try_from(row.get::<_, i32>(0)).ok())
+        .filter_map(|n| indices.get(n).copied())
+        .collect())
+}
+
+/// Renders the `data` object of a change for one column visibility.
+fn render_data(
+    change: &Change,
+    mask: &[bool],
+    selectable: &[bool],
+    limits: RenderLimits,
+) -> String {
+    let table = &change.table;
+    let kind = match change.action {
+        Action::Insert => "INSERT",
+        Action::Update => "UPDATE",
+        Action::Delete => "DELETE",
+        Action::All => "*",
+    };
+    let with_record = matches!(change.action, Action::Insert | Action::Update);
+    let with_old = matches!(change.action, Action::Update | Action::Delete);
+    let error = if change.action == Action::Delete {
+        None
+    } else if table.primary_key.is_empty() {
+        Some("Error 400: Bad Request, no primary key")
+    } else if table
+        .primary_key
+        .iter()
+        .any(|i| !selectable.get(*i).copied().unwrap_or(false))
+    {
+        Some("Error 401: Unauthorized")
+    } else {
+        None
+    };
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"schema\":");
+    push_json_str(&mut out, &table.schema);
+    out.push_str(",\"table\":");
+    push_json_str(&mut out, &table.name);
+    if let Some(error) = error {
+        out.push_str(",\"commit_timestamp\":null,\"type\":\"");
+        out.push_str(kind);
+        out.push_str("\",\"columns\":[]");
+        if with_record {
+            out.push_str(",\"record\":{}");
+        }
+        if with_old {
+            out.push_str(",\"old_record\":{}");
+        }
+        out.push_str(",\"errors\":[");
+        push_json_str(&mut out, error);
+        out.push_str("]}");
+        return out;
+    }
+    out.push_str(",\"commit_timestamp\":");
+    push_json_str(&mut out, &change.commit_timestamp);
+    out.push_str(",\"type\":\"");
+    out.push_str(kind);
+    out.push_str("\",\"columns\":[");
+    let mut first = true;
+    for (column, _) in table.columns.iter().zip(mask).filter(|(_, m)| **m) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str("{\"name\":");
+        push_json_str(&mut out, &column.name);
+        out.push_str(",\"type\":");
+        push_json_str(&mut out, &column.ty.name);
+        out.push('}');
+    }
+    out.push(']');
+    let record = with_record.then(|| record_fields(change, mask));
+    let old = with_old.then(|| old_fields(change, mask));
+    let size: usize = record
+        .iter()
+        .chain(old.iter())
+        .flatten()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum();
+    let too_big = size > limits.max_record_bytes;
+    if let Some(fields) = &record {
+        out.push_str(",\"record\":");
+        push_object(&mut out, fields, too_big);
+    }
+    if let Some(fields) = &old {
+        out.push_str(",\"old_record\":");
+        push_object(&mut out, fields, too_big);
+    }
+    if too_big {
+        out.push_str(",\"errors\":[\"Error 413: Payload Too Large\"]}");
+    } else {
+        out.push_str(",\"errors\":null}");
+    }
+    out
+}
+
+/// Fields of an over-size record that are kept: those whose JSON text is at most 64 bytes.
+const SMALL_FIELD: usize = 64;
+
+fn push_object(out: &mut String, fields: &[(&str, String)], small_only: bool) {
+    out.push('{');
+    let mut first = true;
+    for (name, value) in fields {
+        if small_only && value.len() > SMALL_FIELD {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_json_str(out, name);
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+}
+
+fn render_cell(change: &Change, index: usize, cell: &Cell) -> Option<String> {
+    let column = change.table.columns.get(index)?;
+    match cell {
+        Cell::Null => Some("null".to_owned()),
+        Cell::Text(text) => Some(to_json_text(&column.ty, text)),
+        // Unchanged TOAST: taken from the old tuple when it has the value, else left out.
+        Cell::Toast => match change.old.as_ref().and_then(|r| r.get(index)) {
+            Some(Cell::Text(text)) => Some(to_json_text(&column.ty, text)),
+            _ => None,
+        },
+    }
+}
+
+fn record_fields<'a>(change: &'a Change, mask: &[bool]) -> Vec<(&'a str, String)> {
+    let Some(new) = change.new.as_ref() else {
+        return Vec::new();
+    };
+    change
+        .table
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask.get(*i).copied().unwrap_or(false))
+        .filter_map(|(i, column)| {
+            let cell = new.get(i)?;
+            Some((column.name.as_str(), render_cell(change, i, cell)?))
+        })
+        .collect()
+}
+
+fn old_fields<'a>(change: &'a Change, mask: &[bool]) -> Vec<(&'a str, String)> {
+    let table = &change.table;
+    // Keys only: default replica identity, or a DELETE on a table with row level security.
+    let keys_only = change.old_key_only
+        || change.old.is_none()
+        || (change.action == Action::Delete && table.rls);
+    let source = match change.old.as_ref() {
+        Some(old) => old,
+        // UPDATE without an old tuple: the key did not change, so the new row has it.
+        None => match change.new.as_ref() {
+            Some(new) => new,
+            None => return Vec::new(),
+        },
+    };
+    table
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask.get(*i).copied().unwrap_or(false))
+        .filter(|(i, _)| !keys_only || table.primary_key.contains(i))
+        .filter_map(|(i, column)| {
+            let value = match source.get(i)? {
+                Cell::Null => "null".to_owned(),
+                Cell::Text(text) => to_json_text(&column.ty, text),
+                Cell::Toast => return None,
+            };
+            Some((column.name.as_str(), value))
+        })
+        .collect()
+}

@@ -1,0 +1,52 @@
+//! The database side of realtide: query pool, catalog, postgres_changes subscriptions and the
+//! replication task that feeds them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::catalog::Catalog;
+use crate::changes::Subscriptions;
+use crate::config::DatabaseConfig;
+use crate::database::Pool;
+
+/// Shared database state.
+#[derive(Debug)]
+pub struct Postgres {
+    /// Settings.
+    pub config: DatabaseConfig,
+    /// Query connections.
+    pub pool: Arc<Pool>,
+    /// Table and privilege cache.
+    pub catalog: Catalog,
+    /// postgres_changes subscriptions.
+    pub subscriptions: Subscriptions,
+    /// Whether the replication stream is currently connected.
+    pub replication_connected: AtomicBool,
+    /// Last LSN confirmed to the slot.
+    pub confirmed_lsn: AtomicU64,
+    /// Latest WAL end the server reported.
+    pub server_lsn: AtomicU64,
+}
+
+impl Postgres {
+    /// Lazily connecting state; nothing touches the network until used.
+    pub fn new(config: DatabaseConfig) -> Arc<Postgres> {
+        let pool = Arc::new(Pool::new(config.url.clone(), config.pool_size));
+        Arc::new(Postgres {
+            catalog: Catalog::new(pool.clone()),
+            pool,
+            config,
+            subscriptions: Subscriptions::default(),
+            replication_connected: AtomicBool::new(false),
+            confirmed_lsn: AtomicU64::new(0),
+            server_lsn: AtomicU64::new(0),
+        })
+    }
+
+    /// Replication lag in bytes (server WAL end minus confirmed position).
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_lsn
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.confirmed_lsn.load(Ordering::Relaxed))
+    }
+}

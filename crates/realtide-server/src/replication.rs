@@ -1,0 +1,354 @@
+//! The replication task: streams pgoutput from the slot, turns committed transactions into
+//! [`Change`]s, delivers them, and only then confirms the transaction's end LSN to the slot.
+//!
+//! On any error (PostgreSQL restarting, the connection dropping) it reconnects with capped
+//! exponential backoff; WebSocket clients stay connected. Changes that were not confirmed are
+//! streamed again after a reconnect, so nothing committed is skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use realtide_replication::lsn::Lsn;
+use realtide_replication::pgoutput::{self, ColumnValue, LogicalMessage, OldKind, Relation};
+use realtide_replication::stream::{self, ReplicationConfig, StreamError, WalMessage};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Table, quote_ident};
+use crate::changes::Action;
+use crate::database::DbError;
+use crate::delivery::{self, Cell, Change, RenderLimits};
+use crate::metrics::Metrics;
+use crate::postgres::Postgres;
+
+/// Why a replication session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The walsender stream failed.
+    #[error("replication stream")]
+    Stream(#[from] StreamError),
+    /// A query failed.
+    #[error("database")]
+    Db(#[from] DbError),
+    /// The server ended the stream.
+    #[error("the server ended the replication stream")]
+    Ended,
+}
+
+/// Committed changes are delivered at most this long after the first of them arrived, so
+/// that busy streams are delivered in batches (one RLS round trip per claims group and batch).
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// A batch is delivered at once when it holds this many changes.
+const BATCH_MAX: usize = 5_000;
+/// A transaction larger than this is delivered in parts before its commit is confirmed.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Runs until shutdown.
+pub async fn run(postgres: Arc<Postgres>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            result = session(&postgres, &metrics, &shutdown) => result,
+        };
+        postgres
+            .replication_connected
+            .store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "replication stopped; reconnecting");
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Creates the publication when it does not exist (empty: users add their tables).
+async fn ensure_publication(postgres: &Postgres) -> Result<(), DbError> {
+    let client = postgres.pool.client().await?;
+    let name = &postgres.config.publication;
+    let exists = client
+        .query_opt("select 1 from pg_publication where pubname = $1", &[name])
+        .await
+        .map_err(DbError::query("publication lookup"))?
+        .is_some();
+    if !exists {
+        let created = client
+            .batch_execute(&format!("create publication {}", quote_ident(name)))
+            .await;
+        match created {
+            Ok(()) => tracing::info!(publication = %name, "created publication"),
+            // Another realtide created it meanwhile.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(DbError::query("create publication")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Maps a relation's pgoutput columns onto the catalog table's columns by name.
+struct Layout {
+    table: Arc<Table>,
+    /// For each table column, its position in the relation message.
+    positions: Vec<Option<usize>>,
+}
+
+struct Decoder {
+    relations: HashMap<u32, Relation>,
+    layouts: HashMap<u32, Layout>,
+}
+
+impl Decoder {
+    async fn layout(&mut self, postgres: &Postgres, oid: u32) -> Result<Option<&Layout>, DbError> {
+        let Some(table) = postgres.catalog.table(oid).await? else {
+            return Ok(None);
+        };
+        let stale = self
+            .layouts
+            .get(&oid)
+            .is_none_or(|l| !Arc::ptr_eq(&l.table, &table));
+        if stale {
+            let Some(relation) = self.relations.get(&oid) else {
+                return Ok(None);
+            };
+            let positions = table
+                .columns
+                .iter()
+                .map(|c| relation.columns.iter().position(|rc| rc.name == c.name))
+                .collect();
+            self.layouts.insert(oid, Layout { table, positions });
+        }
+        Ok(self.layouts.get(&oid))
+    }
+}
+
+fn cells(layout: &Layout, tuple: &[ColumnValue]) -> Vec<Cell> {
+    layout
+        .positions
+        .iter()
+        .map(|position| match position.and_then(|p| tuple.get(p)) {
+            Some(ColumnValue::Text(bytes)) => {
+                Cell::Text(String::from_utf8_lossy(bytes).into_owned())
+            }
+            Some(ColumnValue::UnchangedToast) => Cell::Toast,
+            // Binary values are not requested; a column missing from the relation is unknown.
+            Some(ColumnValue::Null | ColumnValue::Binary(_)) | None => Cell::Null,
+        })
+        .collect()
+}
+
+async fn session(
+    postgres: &Arc<Postgres>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<(), ReplicationError> {
+    ensure_publication(postgres).await?;
+    let config = ReplicationConfig {
+        conn: postgres.config.url.clone(),
+        slot: postgres.config.slot.clone(),
+        publication: postgres.config.publication.clone(),
+    };
+    let mut stream = stream::connect(&config).await?;
+    postgres
+        .replication_connected
+        .store(true, Ordering::Relaxed);
+    postgres
+        .confirmed_lsn
+        .store(stream.confirmed().0, Ordering::Relaxed);
+    tracing::info!(slot = %config.slot, from = %stream.confirmed(), "replication streaming");
+
+    let limits = RenderLimits {
+        max_record_bytes: postgres.config.max_record_bytes,
+    };
+    let mut decoder = Decoder {
+        relations: HashMap::new(),
+        layouts: HashMap::new(),
+    };
+    let mut in_transaction = false;
+    let mut commit_timestamp: Arc<str> = Arc::from("");
+    let mut pending: Vec<Change> = Vec::new();
+    let mut batch: Vec<Change> = Vec::new();
+    let mut batch_end: Option<Lsn> = None;
+    let mut deadline: Option<Instant> = None;
+
+    loop {
+        let due = deadline.filter(|_| batch_end.is_some());
+        let message = tokio::select! {
+            // Shutdown first; then a due batch; then the stream.
+            biased;
+            () = shutdown.cancelled() => {
+                flush(postgres, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
+                return Ok(());
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                flush(postgres, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
+                deadline = None;
+                continue;
+            }
+            message = stream.next() => message?,
+        };
+        let Some(message) = message else {
+            return Err(ReplicationError::Ended);
+        };
+        let (wal_end, message) = match message {
+            WalMessage::Keepalive(keepalive) => {
+                postgres
+                    .server_lsn
+                    .fetch_max(keepalive.wal_end.0, Ordering::Relaxed);
+                if !in_transaction && batch_end.is_none() && pending.is_empty() {
+                    // Nothing in flight: the slot may advance over WAL with no changes for us.
+                    stream.confirm(keepalive.wal_end).await?;
+                    postgres
+                        .confirmed_lsn
+                        .store(stream.confirmed().0, Ordering::Relaxed);
+                }
+                continue;
+            }
+            WalMessage::Data {
+                wal_end, message, ..
+            } => (wal_end, message),
+        };
+        postgres.server_lsn.fetch_max(wal_end.0, Ordering::Relaxed);
+        match message {
+            LogicalMessage::Begin(begin) => {
+                in_transaction = true;
+                commit_timestamp =
+                    Arc::from(pgoutput::format_commit_timestamp(begin.commit_time_micros));
+            }
+            LogicalMessage::Commit(commit) => {
+                in_transaction = false;
+                batch.append(&mut pending);
+                batch_end = Some(commit.end_lsn);
+                if deadline.is_none() {
+                    deadline = Some(Instant::now() + BATCH_WINDOW);
+                }
+                if batch.len() >= BATCH_MAX {
+                    flush(
+                        postgres,
+                        metrics,
+                        limits,
+                        &mut stream,
+                        &mut batch,
+                        &mut batch_end,
+                    )
+                    .await?;
+                    deadline = None;
+                }
+            }
+            LogicalMessage::Relation(relation) => {
+                postgres.catalog.invalidate(relation.oid);
+                decoder.layouts.remove(&relation.oid);
+                decoder.relations.insert(relation.oid, relation);
+            }
+            LogicalMessage::Insert(insert) => {
+                if postgres.subscriptions.is_empty() {
+                    continue;
+                }
+                if let Some(layout) = decoder.layout(postgres, insert.relation_oid).await? {
+                    pending.push(Change {
+                        table: layout.table.clone(),
+                        action: Action::Insert,
+                        new: Some(cells(layout, &insert.new)),
+                        old: None,
+                        old_key_only: false,
+                        commit_timestamp: commit_timestamp.clone(),
+                    });
+                }
+            }
+            LogicalMessage::Update(update) => {
+                if postgres.subscriptions.is_empty() {
+                    continue;
+                }
+                if let Some(layout) = decoder.layout(postgres, update.relation_oid).await? {
+                    pending.push(Change {
+                        table: layout.table.clone(),
+                        action: Action::Update,
+                        new: Some(cells(layout, &update.new)),
+                        old_key_only: update.old.as_ref().is_some_and(|o| o.kind == OldKind::Key),
+                        old: update.old.as_ref().map(|o| cells(layout, &o.data)),
+                        commit_timestamp: commit_timestamp.clone(),
+                    });
+                }
+            }
+            LogicalMessage::Delete(delete) => {
+                if postgres.subscriptions.is_empty() {
+                    continue;
+                }
+                if let Some(layout) = decoder.layout(postgres, delete.relation_oid).await? {
+                    pending.push(Change {
+                        table: layout.table.clone(),
+                        action: Action::Delete,
+                        new: None,
+                        old_key_only: delete.old.kind == OldKind::Key,
+                        old: Some(cells(layout, &delete.old.data)),
+                        commit_timestamp: commit_timestamp.clone(),
+                    });
+                }
+            }
+            // TRUNCATE is not delivered (as the reference); the rest carries nothing for us.
+            LogicalMessage::Truncate(_)
+            | LogicalMessage::Origin(_)
+            | LogicalMessage::Type(_)
+            | LogicalMessage::Message(_)
+            | LogicalMessage::StreamStart { .. }
+            | LogicalMessage::StreamStop
+            | LogicalMessage::StreamCommit(_)
+            | LogicalMessage::StreamAbort { .. } => {}
+        }
+    }
+}
+
+/// Delivers the committed batch, then confirms its end to the slot.
+async fn flush(
+    postgres: &Postgres,
+    metrics: &Metrics,
+    limits: RenderLimits,
+    stream: &mut stream::ReplicationStream,
+    batch: &mut Vec<Change>,
+    batch_end: &mut Option<Lsn>,
+) -> Result<(), ReplicationError> {
+    let Some(end) = *batch_end else {
+        return Ok(());
+    };
+    let delivered = delivery::deliver(
+        batch,
+        &postgres.subscriptions,
+        &postgres.catalog,
+        &postgres.pool,
+        metrics,
+        limits,
+    )
+    .await?;
+    metrics.database_events(delivered as u64);
+    batch.clear();
+    *batch_end = None;
+    stream.confirm(end).await?;
+    postgres
+        .confirmed_lsn
+        .store(stream.confirmed().0, Ordering::Relaxed);
+    Ok(())
+}
