@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL for tests: `cluster.sh start` initdb's a cluster in a new temporary
+# directory with wal_level=logical on a free port (as the `postgres` OS user when run as root),
+# loads supabase.sql, and prints two lines:
+#   DB_URL=postgres://postgres@127.0.0.1:<port>/postgres
+#   PG_DIR=<directory>
+# `cluster.sh stop <directory>` stops it and removes the directory.
+set -euo pipefail
+
+find_bindir() {
+  # Symlinks on PATH (e.g. /usr/local/bin/pg_ctl) are resolved to the real bin directory.
+  if command -v pg_ctl >/dev/null 2>&1; then dirname "$(readlink -f "$(command -v pg_ctl)")"; return; fi
+  if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/pg_ctl" ]; then pg_config --bindir; return; fi
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -x "$d/pg_ctl" ] && { echo "$d"; return; }
+  done
+  echo "cluster.sh: no PostgreSQL binaries found (PATH, pg_config, /usr/lib/postgresql/*/bin)" >&2
+  exit 1
+}
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+case "${1:-}" in
+  start)
+    bin="$(find_bindir)"
+    dir="$(mktemp -d /tmp/realtide-pg.XXXXXX)"
+    chmod 755 "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1
+    for attempt in 1 2 3 4 5; do
+      port="$(free_port)"
+      if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o \
+        "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical \
+         -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=300 -c fsync=off \
+         -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC" >/dev/null 2>&1; then
+        break
+      fi
+      port=""
+    done
+    [ -n "$port" ] || { echo "cluster.sh: postgres did not start (see $dir/server.log)" >&2; exit 1; }
+    "$bin/psql" -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -f "$here/supabase.sql" >/dev/null
+    echo "DB_URL=postgres://postgres@127.0.0.1:$port/postgres"
+    echo "PG_DIR=$dir"
+    ;;
+  stop)
+    dir="${2:?usage: cluster.sh stop <directory>}"
+    case "$dir" in /tmp/realtide-pg.*) ;; *) echo "cluster.sh: refusing to remove $dir" >&2; exit 1 ;; esac
+    bin="$(find_bindir)"
+    as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    ;;
+  *)
+    echo "usage: cluster.sh start | stop <directory>" >&2
+    exit 2
+    ;;
+esac
