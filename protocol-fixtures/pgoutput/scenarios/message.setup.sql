@@ -1,0 +1,1 @@
+CREATE TABLE m (id int4 PRIMARY KEY);

@@ -1,0 +1,7 @@
+BEGIN;
+INSERT INTO accounts VALUES (1, 100), (2, 50);
+UPDATE accounts SET balance = balance - 30 WHERE id = 1;
+INSERT INTO ledger (account, delta) VALUES (1, -30);
+DELETE FROM accounts WHERE id = 2;
+COMMIT;
+INSERT INTO ledger (account, delta) VALUES (2, 5);

@@ -1,0 +1,8 @@
+-- 12,000 random printable characters: not compressible below the TOAST threshold,
+-- so the value is stored out of line and reported as unchanged ('u') when untouched.
+SELECT setseed(0.42) \g /dev/null
+INSERT INTO docs SELECT 1, string_agg(chr(32 + (random() * 94)::int), ''), 0 FROM generate_series(1, 12000);
+INSERT INTO docs_full SELECT id, body, n FROM docs;
+UPDATE docs SET n = 1 WHERE id = 1;
+UPDATE docs_full SET n = 1 WHERE id = 1;
+DELETE FROM docs WHERE id = 1;

@@ -1,0 +1,4 @@
+CREATE TABLE parent (id serial PRIMARY KEY);
+CREATE TABLE child (id int4 PRIMARY KEY, parent_id int4 REFERENCES parent (id));
+INSERT INTO parent DEFAULT VALUES;
+INSERT INTO child VALUES (1, 1);
