@@ -541,6 +541,10 @@ impl Conn {
                 ("replication", "database"),
                 ("application_name", "realtide"),
                 ("client_encoding", "UTF8"),
+                // Values are rendered from their text output: pin the styles to_jsonb assumes.
+                ("TimeZone", "UTC"),
+                ("DateStyle", "ISO, MDY"),
+                ("IntervalStyle", "postgres"),
             ],
             &mut out,
         )?;

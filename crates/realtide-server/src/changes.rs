@@ -203,7 +203,9 @@ pub fn parse_binding(entry: &Map<String, Value>) -> Result<Binding, String> {
                 })?,
         ),
         Some(_) => {
-            return Err("Error parsing `select` params: expected a list of column names".to_owned());
+            return Err(
+                "Error parsing `select` params: expected a list of column names".to_owned(),
+            );
         }
     };
     if select.is_some() && (schema == "*" || table == "*") {
