@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// Persistent logical replication slot realtide consumes.
     #[arg(long, env = "SLOT_NAME", default_value = "realtide")]
     pub slot_name: String,
+    /// Drop the replication slot on graceful shutdown (WAL is then not retained while realtide
+    /// is down, and changes committed meanwhile are not delivered).
+    #[arg(long, env = "SLOT_DROP_ON_SHUTDOWN", default_value_t = false)]
+    pub slot_drop_on_shutdown: bool,
+    /// Log a warning when the slot lags the server's WAL by more than this many bytes.
+    #[arg(long, env = "REPLICATION_LAG_WARN_BYTES", default_value_t = 1 << 30)]
+    pub replication_lag_warn_bytes: u64,
     /// Connections used for catalog lookups and row level security checks.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,
@@ -119,6 +126,10 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Record size limit.
     pub max_record_bytes: usize,
+    /// Drop the slot on graceful shutdown.
+    pub drop_slot_on_shutdown: bool,
+    /// Lag above which a warning is logged.
+    pub lag_warn_bytes: u64,
 }
 
 /// A setting that failed validation; its message names the setting.
@@ -233,6 +244,8 @@ impl ServeArgs {
                         "POSTGRES_CHANGES_MAX_RECORD_BYTES",
                         self.max_record_bytes as u64,
                     )? as usize,
+                    drop_slot_on_shutdown: self.slot_drop_on_shutdown,
+                    lag_warn_bytes: self.replication_lag_warn_bytes,
                 }),
             },
             channel_error_backoff: Duration::from_millis(self.channel_error_backoff_ms),

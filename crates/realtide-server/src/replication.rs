@@ -50,16 +50,19 @@ pub async fn run(postgres: Arc<Postgres>, metrics: Arc<Metrics>, shutdown: Cance
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = Instant::now();
-        let result = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            result = session(&postgres, &metrics, &shutdown) => result,
-        };
+        // The session watches the shutdown token itself, so that it can deliver and confirm
+        // what it already received before stopping.
+        let result = session(&postgres, &metrics, &shutdown).await;
         postgres
             .replication_connected
             .store(false, Ordering::Relaxed);
         match result {
-            Ok(()) => return,
+            Ok(()) => {
+                if postgres.config.drop_slot_on_shutdown {
+                    drop_slot(&postgres).await;
+                }
+                return;
+            }
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "replication stopped; reconnecting");
             }
@@ -85,6 +88,37 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Drops the slot (SLOT_DROP_ON_SHUTDOWN). The walsender may hold it for a moment after the
+/// stream closed, so a busy slot is retried briefly.
+async fn drop_slot(postgres: &Postgres) {
+    for _ in 0..20 {
+        let dropped = async {
+            let client = postgres.pool.client().await?;
+            client
+                .execute(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
+                     where slot_name = $1 and not active",
+                    &[&postgres.config.slot],
+                )
+                .await
+                .map_err(DbError::query("drop slot"))
+        }
+        .await;
+        match dropped {
+            Ok(1) => {
+                tracing::info!(slot = %postgres.config.slot, "dropped replication slot");
+                return;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not drop the replication slot");
+                return;
+            }
+        }
+    }
+    tracing::warn!(slot = %postgres.config.slot, "replication slot still active; not dropped");
 }
 
 /// Creates the publication when it does not exist (empty: users add their tables).
@@ -166,13 +200,20 @@ async fn session(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), ReplicationError> {
-    ensure_publication(postgres).await?;
     let config = ReplicationConfig {
         conn: postgres.config.url.clone(),
         slot: postgres.config.slot.clone(),
         publication: postgres.config.publication.clone(),
     };
-    let mut stream = stream::connect(&config).await?;
+    let connecting = async {
+        ensure_publication(postgres).await?;
+        Ok::<_, ReplicationError>(stream::connect(&config).await?)
+    };
+    let mut stream = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return Ok(()),
+        stream = connecting => stream?,
+    };
     postgres
         .replication_connected
         .store(true, Ordering::Relaxed);
@@ -202,6 +243,8 @@ async fn session(
             biased;
             () = shutdown.cancelled() => {
                 flush(postgres, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
+                tracing::info!(confirmed = %stream.confirmed(), "replication stopped at shutdown");
+                stream.close().await?;
                 return Ok(());
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
@@ -219,6 +262,10 @@ async fn session(
                 postgres
                     .server_lsn
                     .fetch_max(keepalive.wal_end.0, Ordering::Relaxed);
+                let lag = postgres.lag_bytes();
+                if lag > postgres.config.lag_warn_bytes {
+                    tracing::warn!(lag_bytes = lag, "replication slot is lagging");
+                }
                 if !in_transaction && batch_end.is_none() && pending.is_empty() {
                     // Nothing in flight: the slot may advance over WAL with no changes for us.
                     stream.confirm(keepalive.wal_end).await?;
