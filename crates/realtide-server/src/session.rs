@@ -416,13 +416,7 @@ impl Session {
         }
         if let Some(old) = self.channels.remove(&topic) {
             // A duplicate join closes the old channel first, with its own join ref.
-            self.outbox.text(encode::channel_end(
-                self.vsn,
-                old.join_ref(),
-                topic.as_str(),
-                "phx_close",
-            ));
-            self.release(old);
+            self.close(&topic, old);
         }
         if let Err(error) = self.try_join(&topic, join_ref.clone(), reference.as_ref(), request) {
             tracing::info!(reason = %error.reason(), "join refused");
@@ -578,13 +572,7 @@ impl Session {
                     Status::Ok,
                     "{}",
                 );
-                self.outbox.text(encode::channel_end(
-                    self.vsn,
-                    channel.join_ref(),
-                    topic.as_str(),
-                    "phx_close",
-                ));
-                self.release(channel);
+                self.close(topic, channel);
             }
             None => self.reply(
                 join_ref.map(JoinRef::as_str),
@@ -747,13 +735,7 @@ impl Session {
             Some(channel.sub_topic()),
         );
         self.channel_push(&channel, topic, "system", &payload);
-        self.outbox.text(encode::channel_end(
-            self.vsn,
-            channel.join_ref(),
-            topic.as_str(),
-            "phx_close",
-        ));
-        self.release(channel);
+        self.close(topic, channel);
     }
 
     /// Server shutdown: every channel is told, then the socket closes with 1012.
@@ -769,6 +751,14 @@ impl Session {
         }
         self.outbox
             .push(OutFrame::Close(CLOSE_RESTART, "server restart"));
+    }
+
+    /// Ends a channel: `phx_close` with its join ref (which is also the close's ref), then
+    /// release.
+    fn close(&self, topic: &Topic, channel: Channel) {
+        let frame = encode::channel_end(self.vsn, channel.join_ref(), topic.as_str(), "phx_close");
+        self.outbox.text(frame);
+        self.release(channel);
     }
 
     fn release(&self, channel: Channel) {
