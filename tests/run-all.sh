@@ -2,7 +2,9 @@
 # The test command: builds the workspace, runs the Rust tests, then the
 # end-to-end suites with the real JavaScript and Python clients against the
 # realtide binary. Works from any directory and on a fresh machine (needs
-# cargo, node/npm and python3 on PATH; .ci/run installs what is missing).
+# cargo, node/npm and python3 on PATH, and PostgreSQL server binaries for the
+# postgres_changes suites, which start throwaway clusters with tests/pg/cluster.sh;
+# .ci/run installs what is missing).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -51,20 +51,24 @@ def make_token(ttl_s: int = 3600, role: str = "anon", **extra: Any) -> str:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         binary = realtide_bin()
         if not os.path.exists(binary):
             raise RuntimeError(
                 f"realtide binary not found at {binary}: run `cargo build -p realtide-server` or set REALTIDE_BIN"
             )
+        # Database settings come only from `extra_env`: a DB_URL in the caller's
+        # environment must not turn the database-less tests into database ones.
+        inherited = {k: v for k, v in os.environ.items() if k not in ("DB_URL", "SLOT_NAME", "PUBLICATION")}
         env = {
-            **os.environ,
+            **inherited,
             "PORT": "0",
             "HOST": "127.0.0.1",
             "JWT_SECRET": JWT_SECRET,
             "CHANNEL_ERROR_BACKOFF_MS": "100",
             "CONNECT_ERROR_BACKOFF_MS": "100",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
+            **(extra_env or {}),
         }
         self.proc = subprocess.Popen(
             [binary, "serve"],

@@ -57,8 +57,12 @@ function startServer(extraEnv = {}) {
   if (!fs.existsSync(bin)) {
     throw new Error(`realtide binary not found at ${bin}: run \`cargo build -p realtide-server\` or set REALTIDE_BIN`)
   }
+  // Database settings come only from `extraEnv`: a DB_URL in the caller's
+  // environment must not turn the database-less suites into database ones.
+  const inherited = { ...process.env }
+  for (const k of ['DB_URL', 'SLOT_NAME', 'PUBLICATION']) delete inherited[k]
   const env = {
-    ...process.env,
+    ...inherited,
     PORT: '0',
     HOST: '127.0.0.1',
     JWT_SECRET,
