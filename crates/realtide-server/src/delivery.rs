@@ -6,7 +6,7 @@
 //! claims), then rendered: the `data` object once per change and column-visibility, the frame
 //! once per `ids` list and serializer, and handed to each channel's outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use realtide_protocol::Vsn;
 use realtide_protocol::encode::{push_json_str, text_frame};
 use realtide_replication::value::to_json_text;
 
-use crate::catalog::{Catalog, Table, quote_ident};
+use crate::catalog::{Catalog, ColumnMask, Table, quote_ident};
 use crate::changes::{Action, ChannelChanges, ClaimsGroup, Subscriptions};
 use crate::database::{DbError, Pool};
 use crate::metrics::Metrics;
@@ -134,13 +134,31 @@ pub async fn deliver(
         return Ok(0);
     }
 
-    // 2. Row level security: which (claims group, change) pairs may be read.
+    // 2. Column privileges per role and table (cached by the catalog).
+    let mut privileges: HashMap<(&str, u32), ColumnMask> = HashMap::new();
+    for (ci, _, claims, _) in &candidates {
+        let Some(change) = changes.get(*ci) else {
+            continue;
+        };
+        let key = (claims.role.as_str(), change.table.oid);
+        if let std::collections::hash_map::Entry::Vacant(slot) = privileges.entry(key) {
+            slot.insert(catalog.selectable(&claims.role, &change.table).await?);
+        }
+    }
+    let selectable_for = |claims: &ClaimsGroup, change: &Change| {
+        privileges
+            .get(&(claims.role.as_str(), change.table.oid))
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    // 3. Row level security: which (claims group, change) pairs may be read.
     let mut checks: HashMap<(Arc<str>, u32), Check> = HashMap::new();
     for (ci, _, claims, _) in &candidates {
         let Some(change) = changes.get(*ci) else {
             continue;
         };
-        if needs_rls(change) {
+        if needs_rls(change, &selectable_for(claims, change)) {
             let key: Arc<str> = Arc::from(claims.claims.as_str());
             let entry = checks
                 .entry((key, change.table.oid))
@@ -150,7 +168,8 @@ pub async fn deliver(
             }
         }
     }
-    let mut visible: HashMap<(String, usize), bool> = HashMap::new();
+    // Claims text -> indices of the changes it may read.
+    let mut visible: HashMap<Arc<str>, HashSet<usize>> = HashMap::new();
     let jobs = checks
         .into_values()
         .enumerate()
@@ -167,29 +186,30 @@ pub async fn deliver(
                 Vec::new()
             }
         };
-        for ci in indices {
-            visible.insert((claims.claims.clone(), ci), allowed.contains(&ci));
-        }
+        let readable = visible
+            .entry(Arc::from(claims.claims.as_str()))
+            .or_default();
+        readable.extend(indices.into_iter().filter(|ci| allowed.contains(ci)));
     }
 
-    // 3. Render and hand out.
+    // 4. Render and hand out.
     let mut data_cache: HashMap<(usize, Vec<bool>), Arc<str>> = HashMap::new();
     let mut frame_cache: HashMap<FrameKey, Bytes> = HashMap::new();
     let mut delivered = 0;
-    for (ci, channel, claims, ids) in candidates {
+    for (ci, channel, claims, ids) in &candidates {
+        let ci = *ci;
         let Some(change) = changes.get(ci) else {
             continue;
         };
-        if needs_rls(change)
+        let selectable = selectable_for(claims, change);
+        if needs_rls(change, &selectable)
             && !visible
-                .get(&(claims.claims.clone(), ci))
-                .copied()
-                .unwrap_or(false)
+                .get(claims.claims.as_str())
+                .is_some_and(|readable| readable.contains(&ci))
         {
             continue;
         }
-        let selectable = catalog.selectable(&claims.role, &change.table).await?;
-        let mask = visibility(change, &selectable, &channel, &ids);
+        let mask = visibility(change, &selectable, channel, ids);
         let data = data_cache
             .entry((ci, mask.clone()))
             .or_insert_with(|| Arc::from(render_data(change, &mask, &selectable, limits)))
@@ -231,9 +251,18 @@ pub async fn deliver(
     Ok(delivered)
 }
 
-/// RLS applies to INSERT/UPDATE on tables with row level security and a primary key.
-fn needs_rls(change: &Change) -> bool {
-    change.table.rls && change.action != Action::Delete && !change.table.primary_key.is_empty()
+/// RLS applies to INSERT/UPDATE on tables with row level security and a primary key the role
+/// may select. Without a key (`Error 400`) or without SELECT on it (`Error 401`) the subscriber
+/// gets the reference's error row, which carries no row data, instead.
+fn needs_rls(change: &Change, selectable: &[bool]) -> bool {
+    let table = &change.table;
+    table.rls
+        && change.action != Action::Delete
+        && !table.primary_key.is_empty()
+        && table
+            .primary_key
+            .iter()
+            .all(|i| selectable.get(*i).copied().unwrap_or(false))
 }
 
 /// Columns a channel sees: selectable by its role, and within its `select` lists (plus keys).
