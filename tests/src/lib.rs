@@ -1093,3 +1093,527 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(bool, u8, V
     reader.read_exact(&mut payload).await?;
     Ok((first & 0x80 != 0, first & 0x0f, payload))
 }
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: throwaway clusters (tests/pg/cluster.sh) and servers streaming postgres_changes.
+// ---------------------------------------------------------------------------------------------
+
+/// Wait for a `postgres_changes` delivery (or a subscription result) that is expected to arrive.
+/// Generous: it only bounds how long a test waits.
+pub const PG_WAIT: Duration = Duration::from_secs(30);
+
+/// File in a cluster directory naming the test process that owns it (for reaping orphans).
+const OWNER_FILE: &str = "realtide-tests.owner";
+
+fn workspace_dir() -> Result<PathBuf> {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .context("tests crate has no parent directory")
+}
+
+fn cluster_script() -> Result<PathBuf> {
+    Ok(workspace_dir()?.join("tests").join("pg").join("cluster.sh"))
+}
+
+/// The directory holding `pg_ctl` (as `tests/pg/cluster.sh` finds it).
+fn pg_bindir() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("pg_ctl");
+            if candidate.is_file()
+                && let Ok(real) = std::fs::canonicalize(&candidate)
+                && let Some(parent) = real.parent()
+            {
+                return Ok(parent.to_path_buf());
+            }
+        }
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no pg_ctl on PATH and no /usr/lib/postgresql")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|d| d.join("pg_ctl").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop().context("no PostgreSQL binaries found")
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Stops clusters left behind by test processes that no longer exist (e.g. killed by a
+/// timeout before their [`PgCluster`] guard could run). Clusters without an owner file are
+/// someone else's and are left alone.
+fn reap_orphan_clusters(script: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_cluster = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("realtide-pg."));
+        if !is_cluster {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        let alive = owner
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::process::Command::new(script)
+                .arg("stop")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A throwaway PostgreSQL cluster (wal_level=logical, Supabase-like roles and `auth.*`
+/// helpers) started with `tests/pg/cluster.sh start`; stopped and removed on drop, also when
+/// the test fails.
+#[derive(Debug)]
+pub struct PgCluster {
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`
+    pub url: String,
+    /// The cluster directory (`/tmp/realtide-pg.*`); the data directory is `<dir>/data`.
+    pub dir: PathBuf,
+}
+
+impl PgCluster {
+    /// Starts a new cluster.
+    pub async fn start() -> Result<PgCluster> {
+        let script = cluster_script()?;
+        reap_orphan_clusters(&script);
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running tests/pg/cluster.sh start")?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let field = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(str::to_owned))
+        };
+        // Take ownership of the directory first so a failure below still removes it.
+        let dir = field("PG_DIR=").map(PathBuf::from);
+        if let Some(dir) = &dir {
+            let _ = std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string());
+        }
+        let (Some(url), Some(dir)) = (field("DB_URL="), dir) else {
+            if let Some(dir) = field("PG_DIR=") {
+                let _ = std::process::Command::new(&script)
+                    .arg("stop")
+                    .arg(dir)
+                    .status();
+            }
+            bail!(
+                "cluster.sh start failed ({}): {stdout}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        Ok(PgCluster { url, dir })
+    }
+
+    /// A new SQL connection (driven on a background task).
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connecting to {}", self.url))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Connects, retrying for up to `wait` (while the server restarts).
+    pub async fn connect_retry(&self, wait: Duration) -> Result<tokio_postgres::Client> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.connect().await {
+                Ok(client) => return Ok(client),
+                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Runs SQL statements on a fresh connection.
+    pub async fn exec(&self, sql: &str) -> Result<()> {
+        self.connect()
+            .await?
+            .batch_execute(sql)
+            .await
+            .with_context(|| format!("executing {sql}"))
+    }
+
+    fn pg_ctl(&self) -> Result<std::process::Command> {
+        let pg_ctl = pg_bindir()?.join("pg_ctl");
+        let mut command = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+            c
+        } else {
+            std::process::Command::new(pg_ctl)
+        };
+        command
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
+    async fn run_pg_ctl(&self, args: Vec<String>) -> Result<()> {
+        let mut command = self.pg_ctl()?;
+        command.args(&args);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await?
+            .context("running pg_ctl")?;
+        ensure!(
+            output.status.success(),
+            "pg_ctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Stops the PostgreSQL server (fast shutdown: a checkpoint persists the slots); the
+    /// cluster stays on disk for [`PgCluster::start_server`].
+    pub async fn stop_server(&self) -> Result<()> {
+        self.run_pg_ctl(vec!["-m".into(), "fast".into(), "-w".into(), "stop".into()])
+            .await
+    }
+
+    /// Starts the PostgreSQL server again with the options it ran with before (port, WAL
+    /// settings), as `pg_ctl restart` would.
+    pub async fn start_server(&self) -> Result<()> {
+        let opts = std::fs::read_to_string(self.dir.join("data").join("postmaster.opts"))
+            .context("reading postmaster.opts")?;
+        let opts = opts.trim();
+        // "<binary>" "-D" "<dir>" "-p" ...: everything after the program is passed on.
+        let args = opts
+            .split_once(" \"")
+            .map(|(_, rest)| format!("\"{rest}"))
+            .unwrap_or_default();
+        self.run_pg_ctl(vec![
+            "-l".into(),
+            self.dir.join("server.log").display().to_string(),
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "-o".into(),
+            args,
+            "start".into(),
+        ])
+        .await
+    }
+
+    /// `pg_ctl restart -m fast`.
+    pub async fn restart_server(&self) -> Result<()> {
+        self.run_pg_ctl(vec![
+            "-l".into(),
+            self.dir.join("server.log").display().to_string(),
+            "-m".into(),
+            "fast".into(),
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "restart".into(),
+        ])
+        .await
+    }
+
+    /// The slot's row: `(active, confirmed_flush_lsn as text, temporary)`, `None` when absent.
+    pub async fn slot(
+        &self,
+        client: &tokio_postgres::Client,
+        slot: &str,
+    ) -> Result<Option<(bool, Option<String>, bool)>> {
+        let row = client
+            .query_opt(
+                "select active, confirmed_flush_lsn::text, temporary from pg_replication_slots \
+                 where slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// Waits until the slot exists and is streamed by a walsender.
+    pub async fn wait_slot_active(&self, slot: &str) -> Result<()> {
+        let client = self.connect_retry(PG_WAIT).await?;
+        let deadline = tokio::time::Instant::now() + PG_WAIT;
+        loop {
+            if let Some((true, _, _)) = self.slot(&client, slot).await? {
+                return Ok(());
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "slot {slot} not active within {PG_WAIT:?}: {:?}",
+                self.slot(&client, slot).await?
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the slot's confirmed_flush_lsn is at least `lsn` (text form).
+    pub async fn wait_confirmed(&self, slot: &str, lsn: &str) -> Result<()> {
+        let client = self.connect_retry(PG_WAIT).await?;
+        let deadline = tokio::time::Instant::now() + PG_WAIT;
+        loop {
+            let row = client
+                .query_one(
+                    "select coalesce((select confirmed_flush_lsn >= $2::text::pg_lsn \
+                     from pg_replication_slots where slot_name = $1), false)",
+                    &[&slot, &lsn],
+                )
+                .await?;
+            if row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "slot {slot} did not confirm {lsn} within {PG_WAIT:?}: {:?}",
+                self.slot(&client, slot).await?
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `pg_current_wal_insert_lsn()` as text: the end of everything committed so far (the
+    /// write position may lag with `synchronous_commit=off`).
+    pub async fn current_lsn(&self, client: &tokio_postgres::Client) -> Result<String> {
+        Ok(client
+            .query_one("select pg_current_wal_insert_lsn()::text", &[])
+            .await?
+            .get(0))
+    }
+
+    /// The server log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Ok(script) = cluster_script() {
+            let _ = std::process::Command::new(script)
+                .arg("stop")
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Server {
+    /// Starts a server streaming postgres_changes from `pg` with this slot and publication
+    /// (`DB_URL`, `SLOT_NAME`, `PUBLICATION`, plus `env`), and waits until its slot is active.
+    pub async fn start_pg(
+        pg: &PgCluster,
+        slot: &str,
+        publication: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
+        let mut all: Vec<(&str, &str)> = vec![
+            ("DB_URL", pg.url.as_str()),
+            ("SLOT_NAME", slot),
+            ("PUBLICATION", publication),
+        ];
+        all.extend_from_slice(env);
+        let server = Server::start(&all).await?;
+        if let Err(error) = pg.wait_slot_active(slot).await {
+            bail!("{error:#}\nrealtide stderr:\n{}", server.stderr());
+        }
+        Ok(server)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to exit.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+/// Whether `text` has the shape `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn is_commit_timestamp(text: &str) -> bool {
+    const SHAPE: &[u8] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    text.len() == SHAPE.len()
+        && text.bytes().zip(SHAPE).all(|(c, s)| match s {
+            b'd' => c.is_ascii_digit(),
+            other => c == *other,
+        })
+}
+
+/// An HS256 token for a user: `role`, `sub`, an hour of validity.
+pub fn user_token(role: &str, sub: &str) -> String {
+    let now = unix_now();
+    sign(&json!({"role": role, "sub": sub, "exp": now + 3600, "iat": now}))
+}
+
+impl Client {
+    /// Waits up to `wait` for the first text frame matching `pred`, skipping others.
+    pub async fn expect_text_within(
+        &mut self,
+        wait: Duration,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> Result<Msg> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_timeout(left).await? {
+                Some(Incoming::Text(msg)) if pred(&msg) => return Ok(msg),
+                Some(item) if item.is_end() => {
+                    bail!("socket ended ({item:?}); skipped {skipped:?}")
+                }
+                Some(item) => skipped.push(item),
+                None => bail!("timed out after {wait:?}; skipped {skipped:?}"),
+            }
+        }
+    }
+
+    /// Joins `topic` with `postgres_changes` bindings (and `access_token` when given), checks
+    /// the `ok` reply, and returns the join_ref, the reply and the `system` message that
+    /// follows it (not checked).
+    pub async fn join_changes_raw(
+        &mut self,
+        topic: &str,
+        bindings: Value,
+        access_token: Option<&str>,
+    ) -> Result<(String, Msg, Msg)> {
+        let mut payload = json!({"config": {"postgres_changes": bindings}});
+        if let (Some(token), Some(map)) = (access_token, payload.as_object_mut()) {
+            map.insert("access_token".into(), json!(token));
+        }
+        let join_ref = self.send_join(topic, &payload).await?;
+        // The reply must come before the subscription result.
+        let first = self
+            .expect_text_within(PG_WAIT, |m| {
+                m.topic == topic && (m.event == "phx_reply" || m.event == "system")
+            })
+            .await?;
+        ensure!(
+            first.event == "phx_reply" && first.reference.as_deref() == Some(join_ref.as_str()),
+            "expected the join reply first, got {}",
+            first.raw
+        );
+        ensure!(
+            first.status() == Some("ok"),
+            "join of {topic} failed: {}",
+            first.raw
+        );
+        let system = self
+            .expect_text_within(PG_WAIT, |m| m.topic == topic && m.event == "system")
+            .await?;
+        Ok((join_ref, first, system))
+    }
+
+    /// Joins with bindings and requires `Subscribed to PostgreSQL`; returns the join_ref and
+    /// the ids of the reply, in binding order.
+    pub async fn join_changes(
+        &mut self,
+        topic: &str,
+        bindings: Value,
+        access_token: Option<&str>,
+    ) -> Result<(String, Vec<u64>)> {
+        let (join_ref, reply, system) =
+            self.join_changes_raw(topic, bindings, access_token).await?;
+        let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+        ensure!(
+            system.payload
+                == json!({"extension": "postgres_changes", "status": "ok",
+                          "message": "Subscribed to PostgreSQL", "channel": sub_topic}),
+            "subscription failed: {}",
+            system.raw
+        );
+        let ids = reply
+            .response()
+            .get("postgres_changes")
+            .and_then(Value::as_array)
+            .context("no postgres_changes in the reply")?
+            .iter()
+            .map(|e| {
+                e.get("id")
+                    .and_then(Value::as_u64)
+                    .context("binding without an integer id")
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        Ok((join_ref, ids))
+    }
+
+    /// The next `postgres_changes` push on `topic` (within [`PG_WAIT`]), skipping other frames.
+    pub async fn next_change(&mut self, topic: &str) -> Result<Msg> {
+        self.expect_text_within(PG_WAIT, |m| {
+            m.topic == topic && m.event == "postgres_changes"
+        })
+        .await
+        .with_context(|| format!("waiting for postgres_changes on {topic}"))
+    }
+}
+
+/// Slot name test servers stream from (each test has its own cluster).
+pub const TEST_SLOT: &str = "realtide_test_slot";
+/// Publication test servers use; the server creates it (empty) at start.
+pub const TEST_PUBLICATION: &str = "realtide_test_pub";
+
+/// A cluster, a SQL connection to it and a server streaming from it. Dropped in field order:
+/// the server is killed first, then the cluster is removed.
+#[derive(Debug)]
+pub struct PgEnv {
+    /// The realtide server (`DB_URL`, [`TEST_SLOT`], [`TEST_PUBLICATION`]).
+    pub server: Server,
+    /// A superuser connection for setup SQL and changes.
+    pub db: tokio_postgres::Client,
+    /// The cluster.
+    pub pg: PgCluster,
+}
+
+impl PgEnv {
+    /// Starts a cluster and a server with extra `env`, then runs `sql` (after the server has
+    /// created the publication, so `sql` may add tables to it).
+    pub async fn start(env: &[(&str, &str)], sql: &str) -> Result<PgEnv> {
+        let pg = PgCluster::start().await?;
+        let server = Server::start_pg(&pg, TEST_SLOT, TEST_PUBLICATION, env).await?;
+        let db = pg.connect().await?;
+        if !sql.is_empty() {
+            db.batch_execute(sql)
+                .await
+                .with_context(|| format!("setup SQL failed: {sql}"))?;
+        }
+        Ok(PgEnv { server, db, pg })
+    }
+
+    /// Runs SQL statements on [`PgEnv::db`].
+    pub async fn exec(&self, sql: &str) -> Result<()> {
+        self.db
+            .batch_execute(sql)
+            .await
+            .with_context(|| format!("executing {sql}"))
+    }
+
+    /// A V2 client whose socket token is `token`.
+    pub async fn client(&self, token: &str) -> Result<Client> {
+        self.server.connect_token(Vsn::V2, token).await
+    }
+}
