@@ -8,7 +8,9 @@ use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use realtide_protocol::Vsn;
 use realtide_protocol::message::binding_id;
-use realtide_replication::filter::{CompiledFilter, Filter, inspect, parse_filters, validate};
+use realtide_replication::filter::{
+    CompiledFilter, Filter, inspect, inspect_string, inspect_strings, parse_filters, validate,
+};
 use serde_json::{Map, Value};
 
 use crate::catalog::{Catalog, Table};
@@ -116,13 +118,7 @@ impl Binding {
     fn params_text(&self) -> String {
         let select = match &self.select {
             None => "nil".to_owned(),
-            Some(cols) => format!(
-                "[{}]",
-                cols.iter()
-                    .map(|c| format!("{c:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Some(cols) => inspect_strings(cols),
         };
         format!(
             "[event: {}, schema: {}, table: {}, filters: {}, select: {}]",
@@ -172,6 +168,39 @@ fn compile(filters: &[Filter], table: &Table) -> Result<TableFilters, String> {
         .collect()
 }
 
+/// Renders a JSON value as Elixir's `inspect` shows the decoded term (maps with sorted keys,
+/// `nil`, lists), as the reference's messages quote the client's parameters.
+fn inspect_value(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => inspect_string(s),
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(inspect_value).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        Value::Object(map) => {
+            if map.is_empty() {
+                return "%{}".to_owned();
+            }
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{} => {}",
+                        inspect_string(k),
+                        map.get(k).map(inspect_value).unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!("%{{{}}}", parts.join(", "))
+        }
+    }
+}
+
 /// Parses one raw binding; errors are the `system` message texts.
 pub fn parse_binding(entry: &Map<String, Value>) -> Result<Binding, String> {
     let schema = entry.get("schema").and_then(Value::as_str);
@@ -183,7 +212,7 @@ pub fn parse_binding(entry: &Map<String, Value>) -> Result<Binding, String> {
         (None, None) => {
             return Err(format!(
                 "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {}",
-                Value::Object(entry.clone())
+                inspect_value(&Value::Object(entry.clone()))
             ));
         }
     };

@@ -217,9 +217,17 @@ async fn session(
     postgres
         .replication_connected
         .store(true, Ordering::Relaxed);
+    // What this process already delivered and confirmed. PostgreSQL 15 does not always persist
+    // a slot's confirmed position across its own restart, so the slot may resend transactions
+    // we confirmed: those are skipped, and the position is confirmed again.
+    let resume = Lsn(postgres.confirmed_lsn.load(Ordering::Relaxed));
+    if resume > stream.confirmed() {
+        stream.confirm(resume).await?;
+    }
     postgres
         .confirmed_lsn
-        .store(stream.confirmed().0, Ordering::Relaxed);
+        .fetch_max(stream.confirmed().0, Ordering::Relaxed);
+    let mut replayed = false;
     tracing::info!(slot = %config.slot, from = %stream.confirmed(), "replication streaming");
 
     let limits = RenderLimits {
@@ -283,11 +291,17 @@ async fn session(
         match message {
             LogicalMessage::Begin(begin) => {
                 in_transaction = true;
+                // A transaction whose commit lies before what we confirmed was delivered.
+                replayed = begin.final_lsn < resume;
                 commit_timestamp =
                     Arc::from(pgoutput::format_commit_timestamp(begin.commit_time_micros));
             }
             LogicalMessage::Commit(commit) => {
                 in_transaction = false;
+                if replayed {
+                    pending.clear();
+                    continue;
+                }
                 batch.append(&mut pending);
                 batch_end = Some(commit.end_lsn);
                 if deadline.is_none() {
