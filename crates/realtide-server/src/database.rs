@@ -93,6 +93,11 @@ impl Pool {
         }
     }
 
+    /// Number of connections.
+    pub fn size(&self) -> usize {
+        self.slots.len()
+    }
+
     /// The next client, round-robin.
     pub async fn client(&self) -> Result<Arc<Conn>, DbError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();

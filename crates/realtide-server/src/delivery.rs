@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, maybe_done};
+use indexmap::IndexMap;
 use realtide_protocol::Vsn;
 use realtide_protocol::encode::{push_json_str, text_frame};
 use realtide_replication::value::to_json_text;
@@ -78,8 +79,6 @@ impl Change {
 
 /// A change matched for a channel: (change index, channel, its claims, matched binding ids).
 type Candidate = (usize, Arc<ChannelChanges>, Arc<ClaimsGroup>, Vec<u32>);
-/// One RLS check: a claims group, a table, and the indices of the changes to check.
-type Check = (Arc<ClaimsGroup>, Arc<Table>, Vec<usize>);
 /// A rendered frame is shared by channels with the same data, ids, serializer and topic.
 type FrameKey = (Arc<str>, Vec<u32>, Vsn, Arc<str>);
 
@@ -152,44 +151,51 @@ pub async fn deliver(
             .unwrap_or_default()
     };
 
-    // 3. Row level security: which (claims group, change) pairs may be read.
-    let mut checks: HashMap<(Arc<str>, u32), Check> = HashMap::new();
+    // 3. Row level security: which (claims group, change) pairs may be read. Groups sharing a
+    // role and a table are checked together, so the role (and the query plan) stays put.
+    let mut checks: HashMap<(&str, u32), TableChecks<'_>> = HashMap::new();
     for (ci, _, claims, _) in &candidates {
         let Some(change) = changes.get(*ci) else {
             continue;
         };
         if needs_rls(change, &selectable_for(claims, change)) {
-            let key: Arc<str> = Arc::from(claims.claims.as_str());
-            let entry = checks
-                .entry((key, change.table.oid))
-                .or_insert_with(|| (claims.clone(), change.table.clone(), Vec::new()));
-            if !entry.2.contains(ci) {
-                entry.2.push(*ci);
+            let (_, groups) = checks
+                .entry((claims.role.as_str(), change.table.oid))
+                .or_insert_with(|| (change.table.clone(), IndexMap::new()));
+            let group = groups
+                .entry(claims.claims.as_str())
+                .or_insert_with(|| GroupCheck {
+                    claims: claims.clone(),
+                    indices: Vec::new(),
+                });
+            // Candidates come in change order, so a repeat is always the last one pushed.
+            if group.indices.last() != Some(ci) {
+                group.indices.push(*ci);
             }
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut slot = 0;
+    for ((role, _), (table, groups)) in checks {
+        let groups: Vec<GroupCheck> = groups.into_values().collect();
+        let per_connection = groups.len().div_ceil(pool.size()).max(1);
+        let mut rest = groups;
+        while !rest.is_empty() {
+            let tail = rest.split_off(per_connection.min(rest.len()));
+            let chunk = std::mem::replace(&mut rest, tail);
+            jobs.push(check_chunk(pool, slot, role, table.clone(), changes, chunk));
+            slot += 1;
         }
     }
     // Claims text -> indices of the changes it may read.
     let mut visible: HashMap<Arc<str>, HashSet<usize>> = HashMap::new();
-    let jobs = checks
-        .into_values()
-        .enumerate()
-        .map(|(n, (claims, table, indices))| async move {
-            let result = rls_visible(pool, n, &claims, &table, changes, &indices).await;
-            (claims, indices, result)
-        });
-    for (claims, indices, result) in join_all(jobs).await {
-        let allowed = match result {
-            Ok(allowed) => allowed,
-            Err(error) => {
-                // Never deliver a row we could not check.
-                tracing::warn!(%error, role = %claims.role, "row level security check failed");
-                Vec::new()
-            }
-        };
-        let readable = visible
-            .entry(Arc::from(claims.claims.as_str()))
-            .or_default();
-        readable.extend(indices.into_iter().filter(|ci| allowed.contains(ci)));
+    for results in join_all(jobs).await {
+        for (claims, allowed) in results {
+            visible
+                .entry(Arc::from(claims.claims.as_str()))
+                .or_default()
+                .extend(allowed);
+        }
     }
 
     // 4. Render and hand out.
@@ -302,33 +308,77 @@ fn visibility(
         .collect()
 }
 
-/// Keys of `indices`' changes visible to the group, by one pipelined transaction.
-async fn rls_visible(
+/// The claims groups (by claims text) to check against one table for one role.
+type TableChecks<'a> = (Arc<Table>, IndexMap<&'a str, GroupCheck>);
+
+/// The changes one claims group must be checked for.
+#[derive(Debug)]
+struct GroupCheck {
+    claims: Arc<ClaimsGroup>,
+    indices: Vec<usize>,
+}
+
+/// Checks a chunk of claims groups of one role on one connection. First all together in one
+/// pipelined transaction; if anything in it fails, each group alone, so that one failing
+/// group cannot hide rows from the others. A group whose check fails gets nothing.
+async fn check_chunk(
     pool: &Pool,
     slot: usize,
-    claims: &ClaimsGroup,
-    table: &Table,
+    role: &str,
+    table: Arc<Table>,
     changes: &[Change],
-    indices: &[usize],
-) -> Result<Vec<usize>, DbError> {
-    let conn = pool.client_at(slot).await?;
+    groups: Vec<GroupCheck>,
+) -> Vec<(Arc<ClaimsGroup>, Vec<usize>)> {
+    match rls_visible_many(pool, slot, role, &table, changes, &groups).await {
+        Ok(allowed) => groups.into_iter().map(|g| g.claims).zip(allowed).collect(),
+        Err(error) => {
+            tracing::debug!(%error, role, "batched row level security check failed; checking groups one by one");
+            let mut results = Vec::with_capacity(groups.len());
+            for group in groups {
+                let alone = std::slice::from_ref(&group);
+                let allowed = match rls_visible_many(pool, slot, role, &table, changes, alone).await
+                {
+                    Ok(mut allowed) => allowed.pop().unwrap_or_default(),
+                    Err(error) => {
+                        // Never deliver a row we could not check.
+                        tracing::warn!(%error, role, "row level security check failed");
+                        Vec::new()
+                    }
+                };
+                results.push((group.claims, allowed));
+            }
+            results
+        }
+    }
+}
+
+/// Primary key values of the changes, one text array per key column.
+fn key_arrays(table: &Table, changes: &[Change], indices: &[usize]) -> Vec<Vec<Option<String>>> {
+    table
+        .primary_key
+        .iter()
+        .map(|column| {
+            indices
+                .iter()
+                .map(|ci| {
+                    changes
+                        .get(*ci)
+                        .and_then(|c| c.pk_text(*column))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `select <ordinal> from unnest($keys) join <table> on <primary key>`: the positions of the
+/// keys whose rows the current role and claims can read.
+fn visibility_sql(table: &Table) -> String {
     let key_columns: Vec<_> = table
         .primary_key
         .iter()
-        .filter_map(|i| table.columns.get(*i).map(|c| (*i, c)))
+        .filter_map(|i| table.columns.get(*i))
         .collect();
-    let mut arrays: Vec<Vec<Option<String>>> =
-        vec![Vec::with_capacity(indices.len()); key_columns.len()];
-    for ci in indices {
-        let Some(change) = changes.get(*ci) else {
-            continue;
-        };
-        for (k, (index, _)) in key_columns.iter().enumerate() {
-            if let Some(array) = arrays.get_mut(k) {
-                array.push(change.pk_text(*index).map(str::to_owned));
-            }
-        }
-    }
     let params: Vec<String> = (1..=key_columns.len())
         .map(|n| format!("${n}::text[]"))
         .collect();
@@ -336,7 +386,7 @@ async fn rls_visible(
     let join: Vec<String> = key_columns
         .iter()
         .zip(&names)
-        .map(|((_, column), name)| {
+        .map(|(column, name)| {
             format!(
                 "t.{} = u.{name}::{}",
                 quote_ident(&column.name),
@@ -344,45 +394,134 @@ async fn rls_visible(
             )
         })
         .collect();
-    let sql = format!(
+    format!(
         "select (u.n - 1)::int4 from unnest({}) with ordinality as u({}, n) join {} t on {}",
         params.join(", "),
         names.join(", "),
         table.qualified_name(),
         join.join(" and ")
-    );
+    )
+}
+
+type SqlParam<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Polls futures in order (each sends its request on its first poll, so they reach the
+/// connection in this order) and collects their outputs.
+async fn join_ordered<F: std::future::Future>(futures: Vec<F>) -> Vec<Option<F::Output>> {
+    let mut futures: Vec<_> = futures
+        .into_iter()
+        .map(|f| Box::pin(maybe_done(f)))
+        .collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for future in &mut futures {
+            if future.as_mut().poll(cx).is_pending() {
+                done = false;
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    futures
+        .iter_mut()
+        .map(|f| f.as_mut().take_output())
+        .collect()
+}
+
+/// Checks several claims groups of one role in one pipelined transaction: the role is set once
+/// (so the prepared query's plan is reused), then each group's claims and its query.
+async fn rls_visible_many(
+    pool: &Pool,
+    slot: usize,
+    role: &str,
+    table: &Table,
+    changes: &[Change],
+    groups: &[GroupCheck],
+) -> Result<Vec<Vec<usize>>, DbError> {
+    let conn = pool.client_at(slot).await?;
     let begin = conn.prepared("begin").await?;
-    let settings = conn
+    let set_role = conn
         .prepared(
-            "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
-             set_config('request.jwt.claim.sub', $3, true), set_config('request.jwt.claim.role', $1, true)",
+            "select set_config('role', $1, true), set_config('request.jwt.claim.role', $1, true)",
         )
         .await?;
-    let visible = conn.prepared(&sql).await?;
+    let set_claims = conn
+        .prepared(
+            "select set_config('request.jwt.claims', $1, true), set_config('request.jwt.claim.sub', $2, true)",
+        )
+        .await?;
+    let visible = conn.prepared(&visibility_sql(table)).await?;
     let rollback = conn.prepared("rollback").await?;
-    let sub = claims.sub.clone().unwrap_or_default();
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+    let keys: Vec<Vec<Vec<Option<String>>>> = groups
         .iter()
-        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .map(|g| key_arrays(table, changes, &g.indices))
         .collect();
-    // Sent back to back on one connection: one round trip for the whole check.
-    let setting_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&claims.role, &claims.claims, &sub];
-    let (began, set, rows, ended) = tokio::join!(
-        conn.execute(&begin, &[]),
-        conn.execute(&settings, &setting_params),
-        conn.query(&visible, &refs),
-        conn.execute(&rollback, &[]),
-    );
-    began.map_err(DbError::query("rls begin"))?;
-    set.map_err(DbError::query("rls settings"))?;
-    ended.map_err(DbError::query("rls rollback"))?;
-    let rows = rows.map_err(DbError::query("rls visibility"))?;
-    Ok(rows
+    let subs: Vec<String> = groups
         .iter()
-        .filter_map(|row| usize::try_from(row.get::<_, i32>(0)).ok())
-        .filter_map(|n| indices.get(n).copied())
-        .collect())
+        .map(|g| g.claims.sub.clone().unwrap_or_default())
+        .collect();
+    let role_param: [SqlParam<'_>; 1] = [&role];
+    let claim_params: Vec<[SqlParam<'_>; 2]> = groups
+        .iter()
+        .zip(&subs)
+        .map(|(g, sub)| [&g.claims.claims as SqlParam<'_>, sub])
+        .collect();
+    let key_params: Vec<Vec<SqlParam<'_>>> = keys
+        .iter()
+        .map(|arrays| arrays.iter().map(|a| a as SqlParam<'_>).collect())
+        .collect();
+
+    type Step<'a> = std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Option<Vec<tokio_postgres::Row>>, tokio_postgres::Error>,
+                > + Send
+                + 'a,
+        >,
+    >;
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(3 + groups.len() * 2);
+    steps.push(Box::pin(async {
+        conn.execute(&begin, &[]).await.map(|_| None)
+    }));
+    steps.push(Box::pin(async {
+        conn.execute(&set_role, &role_param).await.map(|_| None)
+    }));
+    for (claims, params) in claim_params.iter().zip(&key_params) {
+        steps.push(Box::pin(async {
+            conn.execute(&set_claims, claims).await.map(|_| None)
+        }));
+        steps.push(Box::pin(async {
+            conn.query(&visible, params).await.map(Some)
+        }));
+    }
+    steps.push(Box::pin(async {
+        conn.execute(&rollback, &[]).await.map(|_| None)
+    }));
+
+    let mut allowed = Vec::with_capacity(groups.len());
+    let outputs = join_ordered(steps).await;
+    let mut rows_of_groups = Vec::with_capacity(groups.len());
+    for output in outputs {
+        match output {
+            Some(Ok(Some(rows))) => rows_of_groups.push(rows),
+            Some(Ok(None)) => {}
+            Some(Err(error)) => return Err(DbError::query("rls batch")(error)),
+            None => return Err(DbError::NoConnections),
+        }
+    }
+    for (group, rows) in groups.iter().zip(rows_of_groups) {
+        allowed.push(
+            rows.iter()
+                .filter_map(|row| usize::try_from(row.get::<_, i32>(0)).ok())
+                .filter_map(|n| group.indices.get(n).copied())
+                .collect(),
+        );
+    }
+    Ok(allowed)
 }
 
 /// Renders the `data` object of a change for one column visibility.
