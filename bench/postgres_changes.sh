@@ -8,10 +8,10 @@
 # run starts a fresh realtide (so that its CPU time and peak RSS belong to that run), drives it
 # with `realtide-loadgen postgres-changes`, and records server / PostgreSQL / load generator CPU
 # seconds and peak RSS from /proc and /usr/bin/time. Runs:
-#   - RLS rate sweep (RATES, default "100 200 300 400" inserts/s, DURATION s each): the highest
+#   - RLS rate sweep (RATES, default "25 50 100 200 300 400" inserts/s, DURATION s each): the highest
 #     rate that kept up is the max sustained authorized delivery rate;
 #   - RLS at half the target load (HALF_RATE, default 150 inserts/s): latency;
-#   - without RLS (NORLS_RATES, default "20 50 100" inserts/s, every row to all subscribers).
+#   - without RLS (NORLS_RATES, default "50 100 200" inserts/s, every row to all subscribers).
 # Writes bench/results/postgres_changes.json (all runs) and regenerates the postgres_changes
 # section of docs/BENCHMARKS.md. Stops by itself and removes the cluster on any exit.
 #
@@ -42,9 +42,9 @@ if [ "$quick" = 1 ]; then
   NORLS_RATES="${NORLS_RATES:-50}"
 else
   DURATION="${DURATION:-20}"
-  RATES="${RATES:-100 200 300 400}"
+  RATES="${RATES:-25 50 100 200 300 400}"
   HALF_RATE="${HALF_RATE:-150}"
-  NORLS_RATES="${NORLS_RATES:-20 50 100}"
+  NORLS_RATES="${NORLS_RATES:-50 100 200}"
 fi
 DRAIN="${DRAIN:-15}"
 JWT_SECRET="realtide-bench-secret-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
