@@ -16,9 +16,24 @@ pub struct Conn {
     /// The client.
     pub client: Client,
     statements: parking_lot::Mutex<HashMap<String, Statement>>,
+    /// Session objects (temporary functions) already created on this connection.
+    created: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Conn {
+    /// Runs `ddl` once per connection under the name `key` (e.g. a `pg_temp` function).
+    pub async fn ensure(&self, key: &str, ddl: &str) -> Result<(), DbError> {
+        if self.created.lock().contains(key) {
+            return Ok(());
+        }
+        self.client
+            .batch_execute(ddl)
+            .await
+            .map_err(DbError::query("session setup"))?;
+        self.created.lock().insert(key.to_owned());
+        Ok(())
+    }
+
     /// A prepared statement for `sql`, prepared once per connection.
     pub async fn prepared(&self, sql: &str) -> Result<Statement, DbError> {
         if let Some(statement) = self.statements.lock().get(sql) {
@@ -116,6 +131,7 @@ impl Pool {
         let client = Arc::new(Conn {
             client: connect(&self.url).await?,
             statements: parking_lot::Mutex::new(HashMap::new()),
+            created: parking_lot::Mutex::new(std::collections::HashSet::new()),
         });
         *slot = Some(client.clone());
         Ok(client)
