@@ -1,11 +1,11 @@
 //! Decodes every pgoutput message recorded from PostgreSQL 15 in `protocol-fixtures/pgoutput/`
 //! (see its README and record.sh) and checks what they say; then mutates them to check that the
 //! decoder never panics.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "test assertions on recorded data"
 )]
 
 use bytes::{BufMut, Bytes, BytesMut};

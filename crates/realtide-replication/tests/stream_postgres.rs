@@ -2,11 +2,12 @@
 //! temporary directory, wal_level=logical, a free port on 127.0.0.1, run as the `postgres` OS
 //! user when the test runs as root; stopped and removed afterwards). Skips with a message when
 //! /usr/lib/postgresql/15/bin is absent.
-#![allow(
+#![expect(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "test assertions on recorded data"
 )]
 
 use std::path::{Path, PathBuf};

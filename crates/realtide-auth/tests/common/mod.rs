@@ -1,7 +1,10 @@
 //! Shared helpers for the integration tests: fixture keys and hand-built tokens.
 
 // Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different part of this module"
+)]
 
 use std::error::Error;
 use std::path::PathBuf;
