@@ -264,3 +264,19 @@ async fn heartbeats_keep_a_socket_alive() -> Result<()> {
         Some(other) => bail!("socket ended while heartbeating: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn text_frames_that_are_not_utf8_are_dropped_and_the_socket_survives() -> Result<()> {
+    // The reference does not validate UTF-8 (`validate_utf8: false`) and drops undecodable
+    // frames without closing the socket.
+    let server = Server::start(&[]).await?;
+    let mut client = server.connect(Vsn::V2).await?;
+    client
+        .send_raw(0x1, b"[null,\"1\",\"phoenix\",\"heart\xffbeat\",{}]")
+        .await?;
+    client.send_raw(0x1, &[0xc3, 0x28]).await?;
+    client.assert_no_frame(Duration::from_millis(150)).await?;
+    let reply = client.heartbeat().await?;
+    ensure!(reply.reference.is_some());
+    Ok(())
+}

@@ -256,6 +256,15 @@ impl Session {
                             self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
                             return;
                         }
+                        // The library rejects a text frame that is not UTF-8 after reading it
+                        // whole, so the stream is still in step: drop the frame and go on, as
+                        // the reference (which does not validate UTF-8) keeps the socket.
+                        Err(WebSocketError::InvalidUTF8) => {
+                            tracing::debug!("dropping text frame that is not utf-8");
+                            last_frame = Instant::now();
+                            read = read_next(reader, self.outbox.clone());
+                            continue;
+                        }
                         Err(error) => {
                             tracing::debug!(%error, "socket read ended");
                             return;
