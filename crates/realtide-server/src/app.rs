@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
@@ -11,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Exporter, Metrics, ReplicationSample};
 use crate::postgres::Postgres;
 use crate::registry::Registry;
 use crate::socket;
@@ -34,6 +36,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Database state, when `DB_URL` is set.
     pub postgres: Option<Arc<Postgres>>,
+    /// Prometheus exporter behind `GET /metrics`.
+    pub exporter: Exporter,
 }
 
 impl App {
@@ -41,7 +45,9 @@ impl App {
     pub fn new(config: Config) -> Arc<App> {
         let metrics = Arc::new(Metrics::default());
         let postgres = config.database.clone().map(Postgres::new);
+        let exporter = Exporter::new(postgres.is_some());
         Arc::new(App {
+            exporter,
             postgres,
             config,
             registry: Registry::new(metrics.clone()),
@@ -59,6 +65,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/realtime/v1/websocket", get(socket::websocket))
         .route("/healthcheck", get(healthcheck))
         .route("/api/health", get(health))
+        .route("/metrics", get(prometheus))
         .with_state(app)
 }
 
@@ -76,6 +83,44 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "topics": app.registry.topic_count(),
         "metrics": app.metrics.snapshot(),
     }))
+}
+
+/// `GET /metrics`: Prometheus text. With `METRICS_JWT_SECRET` set, a request without a valid
+/// `Authorization: Bearer <JWT>` gets 403 with an empty body, as the reference.
+async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(verifier) = &app.config.metrics_jwt {
+        let authorized = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .is_some_and(|token| verifier.verify(token.trim()).is_ok());
+        if !authorized {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+    }
+    let replication = app.postgres.as_ref().map(|p| ReplicationSample {
+        connected: p
+            .replication_connected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        lag_bytes: p.lag_bytes(),
+    });
+    let body = app.exporter.render(
+        app.metrics.snapshot(),
+        app.registry.topic_count(),
+        replication,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Serves until `app.shutdown` is cancelled, then drains: every session sends

@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <JWT>` signed (HS256/384/512)
+    /// with this secret and carrying `role` and `exp`.
+    #[arg(long, env = "METRICS_JWT_SECRET", hide_env_values = true)]
+    pub metrics_jwt_secret: Option<String>,
 }
 
 /// Validated configuration, passed down by value.
@@ -111,6 +115,8 @@ pub struct Config {
     pub outbox: crate::outbox::OutboxLimits,
     /// Emit JSON logs.
     pub json_logs: bool,
+    /// Verifier guarding `GET /metrics`, when `METRICS_JWT_SECRET` is set.
+    pub metrics_jwt: Option<JwtVerifier>,
 }
 
 /// Where and how postgres_changes are read.
@@ -149,6 +155,9 @@ pub enum ConfigError {
         /// What it must be.
         rule: &'static str,
     },
+    /// METRICS_JWT_SECRET is invalid.
+    #[error("invalid METRICS_JWT_SECRET: {0}")]
+    MetricsJwt(#[source] realtide_auth::ConfigError),
     /// LOG_FORMAT is not text or json.
     #[error("LOG_FORMAT must be `text` or `json`")]
     LogFormat,
@@ -222,6 +231,12 @@ impl ServeArgs {
             "json" => true,
             _ => return Err(ConfigError::LogFormat),
         };
+        let metrics_jwt = match self.metrics_jwt_secret.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(secret) => {
+                Some(JwtVerifier::new(Some(&secret), None, None).map_err(ConfigError::MetricsJwt)?)
+            }
+        };
         let max_payload_bytes = usize::try_from(self.max_payload_size_in_kb)
             .ok()
             .and_then(|kb| kb.checked_mul(1000))
@@ -259,6 +274,7 @@ impl ServeArgs {
                 bytes: self.outbound_queue_bytes,
             },
             json_logs,
+            metrics_jwt,
         })
     }
 }

@@ -16,7 +16,7 @@ pub struct Metrics {
 }
 
 /// A point-in-time copy of the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Snapshot {
     /// Open WebSocket connections.
     pub connections: usize,
@@ -87,5 +87,166 @@ impl Metrics {
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Ordering::Relaxed),
             database_events: self.database_events.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Database-side values read at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationSample {
+    /// Whether the replication stream is connected.
+    pub connected: bool,
+    /// Server WAL end minus the confirmed position, in bytes.
+    pub lag_bytes: u64,
+}
+
+/// The Prometheus exporter behind `GET /metrics`.
+///
+/// The hot path only touches the relaxed atomics of [`Metrics`]; a scrape copies them into
+/// `metrics` handles registered on a private (non-global) Prometheus recorder and renders it.
+pub struct Exporter {
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    connections: metrics::Gauge,
+    channels: metrics::Gauge,
+    topics: metrics::Gauge,
+    joins: metrics::Counter,
+    events_in: metrics::Counter,
+    events_out: metrics::Counter,
+    bytes_out: metrics::Counter,
+    slow_consumer_disconnects: metrics::Counter,
+    database_events: metrics::Counter,
+    replication: Option<(metrics::Gauge, metrics::Gauge)>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Registers every series; the replication series only when a database is configured.
+    pub fn new(database: bool) -> Exporter {
+        use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe_gauge!("realtide_connections", "Open WebSocket connections.");
+            describe_gauge!("realtide_channels", "Joined channels.");
+            describe_gauge!("realtide_topics", "Topics with at least one subscriber.");
+            describe_counter!("realtide_joins_total", "Successful channel joins.");
+            describe_counter!("realtide_events_in_total", "Client messages received.");
+            describe_counter!("realtide_events_out_total", "Frames queued to clients.");
+            describe_counter!(
+                "realtide_bytes_out_total",
+                Unit::Bytes,
+                "Bytes written to clients."
+            );
+            describe_counter!(
+                "realtide_slow_consumer_disconnects_total",
+                "Connections closed for exceeding their outbound queue bound."
+            );
+            describe_counter!(
+                "realtide_database_events_total",
+                "postgres_changes messages delivered."
+            );
+            let replication = database.then(|| {
+                describe_gauge!(
+                    "realtide_replication_connected",
+                    "1 while the logical replication stream is connected."
+                );
+                describe_gauge!(
+                    "realtide_replication_lag_bytes",
+                    Unit::Bytes,
+                    "Server WAL end minus the position confirmed to the slot."
+                );
+                (
+                    gauge!("realtide_replication_connected"),
+                    gauge!("realtide_replication_lag_bytes"),
+                )
+            });
+            Exporter {
+                handle,
+                connections: gauge!("realtide_connections"),
+                channels: gauge!("realtide_channels"),
+                topics: gauge!("realtide_topics"),
+                joins: counter!("realtide_joins_total"),
+                events_in: counter!("realtide_events_in_total"),
+                events_out: counter!("realtide_events_out_total"),
+                bytes_out: counter!("realtide_bytes_out_total"),
+                slow_consumer_disconnects: counter!("realtide_slow_consumer_disconnects_total"),
+                database_events: counter!("realtide_database_events_total"),
+                replication,
+            }
+        })
+    }
+
+    /// Copies the current values in and renders the Prometheus text exposition.
+    pub fn render(
+        &self,
+        snapshot: Snapshot,
+        topics: usize,
+        replication: Option<ReplicationSample>,
+    ) -> String {
+        self.connections.set(snapshot.connections as f64);
+        self.channels.set(snapshot.channels as f64);
+        self.topics.set(topics as f64);
+        self.joins.absolute(snapshot.joins);
+        self.events_in.absolute(snapshot.events_in);
+        self.events_out.absolute(snapshot.events_out);
+        self.bytes_out.absolute(snapshot.bytes_out);
+        self.slow_consumer_disconnects
+            .absolute(snapshot.slow_consumer_disconnects);
+        self.database_events.absolute(snapshot.database_events);
+        if let (Some((connected, lag)), Some(sample)) = (&self.replication, replication) {
+            connected.set(if sample.connected { 1.0 } else { 0.0 });
+            lag.set(sample.lag_bytes as f64);
+        }
+        self.handle.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_from_the_atomics() {
+        let metrics = Metrics::default();
+        metrics.connection_opened();
+        metrics.channel_joined();
+        metrics.event_in();
+        metrics.event_in();
+        metrics.add_bytes_out(42);
+        let exporter = Exporter::new(true);
+        let text = exporter.render(
+            metrics.snapshot(),
+            3,
+            Some(ReplicationSample {
+                connected: true,
+                lag_bytes: 7,
+            }),
+        );
+        for line in [
+            "realtide_connections 1",
+            "realtide_channels 1",
+            "realtide_topics 3",
+            "realtide_joins_total 1",
+            "realtide_events_in_total 2",
+            "realtide_events_out_total 0",
+            "realtide_bytes_out_total 42",
+            "realtide_slow_consumer_disconnects_total 0",
+            "realtide_database_events_total 0",
+            "realtide_replication_connected 1",
+            "realtide_replication_lag_bytes 7",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        // A second exporter (another App in the same process) is independent.
+        let other = Exporter::new(false).render(Snapshot::default(), 0, None);
+        assert!(other.contains("realtide_connections 0"), "{other}");
+        assert!(!other.contains("realtide_replication"), "{other}");
     }
 }
