@@ -47,7 +47,7 @@ case "${1:-}" in
       port=""
     done
     [ -n "$port" ] || { echo "cluster.sh: postgres did not start (see $dir/server.log)" >&2; exit 1; }
-    "$bin/psql" -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -f "$here/supabase.sql" >/dev/null
+    "$bin/psql" -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -f "$here/../../crates/realtide-server/sql/supabase.sql" >/dev/null
     echo "DB_URL=postgres://postgres@127.0.0.1:$port/postgres"
     echo "PG_DIR=$dir"
     ;;

@@ -12,6 +12,7 @@
 //! - [`error`]: client-facing errors and their wire form.
 //! - [`metrics`]: process-wide counters.
 //! - [`token`]: the `realtide token` command.
+//! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
 
 mod app;
 mod catalog;
@@ -19,6 +20,7 @@ mod changes;
 mod config;
 mod database;
 mod delivery;
+mod dev;
 mod error;
 mod metrics;
 mod outbox;
@@ -52,10 +54,11 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once at start")]
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Start a private PostgreSQL and realtide against it (local development).
+    Dev(dev::DevArgs),
     /// Print a JWT signed with the configured secret (HS256).
     Token(token::TokenArgs),
 }
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Token(args)) => return token::print(args),
+        Some(Command::Dev(args)) => return dev::run(args),
         None => cli.serve,
     };
     let config = match args.into_config() {
@@ -106,10 +110,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: config::Config) -> anyhow::Result<()> {
+    let (listener, local) = bind(&config).await?;
+    serve_on(config, listener, local).await
+}
+
+/// Binds the listen address.
+pub(crate) async fn bind(
+    config: &config::Config,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (PORT/HOST): {e}", config.listen))?;
     let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves on a bound listener until a shutdown signal.
+pub(crate) async fn serve_on(
+    config: config::Config,
+    listener: tokio::net::TcpListener,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let app = app::App::new(config);
     if let Some(postgres) = app.postgres.clone() {
         let task = replication::run(postgres, app.metrics.clone(), app.shutdown.clone());
@@ -152,7 +173,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logs(json: bool) {
+pub(crate) fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
