@@ -186,16 +186,18 @@ impl PresencePush {
     }
 }
 
+/// FNV-1a (64 bit): a small hash that is the same in every process and release.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The integer id the server gives a `postgres_changes` binding: deterministic per entry
 /// (identical entries share an id), in `1..2^27`, never 0 (clients treat 0 as "no id").
 pub fn binding_id(entry: &Map<String, Value>) -> u32 {
     // FNV-1a over the entry's JSON text: stable across processes and releases.
-    let text = Value::Object(entry.clone()).to_string();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = fnv1a(Value::Object(entry.clone()).to_string().as_bytes());
     let id = u32::try_from(hash % (1 << 27)).unwrap_or(1);
     id.max(1)
 }

@@ -466,7 +466,10 @@ async fn rls_visible_looped(
         table.qualified_name(),
         join.join(" and ")
     );
-    let name = format!("realtide_rls_{:016x}", fnv(&body));
+    let name = format!(
+        "realtide_rls_{:016x}",
+        realtide_protocol::message::fnv1a(body.as_bytes())
+    );
     conn.ensure(&name, &body.replace("{name}", &name)).await?;
     let params: Vec<String> = (1..=key_columns.len() + 3)
         .map(|n| format!("${n}"))
@@ -533,13 +536,6 @@ async fn rls_visible_looped(
         }
     }
     Ok(allowed)
-}
-
-/// FNV-1a, for naming generated session functions after their text.
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 type SqlParam<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);

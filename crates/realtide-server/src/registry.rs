@@ -113,7 +113,7 @@ impl Registry {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
             if let Some(diff) = presence.untrack(id) {
-                topic.fanout_locked(None, &|vsn| topic.diff_frame(vsn, &diff), &self.metrics);
+                topic.fanout(None, &|vsn| topic.diff_frame(vsn, &diff), &self.metrics);
             }
         }
         self.topics
@@ -136,15 +136,6 @@ impl Topic {
     /// per serializer; `None` means "not deliverable to that serializer" (e.g. binary to V1).
     /// Returns the number of deliveries.
     pub fn fanout(
-        &self,
-        exclude: Option<ChannelId>,
-        encode: &dyn Fn(Vsn) -> Option<OutFrame>,
-        metrics: &Metrics,
-    ) -> usize {
-        self.fanout_locked(exclude, encode, metrics)
-    }
-
-    fn fanout_locked(
         &self,
         exclude: Option<ChannelId>,
         encode: &dyn Fn(Vsn) -> Option<OutFrame>,
@@ -194,7 +185,7 @@ impl Topic {
     ) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.track(id, key, meta) {
-            self.fanout_locked(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+            self.fanout(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
         }
     }
 
@@ -202,7 +193,7 @@ impl Topic {
     pub fn untrack(&self, id: ChannelId, metrics: &Metrics) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.untrack(id) {
-            self.fanout_locked(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+            self.fanout(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
         }
     }
 }
