@@ -368,6 +368,17 @@ impl Server {
         target: &str,
         headers: &[(&str, &str)],
     ) -> Result<HttpResponse> {
+        self.http_body(method, target, headers, None).await
+    }
+
+    /// An HTTP request with a body (sent with its `content-length`).
+    pub async fn http_body(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<HttpResponse> {
         let mut request = format!(
             "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr
@@ -375,9 +386,14 @@ impl Server {
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
+        if let Some(body) = body {
+            request.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
         request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or_default());
         let mut stream = TcpStream::connect(self.addr).await?;
-        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(&bytes).await?;
         let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
             .await
             .context("timed out waiting for the response")??;

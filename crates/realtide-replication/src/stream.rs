@@ -35,8 +35,8 @@ pub struct ReplicationConfig {
     pub conn: String,
     /// Logical replication slot name (`[a-z0-9_]{1,63}`); created persistent if absent.
     pub slot: String,
-    /// Publication to stream (created by the caller over a normal connection).
-    pub publication: String,
+    /// Publications to stream (created by the caller over a normal connection).
+    pub publications: Vec<String>,
 }
 
 /// Why the replication connection failed.
@@ -124,18 +124,24 @@ pub struct ReplicationStream {
 }
 
 /// Connect, ensure the slot exists (creating it persistent if absent), and start streaming from
-/// the slot's confirmed position with `proto_version '1'`, the publication and `messages 'true'`.
+/// the slot's confirmed position with `proto_version '1'`, the publications and `messages 'true'`.
 pub async fn connect(cfg: &ReplicationConfig) -> Result<ReplicationStream, StreamError> {
     let url = ConnUrl::parse(&cfg.conn)?;
     check_slot_name(&cfg.slot)?;
-    if cfg.publication.is_empty() || cfg.publication.contains('\0') {
+    if cfg.publications.is_empty()
+        || cfg
+            .publications
+            .iter()
+            .any(|p| p.is_empty() || p.contains('\0'))
+    {
         return Err(StreamError::Config("invalid publication name".into()));
     }
     let mut conn = Conn::connect(&url).await?;
 
     let confirmed = ensure_slot(&mut conn, &cfg.slot).await?;
 
-    let publication = quote_literal(&quote_ident(&cfg.publication));
+    let names: Vec<String> = cfg.publications.iter().map(|p| quote_ident(p)).collect();
+    let publication = quote_literal(&names.join(","));
     let start = format!(
         "START_REPLICATION SLOT \"{}\" LOGICAL 0/0 (proto_version '1', publication_names {publication}, messages 'true')",
         cfg.slot

@@ -236,7 +236,7 @@ async fn stream_confirm_and_resume() {
             pg.port
         ),
         slot: "rt_resume".into(),
-        publication: "pub".into(),
+        publications: vec!["pub".into()],
     };
 
     // first connect creates a persistent slot (SCRAM-SHA-256 authentication)
@@ -330,7 +330,7 @@ async fn auth_methods_and_slot_checks() {
         let cfg = ReplicationConfig {
             conn: pg.url(user, password),
             slot: format!("slot_{user}"),
-            publication: "pub".into(),
+            publications: vec!["pub".into()],
         };
         let s = connect(&cfg)
             .await
@@ -345,7 +345,7 @@ async fn auth_methods_and_slot_checks() {
         let cfg = ReplicationConfig {
             conn: pg.url(user, password),
             slot: "never".into(),
-            publication: "pub".into(),
+            publications: vec!["pub".into()],
         };
         let Err(err) = connect(&cfg).await else {
             panic!("{user}: wrong password accepted")
@@ -357,7 +357,7 @@ async fn auth_methods_and_slot_checks() {
     let cfg = ReplicationConfig {
         conn: pg.url("scramuser", "scrampw"),
         slot: "other".into(),
-        publication: "pub".into(),
+        publications: vec!["pub".into()],
     };
     assert!(matches!(
         connect(&cfg).await,
@@ -367,7 +367,7 @@ async fn auth_methods_and_slot_checks() {
     let cfg = ReplicationConfig {
         conn: pg.url("scramuser", "scrampw"),
         slot: "slot_nopub".into(),
-        publication: "missing".into(),
+        publications: vec!["missing".into()],
     };
     let mut s = connect_retry(&cfg).await;
     pg.psql("INSERT INTO t VALUES (1)");

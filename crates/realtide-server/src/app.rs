@@ -27,7 +27,7 @@ pub struct App {
     /// Validated configuration.
     pub config: Config,
     /// Topics and subscribers.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down.
@@ -50,7 +50,7 @@ impl App {
             exporter,
             postgres,
             config,
-            registry: Registry::new(metrics.clone()),
+            registry: Arc::new(Registry::new(metrics.clone())),
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -66,6 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthcheck", get(healthcheck))
         .route("/api/health", get(health))
         .route("/metrics", get(prometheus))
+        .merge(crate::api::routes())
         .with_state(app)
 }
 

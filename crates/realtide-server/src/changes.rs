@@ -254,7 +254,7 @@ pub fn parse_binding(entry: &Map<String, Value>) -> Result<Binding, String> {
 }
 
 /// Claims shared by subscriptions with identical tokens; RLS checks run once per group.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClaimsGroup {
     /// The claims as JSON text (also the group key).
     pub claims: String,

@@ -50,6 +50,18 @@ pub struct ServeArgs {
     /// Connections used for catalog lookups and row level security checks.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,
+    /// Connections used for private-channel authorization checks (separate from DB_POOL_SIZE
+    /// so that change delivery never delays joins).
+    #[arg(long, env = "AUTHORIZATION_POOL_SIZE", default_value_t = 2)]
+    pub authorization_pool_size: usize,
+    /// Longest a private-channel authorization check may take, in milliseconds (also the
+    /// statement timeout of the authorization connections).
+    #[arg(long, env = "AUTHORIZATION_TIMEOUT_MS", default_value_t = 5000)]
+    pub authorization_timeout_ms: u64,
+    /// Daily partitions of `realtime.messages` are dropped once all their rows are older than
+    /// this many hours (replay cannot reach further back).
+    #[arg(long, env = "MESSAGES_RETENTION_HOURS", default_value_t = 72)]
+    pub messages_retention_hours: u64,
     /// Change records larger than this keep only small fields (`Error 413: Payload Too Large`).
     #[arg(
         long,
@@ -132,6 +144,12 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Record size limit.
     pub max_record_bytes: usize,
+    /// Authorization pool size.
+    pub authorization_pool_size: usize,
+    /// Authorization check deadline.
+    pub authorization_timeout: Duration,
+    /// Retention of `realtime.messages`.
+    pub messages_retention: Duration,
     /// Drop the slot on graceful shutdown.
     pub drop_slot_on_shutdown: bool,
     /// Lag above which a warning is logged.
@@ -259,6 +277,18 @@ impl ServeArgs {
                         "POSTGRES_CHANGES_MAX_RECORD_BYTES",
                         self.max_record_bytes as u64,
                     )? as usize,
+                    authorization_pool_size: positive(
+                        "AUTHORIZATION_POOL_SIZE",
+                        self.authorization_pool_size as u64,
+                    )? as usize,
+                    authorization_timeout: Duration::from_millis(positive(
+                        "AUTHORIZATION_TIMEOUT_MS",
+                        self.authorization_timeout_ms,
+                    )?),
+                    messages_retention: Duration::from_secs(
+                        positive("MESSAGES_RETENTION_HOURS", self.messages_retention_hours)?
+                            .saturating_mul(3600),
+                    ),
                     drop_slot_on_shutdown: self.slot_drop_on_shutdown,
                     lag_warn_bytes: self.replication_lag_warn_bytes,
                 }),

@@ -92,6 +92,8 @@ impl DbError {
 #[derive(Debug)]
 pub struct Pool {
     url: String,
+    /// Extra session settings run on each new connection.
+    setup: Option<String>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
 }
@@ -99,8 +101,18 @@ pub struct Pool {
 impl Pool {
     /// A pool of `size` lazily opened connections.
     pub fn new(url: String, size: usize) -> Pool {
+        Pool::build(url, size, None)
+    }
+
+    /// A pool whose connections also run `setup` (e.g. a statement timeout) when opened.
+    pub fn with_setup(url: String, size: usize, setup: String) -> Pool {
+        Pool::build(url, size, Some(setup))
+    }
+
+    fn build(url: String, size: usize, setup: Option<String>) -> Pool {
         Pool {
             url,
+            setup,
             slots: (0..size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -128,8 +140,15 @@ impl Pool {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
+        let client = connect(&self.url).await?;
+        if let Some(setup) = &self.setup {
+            client
+                .batch_execute(setup)
+                .await
+                .map_err(DbError::query("session setup"))?;
+        }
         let client = Arc::new(Conn {
-            client: connect(&self.url).await?,
+            client,
             statements: parking_lot::Mutex::new(HashMap::new()),
             created: parking_lot::Mutex::new(std::collections::HashSet::new()),
         });

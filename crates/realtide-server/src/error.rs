@@ -18,12 +18,27 @@ pub enum JoinError {
     /// The channel token is not acceptable.
     #[error("invalid channel token")]
     Token(#[source] AuthError),
-    /// Private channel without read permission (private authorization is not available yet).
+    /// Private channel without read permission.
     #[error("unauthorized private channel")]
     Unauthorized {
         /// The sub-topic.
         sub_topic: String,
     },
+    /// The read check could not be made.
+    #[error("private channel authorization failed")]
+    Authorization {
+        /// The sub-topic.
+        sub_topic: String,
+        /// Why.
+        #[source]
+        source: crate::authorization::AuthzError,
+    },
+    /// `since` / `limit` are not integers.
+    #[error("invalid replay parameters")]
+    ReplayInvalid,
+    /// The replay query failed.
+    #[error("replay failed")]
+    ReplayFailed,
     /// Replay requested on a public channel.
     #[error("replay on a public channel")]
     ReplayOnPublic,
@@ -44,9 +59,16 @@ impl JoinError {
                 Some(code) => format!("{code}: {error}"),
                 None => "Unknown Error on Channel".into(),
             },
-            JoinError::Unauthorized { sub_topic } => format!(
-                "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
-            ),
+            JoinError::Unauthorized { sub_topic } => {
+                crate::authorization::unauthorized_reason(sub_topic)
+            }
+            JoinError::Authorization { sub_topic, source } => source.join_reason(sub_topic),
+            JoinError::ReplayInvalid => {
+                "UnableToReplayMessages: Replay params are not valid".into()
+            }
+            JoinError::ReplayFailed => {
+                "UnableToReplayMessages: Realtime was unable to replay messages".into()
+            }
             JoinError::ReplayOnPublic => {
                 "UnableToReplayMessages: Replay is not allowed for public channels".into()
             }

@@ -4,6 +4,13 @@
 //! - [`config`]: typed settings from flags and the environment, validated once.
 //! - [`app`]: shared state, HTTP routes, listening and graceful shutdown.
 //! - [`socket`]: the WebSocket endpoint and connect-time checks.
+//! - [`api`]: the HTTP broadcast API (`/api/broadcast`, `/api/ping`).
+//! - [`authorization`]: private-channel RLS checks on `realtime.messages`.
+//! - [`broadcast`]: user broadcasts from the database and HTTP, and their frames.
+//! - [`replay`]: replay of stored private broadcasts at join.
+//! - [`schema`]: the `realtime` schema migrations and message partitions.
+//! - [`postgres`], [`database`], [`catalog`], [`changes`], [`delivery`], [`replication`]:
+//!   postgres_changes and the replication stream.
 //! - [`session`]: one connection's reader loop and its channels (join, leave, broadcast,
 //!   presence, tokens).
 //! - [`outbox`]: the bounded per-connection outbound queue and the writer task.
@@ -14,7 +21,10 @@
 //! - [`token`]: the `realtide token` command.
 //! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
 
+mod api;
 mod app;
+mod authorization;
+mod broadcast;
 mod catalog;
 mod changes;
 mod config;
@@ -27,7 +37,9 @@ mod outbox;
 mod postgres;
 mod presence;
 mod registry;
+mod replay;
 mod replication;
+mod schema;
 mod session;
 mod socket;
 mod token;
@@ -133,8 +145,19 @@ pub(crate) async fn serve_on(
 ) -> anyhow::Result<()> {
     let app = app::App::new(config);
     if let Some(postgres) = app.postgres.clone() {
-        let task = replication::run(postgres, app.metrics.clone(), app.shutdown.clone());
+        let outlet = replication::Outlet {
+            registry: app.registry.clone(),
+            max_payload: app.config.max_payload_bytes,
+        };
+        let task = replication::run(
+            postgres.clone(),
+            outlet,
+            app.metrics.clone(),
+            app.shutdown.clone(),
+        );
         app.tasks.spawn(task);
+        app.tasks
+            .spawn(schema::janitor(postgres, app.shutdown.clone()));
     }
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {

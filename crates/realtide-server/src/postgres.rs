@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::authorization::Authorizer;
 use crate::catalog::Catalog;
 use crate::changes::Subscriptions;
 use crate::config::DatabaseConfig;
@@ -20,6 +21,10 @@ pub struct Postgres {
     pub catalog: Catalog,
     /// postgres_changes subscriptions.
     pub subscriptions: Subscriptions,
+    /// Private-channel authorization checks (their own small pool).
+    pub authorizer: Authorizer,
+    /// Whether this process has applied the `realtime` schema migrations.
+    pub schema_ready: AtomicBool,
     /// Whether the replication stream is currently connected.
     pub replication_connected: AtomicBool,
     /// Last LSN confirmed to the slot.
@@ -33,6 +38,12 @@ impl Postgres {
     pub fn new(config: DatabaseConfig) -> Arc<Postgres> {
         let pool = Arc::new(Pool::new(config.url.clone(), config.pool_size));
         Arc::new(Postgres {
+            authorizer: Authorizer::new(
+                config.url.clone(),
+                config.authorization_pool_size,
+                config.authorization_timeout,
+            ),
+            schema_ready: AtomicBool::new(false),
             catalog: Catalog::new(pool.clone()),
             pool,
             config,

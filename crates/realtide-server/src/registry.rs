@@ -7,8 +7,9 @@
 //! behind its own mutex (lock order: presence, then subscribers).
 
 use std::cell::OnceCell;
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use indexmap::IndexMap;
@@ -39,6 +40,42 @@ pub struct Subscriber {
     pub vsn: Vsn,
     /// Its connection's outbound queue.
     pub outbox: Outbox,
+    /// Private channels only: what the subscriber may receive.
+    pub reads: Option<Arc<Reads>>,
+}
+
+/// A private subscriber's read state, shared between its session and the topic.
+#[derive(Debug, Default)]
+pub struct Reads {
+    /// Broadcast-read granted (a channel joined with presence-read only receives no
+    /// broadcasts); changed by `access_token` re-evaluation.
+    pub broadcast: AtomicBool,
+    /// Ids of the messages replayed at join: their live copies are not delivered again.
+    pub replayed: HashSet<Box<str>>,
+}
+
+/// Who a fan-out reaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    /// Every subscriber (presence diffs).
+    Everyone,
+    /// Subscribers allowed to read broadcasts; `id` is the message id, when it has one.
+    Broadcast {
+        /// Message id (`meta.id`).
+        id: Option<&'a str>,
+    },
+}
+
+impl Audience<'_> {
+    fn admits(&self, subscriber: &Subscriber) -> bool {
+        match (self, &subscriber.reads) {
+            (Audience::Everyone, _) | (Audience::Broadcast { .. }, None) => true,
+            (Audience::Broadcast { id }, Some(reads)) => {
+                reads.broadcast.load(Ordering::Relaxed)
+                    && id.is_none_or(|id| !reads.replayed.contains(id))
+            }
+        }
+    }
 }
 
 /// One topic: its subscribers and presence.
@@ -106,6 +143,11 @@ impl Registry {
         topic
     }
 
+    /// The topic of `key`, when anyone is subscribed.
+    pub fn get(&self, key: &TopicKey) -> Option<Arc<Topic>> {
+        self.topics.get(key).map(|entry| entry.value().clone())
+    }
+
     /// Removes a channel from its topic: its presence leaves (with a diff to the others), and
     /// the topic is dropped once nobody is left.
     pub fn unsubscribe(&self, key: &TopicKey, topic: &Arc<Topic>, id: ChannelId) {
@@ -113,7 +155,7 @@ impl Registry {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
             if let Some(diff) = presence.untrack(id) {
-                topic.fanout(None, &|vsn| topic.diff_frame(vsn, &diff), &self.metrics);
+                topic.fanout(Audience::Everyone, None, &|vsn| topic.diff_frame(vsn, &diff), &self.metrics);
             }
         }
         self.topics
@@ -137,6 +179,7 @@ impl Topic {
     /// Returns the number of deliveries.
     pub fn fanout(
         &self,
+        audience: Audience<'_>,
         exclude: Option<ChannelId>,
         encode: &dyn Fn(Vsn) -> Option<OutFrame>,
         metrics: &Metrics,
@@ -145,7 +188,7 @@ impl Topic {
         let subscribers = self.subscribers.read();
         let mut delivered = 0;
         for (id, subscriber) in subscribers.iter() {
-            if Some(*id) == exclude {
+            if Some(*id) == exclude || !audience.admits(subscriber) {
                 continue;
             }
             let Some(cell) = cache.get(subscriber.vsn.index()) else {
@@ -185,7 +228,7 @@ impl Topic {
     ) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.track(id, key, meta) {
-            self.fanout(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff), metrics);
         }
     }
 
@@ -193,7 +236,7 @@ impl Topic {
     pub fn untrack(&self, id: ChannelId, metrics: &Metrics) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.untrack(id) {
-            self.fanout(None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff), metrics);
         }
     }
 }

@@ -16,7 +16,10 @@ use realtide_replication::stream::{self, ReplicationConfig, StreamError, WalMess
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::broadcast::{self, StoredBody, StoredMessage};
 use crate::catalog::{Table, quote_ident};
+use crate::registry::Registry;
+use crate::schema;
 use crate::changes::Action;
 use crate::database::DbError;
 use crate::delivery::{self, Cell, Change, RenderLimits};
@@ -46,13 +49,18 @@ const BATCH_MAX: usize = 5_000;
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Runs until shutdown.
-pub async fn run(postgres: Arc<Postgres>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(
+    postgres: Arc<Postgres>,
+    outlet: Outlet,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = Instant::now();
         // The session watches the shutdown token itself, so that it can deliver and confirm
         // what it already received before stopping.
-        let result = session(&postgres, &metrics, &shutdown).await;
+        let result = session(&postgres, &outlet, &metrics, &shutdown).await;
         postgres
             .replication_connected
             .store(false, Ordering::Relaxed);
@@ -79,7 +87,7 @@ pub async fn run(postgres: Arc<Postgres>, metrics: Arc<Metrics>, shutdown: Cance
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -144,6 +152,60 @@ async fn ensure_publication(postgres: &Postgres) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Where database broadcasts go.
+#[derive(Debug, Clone)]
+pub struct Outlet {
+    /// The process's topics.
+    pub registry: Arc<Registry>,
+    /// Largest deliverable payload.
+    pub max_payload: usize,
+}
+
+/// `realtime.messages` (published through its partition root), or one of its partitions.
+fn is_messages_table(relation: &Relation) -> bool {
+    relation.namespace == "realtime" && relation.name.starts_with("messages")
+}
+
+/// A broadcast row of `realtime.messages`; `None` for other extensions or incomplete rows.
+fn stored_message(relation: &Relation, tuple: &[ColumnValue]) -> Option<StoredMessage> {
+    let text = |name: &str| -> Option<&[u8]> {
+        let index = relation.columns.iter().position(|c| c.name == name)?;
+        match tuple.get(index)? {
+            ColumnValue::Text(bytes) => Some(bytes),
+            ColumnValue::Null | ColumnValue::UnchangedToast | ColumnValue::Binary(_) => None,
+        }
+    };
+    let string = |name: &str| text(name).map(|b| String::from_utf8_lossy(b).into_owned());
+    if text("extension")? != b"broadcast" {
+        return None;
+    }
+    let body = match text("binary_payload") {
+        Some(hex) => StoredBody::Binary(decode_bytea(hex)?),
+        None => StoredBody::Json(string("payload")?),
+    };
+    Some(StoredMessage {
+        topic: string("topic")?,
+        private: text("private") == Some(b"t"),
+        event: string("event").unwrap_or_default(),
+        id: string("id")?,
+        body,
+    })
+}
+
+/// `bytea` in PostgreSQL's hex output form (`\x0102...`).
+fn decode_bytea(text: &[u8]) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix(b"\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.chunks_exact(2)
+        .map(|pair| {
+            let digit = |b: u8| (b as char).to_digit(16);
+            u8::try_from(digit(*pair.first()?)? * 16 + digit(*pair.get(1)?)?).ok()
+        })
+        .collect()
+}
+
 /// Maps a relation's pgoutput columns onto the catalog table's columns by name.
 struct Layout {
     table: Arc<Table>,
@@ -197,15 +259,24 @@ fn cells(layout: &Layout, tuple: &[ColumnValue]) -> Vec<Cell> {
 
 async fn session(
     postgres: &Arc<Postgres>,
+    outlet: &Outlet,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), ReplicationError> {
     let config = ReplicationConfig {
         conn: postgres.config.url.clone(),
         slot: postgres.config.slot.clone(),
-        publication: postgres.config.publication.clone(),
+        publications: vec![
+            postgres.config.publication.clone(),
+            schema::MESSAGES_PUBLICATION.to_owned(),
+        ],
     };
     let connecting = async {
+        if !postgres.schema_ready.load(Ordering::Relaxed) {
+            // The messages publication must exist before the slot streams it.
+            schema::migrate(&postgres.config.url, postgres.config.messages_retention).await?;
+            postgres.schema_ready.store(true, Ordering::Relaxed);
+        }
         ensure_publication(postgres).await?;
         Ok::<_, ReplicationError>(stream::connect(&config).await?)
     };
@@ -240,6 +311,7 @@ async fn session(
     let mut in_transaction = false;
     let mut commit_timestamp: Arc<str> = Arc::from("");
     let mut pending: Vec<Change> = Vec::new();
+    let mut messages: Vec<StoredMessage> = Vec::new();
     let mut batch: Vec<Change> = Vec::new();
     let mut batch_end: Option<Lsn> = None;
     let mut deadline: Option<Instant> = None;
@@ -300,7 +372,14 @@ async fn session(
                 in_transaction = false;
                 if replayed {
                     pending.clear();
+                    messages.clear();
                     continue;
+                }
+                // Database broadcasts go out at once (fan-out never waits); the slot is
+                // confirmed past this transaction only later, after its changes too.
+                for message in messages.drain(..) {
+                    broadcast::deliver_stored(&outlet.registry, metrics, &message, outlet.max_payload);
+                    metrics.database_events(1);
                 }
                 batch.append(&mut pending);
                 batch_end = Some(commit.end_lsn);
@@ -326,6 +405,14 @@ async fn session(
                 decoder.relations.insert(relation.oid, relation);
             }
             LogicalMessage::Insert(insert) => {
+                if let Some(relation) = decoder.relations.get(&insert.relation_oid)
+                    && is_messages_table(relation)
+                {
+                    if let Some(message) = stored_message(relation, &insert.new) {
+                        messages.push(message);
+                    }
+                    continue;
+                }
                 if postgres.subscriptions.is_empty() {
                     continue;
                 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,11 +25,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::authorization::{
+    AuthzError, Extension, Grant, Policies, Requester, lost_read_message, no_read_message,
+};
+use crate::broadcast::{self, Body, StoredMessage};
+use crate::replay::{self, ReplayParams};
 use crate::changes::{self, ChannelChanges, ClaimsGroup};
 use crate::error::{JoinError, token_shutdown_message};
 use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox};
 use crate::postgres::Postgres;
-use crate::registry::{ChannelId, Subscriber, TopicKey};
+use crate::registry::{Audience, ChannelId, Reads, Subscriber, TopicKey};
 
 /// Longest interval between two checks of a channel token.
 const TOKEN_CHECK_INTERVAL: i64 = 5 * 60;
@@ -45,6 +51,18 @@ struct Channel {
     presence_key: String,
     token: String,
     token_check_at: Instant,
+    /// Private channels: cached policies and the claims they were evaluated with.
+    private: Option<PrivateChannel>,
+}
+
+/// A private channel's authorization state (cached for the channel's lifetime, re-evaluated on
+/// `access_token`).
+#[derive(Debug)]
+struct PrivateChannel {
+    policies: Policies,
+    claims: ClaimsGroup,
+    /// Shared with the topic's subscriber entry.
+    reads: Arc<Reads>,
 }
 
 impl Channel {
@@ -86,6 +104,8 @@ struct Session {
     vsn: Vsn,
     outbox: Outbox,
     socket_token: String,
+    /// The upgrade request's `x-*` headers as JSON, for `request.headers` in policies.
+    headers: Arc<str>,
     channels: HashMap<Topic, Channel>,
 }
 
@@ -183,7 +203,7 @@ where
 }
 
 /// Runs a connection until it closes.
-pub async fn run<S>(app: Arc<App>, stream: S, vsn: Vsn, socket_token: String)
+pub async fn run<S>(app: Arc<App>, stream: S, vsn: Vsn, socket_token: String, headers: Arc<str>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -202,6 +222,7 @@ where
         vsn,
         outbox: outbox.clone(),
         socket_token,
+        headers,
         channels: HashMap::new(),
     };
     session.serve(reader).await;
@@ -275,7 +296,7 @@ impl Session {
                         OpCode::Close => Flow::Stop,
                         OpCode::Ping | OpCode::Pong => Flow::Continue,
                         _ => match assembler.push(fin, opcode, payload) {
-                            Assembled::Message(opcode, message) => self.on_message(opcode, message),
+                            Assembled::Message(opcode, message) => self.on_message(opcode, message).await,
                             Assembled::Partial => Flow::Continue,
                             Assembled::TooBig => {
                                 self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
@@ -296,7 +317,7 @@ impl Session {
         }
     }
 
-    fn on_message(&mut self, opcode: OpCode, message: Bytes) -> Flow {
+    async fn on_message(&mut self, opcode: OpCode, message: Bytes) -> Flow {
         let decoded = match opcode {
             OpCode::Text => match std::str::from_utf8(&message) {
                 Ok(text) => realtide_protocol::frame::decode_text(self.vsn, text),
@@ -308,13 +329,13 @@ impl Session {
             _ => realtide_protocol::frame::decode_binary(self.vsn, &message),
         };
         match decoded {
-            Ok(inbound) => self.dispatch(inbound),
+            Ok(inbound) => self.dispatch(inbound).await,
             Err(error) => tracing::debug!(%error, "dropping malformed frame"),
         }
         Flow::Continue
     }
 
-    fn dispatch(&mut self, inbound: Inbound) {
+    async fn dispatch(&mut self, inbound: Inbound) {
         self.app.metrics.event_in();
         let join_ref = inbound.join_ref.clone();
         let reference = inbound.reference.clone();
@@ -323,25 +344,25 @@ impl Session {
             ClientMessage::Heartbeat => {
                 self.reply(None, reference.as_ref(), topic.as_str(), Status::Ok, "{}");
             }
-            ClientMessage::Join(request) => self.join(topic, join_ref, reference, *request),
+            ClientMessage::Join(request) => self.join(topic, join_ref, reference, *request).await,
             ClientMessage::Leave => self.leave(&topic, join_ref.as_ref(), reference.as_ref()),
             ClientMessage::Broadcast(push) => {
                 if self.channels.contains_key(&topic) {
-                    self.broadcast(&topic, reference.as_ref(), push);
+                    self.broadcast(&topic, reference.as_ref(), push).await;
                 } else {
                     self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
                 }
             }
             ClientMessage::Presence(push) => {
                 if self.channels.contains_key(&topic) {
-                    self.presence(&topic, reference.as_ref(), push);
+                    self.presence(&topic, reference.as_ref(), push).await;
                 } else {
                     self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
                 }
             }
             ClientMessage::AccessToken(token) => {
                 if self.channels.contains_key(&topic) {
-                    self.access_token(&topic, token);
+                    self.access_token(&topic, token).await;
                 } else {
                     self.unmatched(join_ref.as_ref(), reference.as_ref(), &topic);
                 }
@@ -409,7 +430,7 @@ impl Session {
         self.outbox.text(frame);
     }
 
-    fn join(
+    async fn join(
         &mut self,
         topic: Topic,
         join_ref: Option<JoinRef>,
@@ -427,7 +448,10 @@ impl Session {
             // A duplicate join closes the old channel first, with its own join ref.
             self.close(&topic, old);
         }
-        if let Err(error) = self.try_join(&topic, join_ref.clone(), reference.as_ref(), request) {
+        let joined = self
+            .try_join(&topic, join_ref.clone(), reference.as_ref(), request)
+            .await;
+        if let Err(error) = joined {
             tracing::info!(reason = %error.reason(), "join refused");
             let frame = encode::reply(
                 self.vsn,
@@ -448,7 +472,7 @@ impl Session {
         }
     }
 
-    fn try_join(
+    async fn try_join(
         &mut self,
         topic: &Topic,
         join_ref: Option<JoinRef>,
@@ -475,18 +499,47 @@ impl Session {
             .jwt
             .verify(&token)
             .map_err(JoinError::Token)?;
-        if request.private {
-            return Err(JoinError::Unauthorized {
-                sub_topic: sub_topic.to_owned(),
-            });
-        }
-        if request.replay.is_some() {
-            return Err(JoinError::ReplayOnPublic);
-        }
+        let private = if request.private {
+            Some(self.authorize_join(sub_topic, &claims, &request).await?)
+        } else {
+            None
+        };
+        let replayed = match (&request.replay, &private) {
+            (None, _) => Vec::new(),
+            (Some(_), None) => return Err(JoinError::ReplayOnPublic),
+            (Some(replay), Some(private)) => {
+                let params = ReplayParams::parse(replay).ok_or(JoinError::ReplayInvalid)?;
+                match &self.app.postgres {
+                    Some(postgres) if private.policies.broadcast_read.granted() => {
+                        replay::fetch(&postgres.pool, sub_topic, params)
+                            .await
+                            .map_err(|error| {
+                                tracing::warn!(error = %crate::replication::error_chain(&error), "replay failed");
+                                JoinError::ReplayFailed
+                            })?
+                    }
+                    _ => Vec::new(),
+                }
+            }
+        };
+        let reads = private.as_ref().map(|p| {
+            // Replayed ids are fixed at join; later live copies are suppressed.
+            Arc::new(Reads {
+                broadcast: AtomicBool::new(p.policies.broadcast_read.granted()),
+                replayed: replayed.iter().map(|m| m.id.as_str().into()).collect(),
+            })
+        });
+        let private = private.map(|p| PrivateChannel {
+            reads: reads.clone().unwrap_or_default(),
+            ..p
+        });
+        let presence_visible = private
+            .as_ref()
+            .is_none_or(|p| p.policies.presence_read.granted());
 
         let id = self.app.registry.next_channel_id();
         let key = TopicKey {
-            private: false,
+            private: private.is_some(),
             sub_topic: sub_topic.into(),
         };
         let presence_key = request
@@ -510,12 +563,13 @@ impl Session {
             Subscriber {
                 vsn,
                 outbox: outbox.clone(),
+                reads,
             },
             |state| {
-                // Reply and state are queued under the topic's presence lock, so no diff can
-                // overtake them.
+                // Reply, state and replay are queued under the topic's presence lock, so no
+                // diff can overtake them.
                 outbox.text(reply);
-                if request.presence_enabled {
+                if request.presence_enabled && presence_visible {
                     let frame = encode::text_frame(
                         vsn,
                         join_ref.as_ref().map(JoinRef::as_str),
@@ -525,6 +579,12 @@ impl Session {
                         &state(),
                     );
                     outbox.text(frame);
+                }
+                let join_ref = join_ref.as_ref().map(JoinRef::as_str);
+                for message in &replayed {
+                    if let Some(frame) = replay_frame(vsn, join_ref, topic.as_str(), message) {
+                        outbox.push(frame);
+                    }
                 }
             },
         );
@@ -538,6 +598,7 @@ impl Session {
             presence_key,
             token,
             token_check_at: token_check_at(&claims),
+            private,
         };
         if !request.postgres_changes.is_empty() {
             match &self.app.postgres {
@@ -593,7 +654,7 @@ impl Session {
         }
     }
 
-    fn broadcast(&mut self, topic: &Topic, reference: Option<&Ref>, push: BroadcastPush) {
+    async fn broadcast(&mut self, topic: &Topic, reference: Option<&Ref>, push: BroadcastPush) {
         let Some(channel) = self.channels.get(topic) else {
             return;
         };
@@ -613,25 +674,39 @@ impl Session {
             }
             return;
         }
+        // Private channels: without write permission the message is dropped with no reply,
+        // even with ack (as the reference).
+        if !self.may_write(topic, Extension::Broadcast).await {
+            return;
+        }
+        let Some(channel) = self.channels.get(topic) else {
+            return;
+        };
         let exclude = (!channel.broadcast_self).then_some(channel.id);
         let name = channel.topic.name();
         let metrics = &self.app.metrics;
+        let audience = Audience::Broadcast { id: None };
         match &push {
             BroadcastPush::Json(raw) => {
                 channel.topic.fanout(
+                    audience,
                     exclude,
-                    &|vsn| {
-                        let text =
-                            encode::text_frame(vsn, None, None, name, "broadcast", raw.get());
-                        Some(OutFrame::Text(text.into()))
-                    },
+                    &|vsn| Some(broadcast::text_frame(vsn, name, raw.get())),
                     metrics,
                 );
             }
             BroadcastPush::User(user) => {
+                let body = match user.encoding {
+                    UserEncoding::Json => match std::str::from_utf8(&user.body) {
+                        Ok(text) => Body::Json(text),
+                        Err(_) => Body::Binary(&user.body),
+                    },
+                    UserEncoding::Binary => Body::Binary(&user.body),
+                };
                 channel.topic.fanout(
+                    audience,
                     exclude,
-                    &|vsn| user_broadcast_frame(vsn, name, &user.event, user.encoding, &user.body),
+                    &|vsn| broadcast::user_frame(vsn, None, name, &user.event, body, None),
                     metrics,
                 );
             }
@@ -641,7 +716,98 @@ impl Session {
         }
     }
 
-    fn presence(&mut self, topic: &Topic, reference: Option<&Ref>, push: PresencePush) {
+    /// Whether the channel may send (`Broadcast`) or track (`Presence`). Public channels always
+    /// may; private ones check the write policy on first use and cache the answer.
+    async fn may_write(&mut self, topic: &Topic, extension: Extension) -> bool {
+        let Some(channel) = self.channels.get(topic) else {
+            return false;
+        };
+        let Some(private) = &channel.private else {
+            return true;
+        };
+        let grant = match extension {
+            Extension::Broadcast => private.policies.broadcast_write,
+            Extension::Presence => private.policies.presence_write,
+        };
+        match grant {
+            Grant::Granted => return true,
+            Grant::Denied => return false,
+            Grant::Unknown => {}
+        }
+        let Some(postgres) = self.app.postgres.clone() else {
+            return false;
+        };
+        let requester = Requester {
+            claims: &private.claims,
+            headers: &self.headers,
+        };
+        let sub_topic = channel.sub_topic();
+        let checked = postgres
+            .authorizer
+            .write(sub_topic, requester, extension)
+            .await;
+        let granted = match checked {
+            Ok(granted) => granted,
+            // Not cached: the next message checks again.
+            Err(_) => return false,
+        };
+        if let Some(private) = self
+            .channels
+            .get_mut(topic)
+            .and_then(|c| c.private.as_mut())
+        {
+            let grant = if granted {
+                Grant::Granted
+            } else {
+                Grant::Denied
+            };
+            match extension {
+                Extension::Broadcast => private.policies.broadcast_write = grant,
+                Extension::Presence => private.policies.presence_write = grant,
+            }
+        }
+        granted
+    }
+
+    /// Presence-read of a private channel joined with presence disabled, checked on first track.
+    async fn ensure_presence_read(&mut self, topic: &Topic) {
+        let Some(postgres) = self.app.postgres.clone() else {
+            return;
+        };
+        let Some(private) = self.channels.get(topic).and_then(|c| c.private.as_ref()) else {
+            return;
+        };
+        if private.policies.presence_read != Grant::Unknown {
+            return;
+        }
+        let requester = Requester {
+            claims: &private.claims,
+            headers: &self.headers,
+        };
+        let sub_topic = topic.sub_topic().unwrap_or_default();
+        if let Ok(granted) = postgres.authorizer.presence_read(sub_topic, requester).await
+            && let Some(private) = self
+                .channels
+                .get_mut(topic)
+                .and_then(|c| c.private.as_mut())
+        {
+            private.policies.presence_read = if granted {
+                Grant::Granted
+            } else {
+                Grant::Denied
+            };
+        }
+    }
+
+    async fn presence(&mut self, topic: &Topic, reference: Option<&Ref>, push: PresencePush) {
+        if matches!(push, PresencePush::Track(Value::Object(_))) {
+            self.ensure_presence_read(topic).await;
+            if !self.may_write(topic, Extension::Presence).await {
+                tracing::info!("presence track denied on private channel");
+                self.channel_reply(topic, reference, Status::Error, "{}");
+                return;
+            }
+        }
         let Some(channel) = self.channels.get(topic) else {
             return;
         };
@@ -677,8 +843,45 @@ impl Session {
         }
     }
 
-    fn access_token(&mut self, topic: &Topic, token: Option<String>) {
-        let Some(channel) = self.channels.get_mut(topic) else {
+    /// Read authorization of a private join: allowed when broadcast-read or presence-read is.
+    async fn authorize_join(
+        &self,
+        sub_topic: &str,
+        claims: &Claims,
+        request: &JoinRequest,
+    ) -> Result<PrivateChannel, JoinError> {
+        let unauthorized = || JoinError::Unauthorized {
+            sub_topic: sub_topic.to_owned(),
+        };
+        let Some(postgres) = &self.app.postgres else {
+            // Without a database no policy can grant anything.
+            return Err(unauthorized());
+        };
+        let group = ClaimsGroup::new(claims);
+        let requester = Requester {
+            claims: &group,
+            headers: &self.headers,
+        };
+        let policies = postgres
+            .authorizer
+            .read(sub_topic, requester, request.presence_enabled)
+            .await
+            .map_err(|source| JoinError::Authorization {
+                sub_topic: sub_topic.to_owned(),
+                source,
+            })?;
+        if !policies.broadcast_read.granted() && !policies.presence_read.granted() {
+            return Err(unauthorized());
+        }
+        Ok(PrivateChannel {
+            policies,
+            claims: group,
+            reads: Arc::default(),
+        })
+    }
+
+    async fn access_token(&mut self, topic: &Topic, token: Option<String>) {
+        let Some(channel) = self.channels.get(topic) else {
             return;
         };
         let Some(token) = token else {
@@ -687,21 +890,76 @@ impl Session {
         if token.starts_with("sb_") || token == channel.token {
             return;
         }
-        match verify_channel_token(&self.app, &token) {
-            Ok(claims) => {
-                channel.token = token;
-                channel.token_check_at = token_check_at(&claims);
-                if let Some(postgres) = &self.app.postgres {
-                    // Later changes are checked with the new claims.
-                    postgres
-                        .subscriptions
-                        .update_claims(channel.id, Arc::new(ClaimsGroup::new(&claims)));
-                }
-            }
+        let claims = match verify_channel_token(&self.app, &token) {
+            Ok(claims) => claims,
             Err(error) => {
                 let message = token_shutdown_message(&error);
                 self.shutdown_channel(topic, &message);
+                return;
             }
+        };
+        let group = ClaimsGroup::new(&claims);
+        // Private channels re-evaluate their read policies with the new claims.
+        let mut policies = None;
+        if let (Some(private), Some(postgres)) = (&channel.private, self.app.postgres.clone()) {
+            let old = private.policies;
+            let requester = Requester {
+                claims: &group,
+                headers: &self.headers,
+            };
+            let presence = old.presence_read != Grant::Unknown;
+            let sub_topic = channel.sub_topic().to_owned();
+            let checked = postgres.authorizer.read(&sub_topic, requester, presence).await;
+            let new = match checked {
+                Ok(new) => new,
+                Err(AuthzError::Policy(_)) => {
+                    self.shutdown_channel(topic, &no_read_message(&sub_topic));
+                    return;
+                }
+                Err(_) => {
+                    self.shutdown_channel(
+                        topic,
+                        "Realtime was unable to connect to the project database",
+                    );
+                    return;
+                }
+            };
+            let lost = |was: Grant, now: Grant| was.granted() && !now.granted();
+            if !new.broadcast_read.granted() && !new.presence_read.granted() {
+                self.shutdown_channel(topic, &no_read_message(&sub_topic));
+                return;
+            }
+            if lost(old.broadcast_read, new.broadcast_read)
+                || lost(old.presence_read, new.presence_read)
+            {
+                self.shutdown_channel(topic, &lost_read_message(&sub_topic));
+                return;
+            }
+            policies = Some(new);
+        }
+        let Some(channel) = self.channels.get_mut(topic) else {
+            return;
+        };
+        channel.token = token;
+        channel.token_check_at = token_check_at(&claims);
+        if let (Some(private), Some(new)) = (channel.private.as_mut(), policies) {
+            // Reads as just evaluated; writes are checked again on next use.
+            private.policies = Policies {
+                broadcast_read: new.broadcast_read,
+                presence_read: new.presence_read,
+                ..Policies::default()
+            };
+            private
+                .reads
+                .broadcast
+                .store(new.broadcast_read.granted(), Ordering::Relaxed);
+            private.claims = group.clone();
+        }
+        if let Some(postgres) = &self.app.postgres {
+            // Later changes are checked with the new claims.
+            postgres
+                .subscriptions
+                .update_claims(channel.id, Arc::new(group));
         }
     }
 
@@ -878,32 +1136,24 @@ fn join_response(bindings: &[serde_json::Map<String, Value>]) -> String {
     serde_json::json!({ "postgres_changes": entries }).to_string()
 }
 
-/// A user broadcast for one serializer: kind 4 for V2; the JSON text form for V1, which never
-/// receives binary payloads.
-fn user_broadcast_frame(
+/// A replayed message: JSON rows as a text push with the channel's join ref, binary rows as a
+/// kind-4 frame (V2 only); both with metadata `{"replayed":true,"id":...}`.
+fn replay_frame(
     vsn: Vsn,
+    join_ref: Option<&str>,
     topic: &str,
-    event: &str,
-    encoding: UserEncoding,
-    body: &[u8],
+    message: &StoredMessage,
 ) -> Option<OutFrame> {
-    let json_form = || {
-        let body = std::str::from_utf8(body).ok()?;
-        serde_json::from_str::<&serde_json::value::RawValue>(body).ok()?;
-        let payload = encode::user_broadcast_json(event, body, None);
-        Some(OutFrame::Text(
-            encode::text_frame(vsn, None, None, topic, "broadcast", &payload).into(),
-        ))
-    };
-    match (vsn, encoding) {
-        (Vsn::V2, _) => match encode::user_broadcast_binary(topic, event, b"", encoding, body) {
-            Ok(frame) => Some(OutFrame::Binary(frame.into())),
-            // Header fields over 255 bytes cannot be framed; JSON bodies still go as text.
-            Err(_) if encoding == UserEncoding::Json => json_form(),
-            Err(_) => None,
-        },
-        (Vsn::V1, UserEncoding::Json) => json_form(),
-        (Vsn::V1, UserEncoding::Binary) => None,
+    let meta = broadcast::replayed_meta(&message.id);
+    match message.body() {
+        Body::Json(text) => {
+            let payload = encode::user_broadcast_json(&message.event, text, Some(&meta));
+            let frame = encode::text_frame(vsn, join_ref, None, topic, "broadcast", &payload);
+            Some(OutFrame::Text(frame.into()))
+        }
+        body @ Body::Binary(_) => {
+            broadcast::user_frame(vsn, None, topic, &message.event, body, Some(&meta))
+        }
     }
 }
 
@@ -914,11 +1164,7 @@ fn new_presence_key() -> String {
 }
 
 #[cfg(test)]
-#[expect(
-    clippy::indexing_slicing,
-    clippy::panic,
-    reason = "test assertions on known shapes"
-)]
+#[expect(clippy::indexing_slicing, reason = "test assertions on known shapes")]
 mod tests {
     use super::*;
 
@@ -939,33 +1185,5 @@ mod tests {
         assert!(entries[0]["id"].as_u64().unwrap_or(0) > 0);
         assert_ne!(entries[0]["id"], entries[1]["id"]);
         assert_eq!(join_response(&[]), r#"{"postgres_changes":[]}"#);
-    }
-
-    #[test]
-    fn binary_user_broadcasts_never_reach_v1() {
-        assert!(
-            user_broadcast_frame(Vsn::V1, "realtime:a", "e", UserEncoding::Binary, b"\x01")
-                .is_none()
-        );
-        assert!(
-            user_broadcast_frame(Vsn::V1, "realtime:a", "e", UserEncoding::Json, b"{bad").is_none()
-        );
-        let Some(OutFrame::Text(text)) = user_broadcast_frame(
-            Vsn::V1,
-            "realtime:a",
-            "e",
-            UserEncoding::Json,
-            br#"{"x":1}"#,
-        ) else {
-            panic!("expected a text frame");
-        };
-        assert_eq!(
-            &text[..],
-            br#"{"topic":"realtime:a","event":"broadcast","payload":{"type":"broadcast","event":"e","payload":{"x":1}},"ref":null}"#
-        );
-        assert!(matches!(
-            user_broadcast_frame(Vsn::V2, "realtime:a", "e", UserEncoding::Binary, b"\x01"),
-            Some(OutFrame::Binary(_))
-        ));
     }
 }

@@ -38,19 +38,40 @@ pub async fn websocket(
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
+    let request_headers = x_headers(&headers);
     let session_app = app.clone();
     app.tasks.spawn(async move {
         match pending.await {
             Ok(socket) => {
                 let opened = session_app.metrics.connection_opened();
                 tracing::debug!(connections = opened, ?vsn, "socket connected");
-                session::run(session_app.clone(), socket.into_inner(), vsn, token).await;
+                session::run(
+                    session_app.clone(),
+                    socket.into_inner(),
+                    vsn,
+                    token,
+                    request_headers,
+                )
+                .await;
                 session_app.metrics.connection_closed();
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade did not complete"),
         }
     });
     response.into_response()
+}
+
+/// The upgrade request's `x-*` headers as a JSON object: policies read them through
+/// `request.headers`, as with the reference.
+fn x_headers(headers: &HeaderMap) -> Arc<str> {
+    let map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-"))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.into()))
+        })
+        .collect();
+    Arc::from(serde_json::Value::Object(map).to_string())
 }
 
 /// The connect token: the `x-api-key` header wins over the `apikey` query parameter.
