@@ -66,7 +66,9 @@ fn decode_kind4(frame: &[u8]) -> Result<(String, String, String, u8, Vec<u8>)> {
     );
     let rest = &frame[5..];
     let text = |range: std::ops::Range<usize>| -> Result<String> {
-        Ok(String::from_utf8(rest.get(range).context("short field")?.to_vec())?)
+        Ok(String::from_utf8(
+            rest.get(range).context("short field")?.to_vec(),
+        )?)
     };
     let topic = text(0..topic_len)?;
     let event = text(topic_len..topic_len + event_len)?;
@@ -124,10 +126,20 @@ async fn schema_is_installed_idempotently_and_concurrently() -> Result<()> {
             &[],
         )
         .await?;
-    ensure!(row.get::<_, String>(0) == "{1}", "versions {:?}", row.get::<_, String>(0));
+    ensure!(
+        row.get::<_, String>(0) == "{1}",
+        "versions {:?}",
+        row.get::<_, String>(0)
+    );
     ensure!(row.get::<_, i64>(1) == 5, "partitions yesterday..today+3");
-    ensure!(row.get::<_, bool>(2) && row.get::<_, bool>(3), "today's and today+3's partitions");
-    ensure!(row.get::<_, bool>(4), "row level security on realtime.messages");
+    ensure!(
+        row.get::<_, bool>(2) && row.get::<_, bool>(3),
+        "today's and today+3's partitions"
+    );
+    ensure!(
+        row.get::<_, bool>(4),
+        "row level security on realtime.messages"
+    );
     ensure!(row.get::<_, bool>(5) && row.get::<_, bool>(6), "grants");
 
     // Three more processes starting at once against the same database (own slots) each see
@@ -200,7 +212,11 @@ async fn private_join_is_authorized_by_read_policies() -> Result<()> {
     // Presence-read only: allowed when presence is enabled (presence is checked), refused
     // when only broadcast is checked.
     let (_, reply) = join_private(&mut client, "realtime:stage", &alice).await?;
-    ensure!(reply.status() == Some("error"), "stage without presence: {}", reply.raw);
+    ensure!(
+        reply.status() == Some("error"),
+        "stage without presence: {}",
+        reply.raw
+    );
     let join_ref = client
         .send_join(
             "realtime:stage",
@@ -208,7 +224,11 @@ async fn private_join_is_authorized_by_read_policies() -> Result<()> {
         )
         .await?;
     let reply = client.expect_reply("realtime:stage", &join_ref).await?;
-    ensure!(reply.status() == Some("ok"), "stage with presence: {}", reply.raw);
+    ensure!(
+        reply.status() == Some("ok"),
+        "stage with presence: {}",
+        reply.raw
+    );
 
     // service_role bypasses RLS; anon has no policy.
     let service = token("service_role", 3600);
@@ -218,7 +238,8 @@ async fn private_join_is_authorized_by_read_policies() -> Result<()> {
     ensure!(reply.status() == Some("error"), "anon lobby: {}", reply.raw);
 
     // A role that does not exist is a policy error: refused with the same reason.
-    let ghost = realtide_tests::sign(&json!({"role": "ghost", "exp": realtide_tests::unix_now() + 600}));
+    let ghost =
+        realtide_tests::sign(&json!({"role": "ghost", "exp": realtide_tests::unix_now() + 600}));
     let (_, reply) = join_private(&mut client, "realtime:lobby", &ghost).await?;
     ensure!(
         reply.response()["reason"]
@@ -255,39 +276,67 @@ async fn write_permission_is_checked_lazily_and_denied_sends_vanish() -> Result<
 
     // Bob may read but not write: his ack'd send gets no reply and reaches nobody.
     let denied = reader
-        .broadcast(&reader_ref, "realtime:room:1", "msg", json!({"from": "bob"}))
+        .broadcast(
+            &reader_ref,
+            "realtime:room:1",
+            "msg",
+            json!({"from": "bob"}),
+        )
         .await?;
     // Alice may write: ack ok, and Bob receives it.
     let allowed = writer
-        .broadcast(&writer_ref, "realtime:room:1", "msg", json!({"from": "alice"}))
+        .broadcast(
+            &writer_ref,
+            "realtime:room:1",
+            "msg",
+            json!({"from": "alice"}),
+        )
         .await?;
     let reply = writer.expect_reply("realtime:room:1", &allowed).await?;
     ensure!(reply.status() == Some("ok"), "writer ack: {}", reply.raw);
-    let got = reader
-        .expect_event("realtime:room:1", "broadcast")
-        .await?;
-    ensure!(got.payload["payload"] == json!({"from": "alice"}), "got {}", got.raw);
+    let got = reader.expect_event("realtime:room:1", "broadcast").await?;
+    ensure!(
+        got.payload["payload"] == json!({"from": "alice"}),
+        "got {}",
+        got.raw
+    );
     // Barrier on Bob's own socket: a heartbeat after his denied send; no reply to it came first.
     let items = reader.drain(Duration::from_millis(300)).await?;
     ensure!(
-        !items
-            .iter()
-            .any(|i| i.text().is_some_and(|m| m.reference.as_deref() == Some(denied.as_str()))),
+        !items.iter().any(|i| i
+            .text()
+            .is_some_and(|m| m.reference.as_deref() == Some(denied.as_str()))),
         "denied send was answered"
     );
     // The cached denial holds for later sends too; Alice (self: false) never hears Bob.
     reader
-        .broadcast(&reader_ref, "realtime:room:1", "msg", json!({"from": "bob2"}))
+        .broadcast(
+            &reader_ref,
+            "realtime:room:1",
+            "msg",
+            json!({"from": "bob2"}),
+        )
         .await?;
     writer
-        .broadcast(&writer_ref, "realtime:room:1", "msg", json!({"from": "alice2"}))
+        .broadcast(
+            &writer_ref,
+            "realtime:room:1",
+            "msg",
+            json!({"from": "alice2"}),
+        )
         .await?;
     let got = reader.expect_event("realtime:room:1", "broadcast").await?;
-    ensure!(got.payload["payload"] == json!({"from": "alice2"}), "got {}", got.raw);
     ensure!(
-        public.drain(Duration::from_millis(200)).await?.iter().all(|i| i
-            .text()
-            .is_none_or(|m| m.event != "broadcast")),
+        got.payload["payload"] == json!({"from": "alice2"}),
+        "got {}",
+        got.raw
+    );
+    ensure!(
+        public
+            .drain(Duration::from_millis(200))
+            .await?
+            .iter()
+            .all(|i| i.text().is_none_or(|m| m.event != "broadcast")),
         "public channel received a private broadcast"
     );
 
@@ -305,7 +354,11 @@ async fn write_permission_is_checked_lazily_and_denied_sends_vanish() -> Result<
         .track(&writer_ref, "realtime:room:1", json!({"status": "here"}))
         .await?;
     let reply = writer.expect_reply("realtime:room:1", &track).await?;
-    ensure!(reply.status() == Some("ok"), "track with write: {}", reply.raw);
+    ensure!(
+        reply.status() == Some("ok"),
+        "track with write: {}",
+        reply.raw
+    );
     ensure!(message_rows(&env).await? == 0, "write probes left behind");
     Ok(())
 }
@@ -317,17 +370,31 @@ async fn access_token_refresh_re_evaluates_private_reads() -> Result<()> {
     let mut client = env.client(&bob).await?;
     let (join_ref, _) = join_private(&mut client, "realtime:room:1", &bob).await?;
     // Still a member: a new token keeps the channel.
-    let refreshed = realtide_tests::sign(&json!({"role": "authenticated", "sub": BOB, "exp": realtide_tests::unix_now() + 7200}));
+    let refreshed = realtide_tests::sign(
+        &json!({"role": "authenticated", "sub": BOB, "exp": realtide_tests::unix_now() + 7200}),
+    );
     client
-        .push(Some(&join_ref), "realtime:room:1", "access_token", &json!({"access_token": refreshed}))
+        .push(
+            Some(&join_ref),
+            "realtime:room:1",
+            "access_token",
+            &json!({"access_token": refreshed}),
+        )
         .await?;
     client.heartbeat().await?;
     // Membership revoked: the next refresh shuts the channel down.
     env.exec("delete from public.members where user_id = 'bbbbbbbb-0000-0000-0000-000000000002'")
         .await?;
-    let again = realtide_tests::sign(&json!({"role": "authenticated", "sub": BOB, "exp": realtide_tests::unix_now() + 7300}));
+    let again = realtide_tests::sign(
+        &json!({"role": "authenticated", "sub": BOB, "exp": realtide_tests::unix_now() + 7300}),
+    );
     client
-        .push(Some(&join_ref), "realtime:room:1", "access_token", &json!({"access_token": again}))
+        .push(
+            Some(&join_ref),
+            "realtime:room:1",
+            "access_token",
+            &json!({"access_token": again}),
+        )
         .await?;
     let system = client.expect_event("realtime:room:1", "system").await?;
     ensure!(
@@ -357,14 +424,23 @@ async fn access_token_refresh_re_evaluates_private_reads() -> Result<()> {
         .await?;
     let reply = client.expect_reply("realtime:stage", &join_ref).await?;
     ensure!(reply.status() == Some("ok"), "stage: {}", reply.raw);
-    env.exec("update public.members set can_write = false where room = 'stage'").await?;
-    let newer = realtide_tests::sign(&json!({"role": "authenticated", "sub": ALICE, "exp": realtide_tests::unix_now() + 7200}));
+    env.exec("update public.members set can_write = false where room = 'stage'")
+        .await?;
+    let newer = realtide_tests::sign(
+        &json!({"role": "authenticated", "sub": ALICE, "exp": realtide_tests::unix_now() + 7200}),
+    );
     client
-        .push(Some(&join_ref), "realtime:stage", "access_token", &json!({"access_token": newer}))
+        .push(
+            Some(&join_ref),
+            "realtime:stage",
+            "access_token",
+            &json!({"access_token": newer}),
+        )
         .await?;
     let system = client.expect_event("realtime:stage", "system").await?;
     ensure!(
-        system.payload["message"] == "You no longer have permission to read from this Channel topic: stage",
+        system.payload["message"]
+            == "You no longer have permission to read from this Channel topic: stage",
         "system: {}",
         system.raw
     );
@@ -387,9 +463,13 @@ async fn database_broadcasts_reach_subscribers_through_replication() -> Result<(
         .join_config("realtime:room:1", json!({"broadcast": {"self": false}}))
         .await?;
 
-    env.exec("select realtime.send('{\"n\": 1}'::jsonb, 'tick', 'room:1')").await?;
+    env.exec("select realtime.send('{\"n\": 1}'::jsonb, 'tick', 'room:1')")
+        .await?;
     let (topic, event, meta, encoding, body) = next_kind4(&mut v2).await?;
-    ensure!(topic == "realtime:room:1" && event == "tick" && encoding == 1, "{topic} {event} {encoding}");
+    ensure!(
+        topic == "realtime:room:1" && event == "tick" && encoding == 1,
+        "{topic} {event} {encoding}"
+    );
     let body: Value = serde_json::from_slice(&body)?;
     let id = meta["id"].as_str().context("meta.id")?.to_owned();
     ensure!(body == json!({"n": 1, "id": id}), "body {body}");
@@ -397,27 +477,41 @@ async fn database_broadcasts_reach_subscribers_through_replication() -> Result<(
         .expect_text_within(PG_WAIT, |m| m.event == "broadcast")
         .await?;
     ensure!(
-        msg.payload == json!({"type": "broadcast", "event": "tick", "payload": {"n": 1, "id": id}, "meta": {"id": id}}),
+        msg.payload
+            == json!({"type": "broadcast", "event": "tick", "payload": {"n": 1, "id": id}, "meta": {"id": id}}),
         "v1 {}",
         msg.raw
     );
 
     // Binary: V2 gets encoding 0; V1 gets nothing (barrier: the next JSON message).
-    env.exec("select realtime.send_binary('\\x010203'::bytea, 'raw', 'room:1')").await?;
-    env.exec("select realtime.send('{\"n\": 2}'::jsonb, 'tick', 'room:1')").await?;
+    env.exec("select realtime.send_binary('\\x010203'::bytea, 'raw', 'room:1')")
+        .await?;
+    env.exec("select realtime.send('{\"n\": 2}'::jsonb, 'tick', 'room:1')")
+        .await?;
     let (_, event, _, encoding, body) = next_kind4(&mut v2).await?;
-    ensure!(event == "raw" && encoding == 0 && body == [1, 2, 3], "binary {event} {encoding} {body:?}");
+    ensure!(
+        event == "raw" && encoding == 0 && body == [1, 2, 3],
+        "binary {event} {encoding} {body:?}"
+    );
     let msg = v1
         .expect_text_within(PG_WAIT, |m| m.event == "broadcast")
         .await?;
-    ensure!(msg.payload["payload"]["n"] == 2, "v1 got {} before the barrier", msg.raw);
+    ensure!(
+        msg.payload["payload"]["n"] == 2,
+        "v1 got {} before the barrier",
+        msg.raw
+    );
     let (_, event, _, _, _) = next_kind4(&mut v2).await?;
     ensure!(event == "tick", "v2 barrier {event}");
 
     // Public sends reach the public channel only.
-    env.exec("select realtime.send('{\"p\": true}'::jsonb, 'pub', 'room:1', false)").await?;
+    env.exec("select realtime.send('{\"p\": true}'::jsonb, 'pub', 'room:1', false)")
+        .await?;
     let (topic, event, _, _, _) = next_kind4(&mut public).await?;
-    ensure!(topic == "realtime:room:1" && event == "pub", "public got {topic} {event}");
+    ensure!(
+        topic == "realtime:room:1" && event == "pub",
+        "public got {topic} {event}"
+    );
 
     // broadcast_changes from a trigger.
     env.exec(
@@ -454,7 +548,8 @@ async fn database_broadcasts_reach_subscribers_through_replication() -> Result<(
         "update body {body}"
     );
     // A failing send never fails the caller's transaction.
-    env.exec("select realtime.send('{}'::jsonb, 'e', null)").await?;
+    env.exec("select realtime.send('{}'::jsonb, 'e', null)")
+        .await?;
     Ok(())
 }
 
@@ -471,7 +566,10 @@ async fn http_broadcast_api() -> Result<()> {
         .await?;
 
     let ping = env.server.http("GET", "/api/ping", &[]).await?;
-    ensure!(ping.status == 200 && ping.body == r#"{"message":"Success"}"#, "{ping:?}");
+    ensure!(
+        ping.status == 200 && ping.body == r#"{"message":"Success"}"#,
+        "{ping:?}"
+    );
 
     // Batch: authenticated by bearer; the leaked WebSocket query is ignored.
     let bearer = format!("Bearer {alice}");
@@ -486,35 +584,63 @@ async fn http_broadcast_api() -> Result<()> {
         .http_body(
             "POST",
             "/realtime/v1/api/broadcast?apikey=x&vsn=2.0.0",
-            &[("authorization", bearer.as_str()), ("content-type", "application/json")],
+            &[
+                ("authorization", bearer.as_str()),
+                ("content-type", "application/json"),
+            ],
             Some(batch.as_bytes()),
         )
         .await?;
-    ensure!(response.status == 202 && response.body.is_empty(), "{response:?}");
-    let m1 = public.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
+    ensure!(
+        response.status == 202 && response.body.is_empty(),
+        "{response:?}"
+    );
+    let m1 = public
+        .expect_text_within(WAIT, |m| m.event == "broadcast")
+        .await?;
     ensure!(
         m1.payload == json!({"type": "broadcast", "event": "e1", "payload": {"a": 1}}),
         "{}",
         m1.raw
     );
-    let m2 = public.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
+    let m2 = public
+        .expect_text_within(WAIT, |m| m.event == "broadcast")
+        .await?;
     ensure!(m2.payload["meta"] == json!({"id": "m-2"}), "{}", m2.raw);
-    let got = private.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
-    ensure!(got.payload["payload"] == json!({"secret": 1}), "{}", got.raw);
+    let got = private
+        .expect_text_within(WAIT, |m| m.event == "broadcast")
+        .await?;
+    ensure!(
+        got.payload["payload"] == json!({"secret": 1}),
+        "{}",
+        got.raw
+    );
 
     // Bob may not write room:1: his private message is skipped, still 202.
     let denied = json!({"messages": [{"topic": "room:1", "event": "p", "payload": {"from": "bob"}, "private": true}]}).to_string();
     let response = env
         .server
-        .http_body("POST", "/api/broadcast", &[("apikey", bob.as_str())], Some(denied.as_bytes()))
+        .http_body(
+            "POST",
+            "/api/broadcast",
+            &[("apikey", bob.as_str())],
+            Some(denied.as_bytes()),
+        )
         .await?;
     ensure!(response.status == 202, "{response:?}");
 
     // Validation and authentication.
-    let invalid = json!({"messages": [{"topic": "news"}, {"topic": "news", "event": "e", "payload": {}}]}).to_string();
+    let invalid =
+        json!({"messages": [{"topic": "news"}, {"topic": "news", "event": "e", "payload": {}}]})
+            .to_string();
     let response = env
         .server
-        .http_body("POST", "/api/broadcast", &[("apikey", alice.as_str())], Some(invalid.as_bytes()))
+        .http_body(
+            "POST",
+            "/api/broadcast",
+            &[("apikey", alice.as_str())],
+            Some(invalid.as_bytes()),
+        )
         .await?;
     ensure!(response.status == 422, "{response:?}");
     let body: Value = serde_json::from_str(&response.body)?;
@@ -524,9 +650,17 @@ async fn http_broadcast_api() -> Result<()> {
     );
     let response = env
         .server
-        .http_body("POST", "/api/broadcast", &[("authorization", "Bearer nope")], Some(batch.as_bytes()))
+        .http_body(
+            "POST",
+            "/api/broadcast",
+            &[("authorization", "Bearer nope")],
+            Some(batch.as_bytes()),
+        )
         .await?;
-    ensure!(response.status == 401 && response.body == r#"{"message":"Unauthorized"}"#, "{response:?}");
+    ensure!(
+        response.status == 401 && response.body == r#"{"message":"Unauthorized"}"#,
+        "{response:?}"
+    );
 
     // Single: JSON to V1 as text, raw bytes never to V1.
     let response = env
@@ -534,12 +668,17 @@ async fn http_broadcast_api() -> Result<()> {
         .http_body(
             "POST",
             "/api/broadcast/news/events/single?apikey=x",
-            &[("apikey", alice.as_str()), ("content-type", "application/json")],
+            &[
+                ("apikey", alice.as_str()),
+                ("content-type", "application/json"),
+            ],
             Some(br#"{ "x" : 1 }"#),
         )
         .await?;
     ensure!(response.status == 202, "{response:?}");
-    let got = public.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
+    let got = public
+        .expect_text_within(WAIT, |m| m.event == "broadcast")
+        .await?;
     ensure!(
         got.payload == json!({"type": "broadcast", "event": "single", "payload": {"x": 1}}),
         "{}",
@@ -550,7 +689,10 @@ async fn http_broadcast_api() -> Result<()> {
         .http_body(
             "POST",
             "/api/broadcast/news/events/raw",
-            &[("apikey", alice.as_str()), ("content-type", "application/octet-stream")],
+            &[
+                ("apikey", alice.as_str()),
+                ("content-type", "application/octet-stream"),
+            ],
             Some(&[1, 2, 3]),
         )
         .await?;
@@ -580,7 +722,10 @@ async fn http_broadcast_api() -> Result<()> {
             Some(br#"{"b":1}"#),
         )
         .await?;
-    ensure!(response.status == 403 && response.body == r#"{"message":"Unauthorized"}"#, "{response:?}");
+    ensure!(
+        response.status == 403 && response.body == r#"{"message":"Unauthorized"}"#,
+        "{response:?}"
+    );
     let response = env
         .server
         .http_body(
@@ -599,12 +744,22 @@ async fn http_broadcast_api() -> Result<()> {
     // The V1 public subscriber never got the raw body: its next broadcast is the barrier.
     let response = env
         .server
-        .http_body("POST", "/api/broadcast/news/events/last", &[("apikey", alice.as_str())], Some(b"{}"))
+        .http_body(
+            "POST",
+            "/api/broadcast/news/events/last",
+            &[("apikey", alice.as_str())],
+            Some(b"{}"),
+        )
         .await?;
     ensure!(response.status == 202, "{response:?}");
-    let got = public.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
+    let got = public
+        .expect_text_within(WAIT, |m| m.event == "broadcast")
+        .await?;
     ensure!(got.payload["event"] == "last", "V1 got {}", got.raw);
-    ensure!(message_rows(&env).await? == 0, "HTTP broadcasts are not stored");
+    ensure!(
+        message_rows(&env).await? == 0,
+        "HTTP broadcasts are not stored"
+    );
     Ok(())
 }
 
@@ -614,10 +769,15 @@ async fn replay_delivers_the_newest_stored_messages_oldest_first() -> Result<()>
     let alice = user_token("authenticated", ALICE);
     let since = realtide_tests::unix_now() * 1000 - 60_000;
     for n in 1..=5 {
-        env.exec(&format!("select realtime.send('{{\"n\": {n}}}'::jsonb, 'm', 'room:1')")).await?;
+        env.exec(&format!(
+            "select realtime.send('{{\"n\": {n}}}'::jsonb, 'm', 'room:1')"
+        ))
+        .await?;
     }
-    env.exec("select realtime.send_binary('\\xff'::bytea, 'bin', 'room:1')").await?;
-    env.exec("select realtime.send('{\"other\": 1}'::jsonb, 'm', 'room:2')").await?;
+    env.exec("select realtime.send_binary('\\xff'::bytea, 'bin', 'room:1')")
+        .await?;
+    env.exec("select realtime.send('{\"other\": 1}'::jsonb, 'm', 'room:2')")
+        .await?;
     let ids: Vec<String> = env
         .db
         .query(
@@ -640,14 +800,18 @@ async fn replay_delivers_the_newest_stored_messages_oldest_first() -> Result<()>
         .await?;
     let reply = v1.expect_reply("realtime:room:1", &join_ref).await?;
     ensure!(reply.status() == Some("ok"), "{}", reply.raw);
-    let m = v1.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
+    let m = v1
+        .expect_text_within(WAIT, |m| m.event == "broadcast")
+        .await?;
     ensure!(
         m.payload
             == json!({"type": "broadcast", "event": "m", "payload": {"n": 4, "id": ids[3]}, "meta": {"replayed": true, "id": ids[3]}}),
         "{}",
         m.raw
     );
-    let m = v1.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
+    let m = v1
+        .expect_text_within(WAIT, |m| m.event == "broadcast")
+        .await?;
     ensure!(m.payload["payload"]["n"] == 5, "{}", m.raw);
 
     // V2: default limit 25 → all six, oldest first; JSON ones as text with the join ref.
@@ -660,7 +824,9 @@ async fn replay_delivers_the_newest_stored_messages_oldest_first() -> Result<()>
         .await?;
     v2.expect_reply("realtime:room:1", &join_ref).await?;
     for n in 1..=5 {
-        let m = v2.expect_text_within(WAIT, |m| m.event == "broadcast").await?;
+        let m = v2
+            .expect_text_within(WAIT, |m| m.event == "broadcast")
+            .await?;
         ensure!(
             m.payload["payload"]["n"] == n && m.join_ref.as_deref() == Some(join_ref.as_str()),
             "{}",
@@ -669,15 +835,22 @@ async fn replay_delivers_the_newest_stored_messages_oldest_first() -> Result<()>
     }
     let (_, event, meta, encoding, body) = next_kind4(&mut v2).await?;
     ensure!(
-        event == "bin" && encoding == 0 && body == [0xff] && meta == json!({"replayed": true, "id": ids[5]}),
+        event == "bin"
+            && encoding == 0
+            && body == [0xff]
+            && meta == json!({"replayed": true, "id": ids[5]}),
         "{event} {meta}"
     );
 
     // `since` after everything: nothing replayed, the live copy of a new message arrives once.
-    env.exec("select realtime.send('{\"n\": 6}'::jsonb, 'm', 'room:1')").await?;
+    env.exec("select realtime.send('{\"n\": 6}'::jsonb, 'm', 'room:1')")
+        .await?;
     let (_, _, meta, _, body) = next_kind4(&mut v2).await?;
     let body: Value = serde_json::from_slice(&body)?;
-    ensure!(body["n"] == 6 && meta.get("replayed").is_none(), "{body} {meta}");
+    ensure!(
+        body["n"] == 6 && meta.get("replayed").is_none(),
+        "{body} {meta}"
+    );
 
     // Errors.
     let join_ref = v2
@@ -712,7 +885,8 @@ async fn replay_delivers_the_newest_stored_messages_oldest_first() -> Result<()>
         .await?;
     let reply = v2.expect_reply("realtime:public-room", &join_ref).await?;
     ensure!(
-        reply.response()["reason"] == "UnableToReplayMessages: Replay is not allowed for public channels",
+        reply.response()["reason"]
+            == "UnableToReplayMessages: Replay is not allowed for public channels",
         "{}",
         reply.raw
     );
@@ -734,7 +908,8 @@ async fn replayed_ids_are_not_delivered_again_live() -> Result<()> {
           where slot_name = 'realtide_test_slot'",
     )
     .await?;
-    env.exec("select realtime.send('{\"n\": 1}'::jsonb, 'm', 'room:1')").await?;
+    env.exec("select realtime.send('{\"n\": 1}'::jsonb, 'm', 'room:1')")
+        .await?;
     let join_ref = v2
         .send_join(
             "realtime:room:1",
@@ -742,7 +917,8 @@ async fn replayed_ids_are_not_delivered_again_live() -> Result<()> {
         )
         .await?;
     v2.expect_reply("realtime:room:1", &join_ref).await?;
-    env.exec("select realtime.send('{\"n\": 2}'::jsonb, 'm', 'room:1')").await?;
+    env.exec("select realtime.send('{\"n\": 2}'::jsonb, 'm', 'room:1')")
+        .await?;
     // Exactly: n=1 once (replayed, text) and then n=2 (live, binary).
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + PG_WAIT;
@@ -772,7 +948,10 @@ async fn two_hundred_concurrent_private_joins_use_a_bounded_pool() -> Result<()>
     let alice = user_token("authenticated", ALICE);
     let before: i64 = env
         .db
-        .query_one("select count(*) from pg_stat_activity where backend_type = 'client backend'", &[])
+        .query_one(
+            "select count(*) from pg_stat_activity where backend_type = 'client backend'",
+            &[],
+        )
         .await?
         .get(0);
     let mut clients = Vec::new();
@@ -786,9 +965,16 @@ async fn two_hundred_concurrent_private_joins_use_a_bounded_pool() -> Result<()>
             for t in 0..10 {
                 // Half readable (members' `room:1` under distinct names is not possible: one
                 // topic per socket), half not.
-                let topic = if t % 2 == 0 { format!("realtime:lobby-{c}-{t}") } else { format!("realtime:closed-{c}-{t}") };
+                let topic = if t % 2 == 0 {
+                    format!("realtime:lobby-{c}-{t}")
+                } else {
+                    format!("realtime:closed-{c}-{t}")
+                };
                 let join_ref = client
-                    .send_join(&topic, &json!({"config": private_config(), "access_token": alice}))
+                    .send_join(
+                        &topic,
+                        &json!({"config": private_config(), "access_token": alice}),
+                    )
                     .await?;
                 refs.push((topic, join_ref));
             }
@@ -798,7 +984,12 @@ async fn two_hundred_concurrent_private_joins_use_a_bounded_pool() -> Result<()>
             let mut refused = 0;
             while ok + refused < refs.len() {
                 let reply = client
-                    .expect_text(|m| m.event == "phx_reply" && refs.iter().any(|(t, r)| m.topic == *t && m.reference.as_deref() == Some(r.as_str())))
+                    .expect_text(|m| {
+                        m.event == "phx_reply"
+                            && refs.iter().any(|(t, r)| {
+                                m.topic == *t && m.reference.as_deref() == Some(r.as_str())
+                            })
+                    })
                     .await?;
                 match reply.status() {
                     Some("ok") => ok += 1,
@@ -819,11 +1010,17 @@ async fn two_hundred_concurrent_private_joins_use_a_bounded_pool() -> Result<()>
     ensure!(ok == 100 && refused == 100, "ok {ok}, refused {refused}");
     let after: i64 = env
         .db
-        .query_one("select count(*) from pg_stat_activity where backend_type = 'client backend'", &[])
+        .query_one(
+            "select count(*) from pg_stat_activity where backend_type = 'client backend'",
+            &[],
+        )
         .await?
         .get(0);
     // The authorization pool (2) plus at most the query pool (4) beyond what was open before.
-    ensure!(after - before <= 6, "connections grew from {before} to {after}");
+    ensure!(
+        after - before <= 6,
+        "connections grew from {before} to {after}"
+    );
     ensure!(message_rows(&env).await? == 0, "probe rows left behind");
     Ok(())
 }

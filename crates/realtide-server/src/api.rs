@@ -286,7 +286,12 @@ async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
     }
 
     for message in &messages {
-        if message.private && !allowed.get(message.topic.as_str()).copied().unwrap_or(false) {
+        if message.private
+            && !allowed
+                .get(message.topic.as_str())
+                .copied()
+                .unwrap_or(false)
+        {
             continue;
         }
         app.metrics.event_in();
@@ -411,9 +416,10 @@ fn authz_response(error: &AuthzError) -> Response {
     match error {
         AuthzError::Policy(_) => message(StatusCode::UNPROCESSABLE_ENTITY, "RLS policy error"),
         AuthzError::Canceled(_) => message(StatusCode::UNPROCESSABLE_ENTITY, "Query canceled"),
-        AuthzError::MissingPartition(_) => {
-            message(StatusCode::UNPROCESSABLE_ENTITY, "Missing messages partition")
-        }
+        AuthzError::MissingPartition(_) => message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Missing messages partition",
+        ),
         AuthzError::Timeout => message(StatusCode::TOO_MANY_REQUESTS, "Connection pool exhausted"),
         AuthzError::Unavailable(_) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -459,8 +465,14 @@ mod tests {
     fn batch_validation() {
         let entry: Value = serde_json::json!({"topic": "t"});
         let errors = validate(&entry, 100).err().unwrap_or_default();
-        assert_eq!(errors.get("event"), Some(&Value::from(vec!["can't be blank"])));
-        assert_eq!(errors.get("payload"), Some(&Value::from(vec!["can't be blank"])));
+        assert_eq!(
+            errors.get("event"),
+            Some(&Value::from(vec!["can't be blank"]))
+        );
+        assert_eq!(
+            errors.get("payload"),
+            Some(&Value::from(vec!["can't be blank"]))
+        );
         let entry: Value = serde_json::json!({"topic": "t", "event": "e", "payload": {"a": 1}});
         assert!(validate(&entry, 100).is_ok());
         assert!(validate(&entry, 3).is_err());

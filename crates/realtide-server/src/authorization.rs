@@ -49,7 +49,11 @@ pub enum Grant {
 
 impl Grant {
     fn from_bool(granted: bool) -> Grant {
-        if granted { Grant::Granted } else { Grant::Denied }
+        if granted {
+            Grant::Granted
+        } else {
+            Grant::Denied
+        }
     }
 
     /// Whether the permission is known to be granted.
@@ -299,9 +303,7 @@ impl Authorizer {
         requester: Requester<'_>,
         extension: Extension,
     ) -> Result<bool, AuthzError> {
-        let granted = self
-            .check(sub_topic, requester, &[extension], true)
-            .await?;
+        let granted = self.check(sub_topic, requester, &[extension], true).await?;
         Ok(granted.first().copied().unwrap_or(false))
     }
 

@@ -155,7 +155,12 @@ impl Registry {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
             if let Some(diff) = presence.untrack(id) {
-                topic.fanout(Audience::Everyone, None, &|vsn| topic.diff_frame(vsn, &diff), &self.metrics);
+                topic.fanout(
+                    Audience::Everyone,
+                    None,
+                    &|vsn| topic.diff_frame(vsn, &diff),
+                    &self.metrics,
+                );
             }
         }
         self.topics
@@ -228,7 +233,12 @@ impl Topic {
     ) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.track(id, key, meta) {
-            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+            self.fanout(
+                Audience::Everyone,
+                None,
+                &|vsn| self.diff_frame(vsn, &diff),
+                metrics,
+            );
         }
     }
 
@@ -236,7 +246,12 @@ impl Topic {
     pub fn untrack(&self, id: ChannelId, metrics: &Metrics) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.untrack(id) {
-            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff), metrics);
+            self.fanout(
+                Audience::Everyone,
+                None,
+                &|vsn| self.diff_frame(vsn, &diff),
+                metrics,
+            );
         }
     }
 }

@@ -85,7 +85,8 @@ mod tests {
 
     #[test]
     fn params() {
-        let parse = |text: &str| ReplayParams::parse(&serde_json::from_str(text).unwrap_or_default());
+        let parse =
+            |text: &str| ReplayParams::parse(&serde_json::from_str(text).unwrap_or_default());
         assert_eq!(
             parse(r#"{"since":1,"limit":5}"#),
             Some(ReplayParams {
@@ -94,7 +95,10 @@ mod tests {
             })
         );
         assert_eq!(parse(r#"{"since":1}"#).map(|p| p.limit), Some(25));
-        assert_eq!(parse(r#"{"since":1,"limit":500}"#).map(|p| p.limit), Some(25));
+        assert_eq!(
+            parse(r#"{"since":1,"limit":500}"#).map(|p| p.limit),
+            Some(25)
+        );
         assert_eq!(parse(r#"{"since":1,"limit":0}"#).map(|p| p.limit), Some(1));
         assert_eq!(parse(r#"{}"#), None);
         assert_eq!(parse(r#"{"since":"1"}"#), None);

@@ -18,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::{self, StoredBody, StoredMessage};
 use crate::catalog::{Table, quote_ident};
-use crate::registry::Registry;
-use crate::schema;
 use crate::changes::Action;
 use crate::database::DbError;
 use crate::delivery::{self, Cell, Change, RenderLimits};
 use crate::metrics::Metrics;
 use crate::postgres::Postgres;
+use crate::registry::Registry;
+use crate::schema;
 
 /// Why a replication session ended.
 #[derive(Debug, thiserror::Error)]
@@ -378,7 +378,12 @@ async fn session(
                 // Database broadcasts go out at once (fan-out never waits); the slot is
                 // confirmed past this transaction only later, after its changes too.
                 for message in messages.drain(..) {
-                    broadcast::deliver_stored(&outlet.registry, metrics, &message, outlet.max_payload);
+                    broadcast::deliver_stored(
+                        &outlet.registry,
+                        metrics,
+                        &message,
+                        outlet.max_payload,
+                    );
                     metrics.database_events(1);
                 }
                 batch.append(&mut pending);

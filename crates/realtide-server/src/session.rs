@@ -29,12 +29,12 @@ use crate::authorization::{
     AuthzError, Extension, Grant, Policies, Requester, lost_read_message, no_read_message,
 };
 use crate::broadcast::{self, Body, StoredMessage};
-use crate::replay::{self, ReplayParams};
 use crate::changes::{self, ChannelChanges, ClaimsGroup};
 use crate::error::{JoinError, token_shutdown_message};
 use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox};
 use crate::postgres::Postgres;
 use crate::registry::{Audience, ChannelId, Reads, Subscriber, TopicKey};
+use crate::replay::{self, ReplayParams};
 
 /// Longest interval between two checks of a channel token.
 const TOKEN_CHECK_INTERVAL: i64 = 5 * 60;
@@ -785,7 +785,10 @@ impl Session {
             headers: &self.headers,
         };
         let sub_topic = topic.sub_topic().unwrap_or_default();
-        if let Ok(granted) = postgres.authorizer.presence_read(sub_topic, requester).await
+        if let Ok(granted) = postgres
+            .authorizer
+            .presence_read(sub_topic, requester)
+            .await
             && let Some(private) = self
                 .channels
                 .get_mut(topic)
@@ -909,7 +912,10 @@ impl Session {
             };
             let presence = old.presence_read != Grant::Unknown;
             let sub_topic = channel.sub_topic().to_owned();
-            let checked = postgres.authorizer.read(&sub_topic, requester, presence).await;
+            let checked = postgres
+                .authorizer
+                .read(&sub_topic, requester, presence)
+                .await;
             let new = match checked {
                 Ok(new) => new,
                 Err(AuthzError::Policy(_)) => {

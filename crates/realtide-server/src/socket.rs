@@ -67,9 +67,7 @@ fn x_headers(headers: &HeaderMap) -> Arc<str> {
     let map: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .filter(|(name, _)| name.as_str().starts_with("x-"))
-        .filter_map(|(name, value)| {
-            Some((name.as_str().to_owned(), value.to_str().ok()?.into()))
-        })
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.into())))
         .collect();
     Arc::from(serde_json::Value::Object(map).to_string())
 }
