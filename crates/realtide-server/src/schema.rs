@@ -33,6 +33,11 @@ pub const JANITOR_INTERVAL: Duration = Duration::from_secs(3600);
 /// Applies the pending migrations, the grants, and today's partitions.
 pub async fn migrate(url: &str, retention: Duration) -> Result<Vec<i32>, DbError> {
     let mut client = database::connect(url).await?;
+    // `if not exists` notices are expected on every start.
+    client
+        .batch_execute("set client_min_messages = warning")
+        .await
+        .map_err(DbError::query("migration setup"))?;
     let applied = migrate_on(&mut client).await?;
     maintain_partitions(&client, retention).await?;
     Ok(applied)
