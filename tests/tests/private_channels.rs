@@ -855,11 +855,11 @@ async fn replay_delivers_the_newest_stored_messages_oldest_first() -> Result<()>
     // Errors.
     let join_ref = v2
         .send_join(
-            "realtime:room:x",
+            "realtime:room:1",
             &json!({"config": {"broadcast": {"replay": {}}, "private": true}, "access_token": alice}),
         )
         .await?;
-    let reply = v2.expect_reply("realtime:room:x", &join_ref).await?;
+    let reply = v2.expect_reply("realtime:room:1", &join_ref).await?;
     ensure!(
         reply.response()["reason"] == "UnableToReplayMessages: Replay params are not valid",
         "{}",

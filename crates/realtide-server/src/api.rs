@@ -244,6 +244,9 @@ async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
         Ok(claims) => claims,
         Err(response) => return *response,
     };
+    if app.limits.events.tripped() {
+        return rate_limited();
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return message(StatusCode::BAD_REQUEST, "Invalid JSON body");
     };
@@ -295,6 +298,7 @@ async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
             continue;
         }
         app.metrics.event_in();
+        app.limits.events.add(1);
         let Some(topic) = topic_of(&app, message.private, &message.topic) else {
             continue;
         };
@@ -311,7 +315,6 @@ async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
             },
             None,
             &|vsn| Some(broadcast::text_frame(vsn, name, &payload)),
-            &app.metrics,
         );
     }
     StatusCode::ACCEPTED.into_response()
@@ -355,6 +358,9 @@ async fn single(
         Ok(claims) => claims,
         Err(response) => return *response,
     };
+    if app.limits.events.tripped() {
+        return rate_limited();
+    }
     let Some(content) = content(&headers) else {
         return json(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -399,16 +405,22 @@ async fn single(
         }
     }
     app.metrics.event_in();
+    app.limits.events.add(1);
     if let Some(topic) = topic_of(&app, private, &sub_topic) {
         let name = topic.name();
-        topic.fanout(
-            Audience::Broadcast { id: None },
-            None,
-            &|vsn| broadcast::user_frame(vsn, None, name, &event, body, None),
-            &app.metrics,
-        );
+        topic.fanout(Audience::Broadcast { id: None }, None, &|vsn| {
+            broadcast::user_frame(vsn, None, name, &event, body, None)
+        });
     }
     StatusCode::ACCEPTED.into_response()
+}
+
+/// 429 while the events-per-second limit is tripped.
+fn rate_limited() -> Response {
+    message(
+        StatusCode::TOO_MANY_REQUESTS,
+        "You have exceeded your rate limit",
+    )
 }
 
 /// The reference's answers when a private write check cannot be made.

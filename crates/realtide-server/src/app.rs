@@ -30,6 +30,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Rate and count limits.
+    pub limits: Arc<crate::limits::Limits>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Every connection task and delayed reply, awaited at shutdown.
@@ -44,13 +46,15 @@ impl App {
     /// Builds the shared state.
     pub fn new(config: Config) -> Arc<App> {
         let metrics = Arc::new(Metrics::default());
+        let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let postgres = config.database.clone().map(Postgres::new);
         let exporter = Exporter::new(postgres.is_some());
         Arc::new(App {
             exporter,
             postgres,
             config,
-            registry: Arc::new(Registry::new(metrics.clone())),
+            registry: Arc::new(Registry::new(metrics.clone(), limits.clone())),
+            limits,
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

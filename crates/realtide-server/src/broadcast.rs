@@ -8,7 +8,7 @@
 use realtide_protocol::encode;
 use realtide_protocol::{UserEncoding, Vsn};
 
-use crate::metrics::Metrics;
+use crate::limits::Limits;
 use crate::outbox::OutFrame;
 use crate::registry::{Audience, Registry, TopicKey};
 
@@ -139,13 +139,19 @@ impl StoredMessage {
 }
 
 /// Delivers a stored message to its topic's subscribers with metadata `{"id": ...}`.
-/// Messages over `max_payload` are dropped, as the reference does.
+/// Messages over `max_payload`, or arriving while the events limit is tripped, are dropped, as
+/// the reference does.
 pub fn deliver_stored(
     registry: &Registry,
-    metrics: &Metrics,
+    limits: &Limits,
     message: &StoredMessage,
     max_payload: usize,
 ) -> usize {
+    limits.events.add(1);
+    if limits.events.tripped() {
+        tracing::warn!("dropping database broadcast: too many messages per second");
+        return 0;
+    }
     if message.body().len() > max_payload {
         tracing::warn!(
             size = message.body().len(),
@@ -168,7 +174,6 @@ pub fn deliver_stored(
         },
         None,
         &|vsn| user_frame(vsn, None, name, &message.event, message.body(), Some(&meta)),
-        metrics,
     )
 }
 

@@ -81,6 +81,41 @@ pub struct ServeArgs {
     /// Most channels one socket may have joined at once.
     #[arg(long, env = "TENANT_MAX_CHANNELS_PER_CLIENT", default_value_t = 100)]
     pub max_channels_per_client: usize,
+    /// Events per second (client sends, deliveries, HTTP and database broadcasts) averaged
+    /// over the last minute; above it receiving channels are shut down with `Too many messages
+    /// per second`, HTTP broadcasts get 429 and database broadcasts are dropped. 0 = no limit.
+    #[arg(long, env = "TENANT_MAX_EVENTS_PER_SECOND", default_value_t = 0)]
+    pub max_events_per_second: u64,
+    /// Join attempts per second; above it joins are refused with `ClientJoinRateLimitReached`
+    /// and the socket is closed, and connects get 429. 0 = no limit.
+    #[arg(long, env = "TENANT_MAX_JOINS_PER_SECOND", default_value_t = 0)]
+    pub max_joins_per_second: u64,
+    /// Presence events per second (`presence_state` pushes and `presence_diff` deliveries).
+    /// 0 = no limit.
+    #[arg(
+        long,
+        env = "TENANT_MAX_PRESENCE_EVENTS_PER_SECOND",
+        default_value_t = 0
+    )]
+    pub max_presence_events_per_second: u64,
+    /// Sockets with at least one joined channel. 0 = no limit.
+    #[arg(long, env = "TENANT_MAX_CONCURRENT_USERS", default_value_t = 0)]
+    pub max_concurrent_users: usize,
+    /// Open WebSocket connections per process; further upgrades get 503. 0 = no limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Presence calls (track/untrack) one channel may make per window. 0 = no limit.
+    #[arg(long, env = "CLIENT_PRESENCE_MAX_CALLS", default_value_t = 5)]
+    pub client_presence_max_calls: u32,
+    /// The presence call window, in milliseconds.
+    #[arg(long, env = "CLIENT_PRESENCE_WINDOW_MS", default_value_t = 30_000)]
+    pub client_presence_window_ms: u64,
+    /// Refuse public channels (`PrivateOnly: This project only allows private channels`).
+    #[arg(long, env = "PRIVATE_ONLY", default_value_t = false)]
+    pub private_only: bool,
+    /// Period of the rate counters' window buckets, in milliseconds (12 buckets).
+    #[arg(long, env = "RATE_COUNTER_TICK_MS", default_value_t = 5000)]
+    pub rate_counter_tick_ms: u64,
     /// Largest WebSocket message accepted; bigger ones close the socket.
     #[arg(long, env = "WEBSOCKET_MAX_FRAME_SIZE", default_value_t = 5_000_000)]
     pub max_frame_size: usize,
@@ -129,6 +164,8 @@ pub struct Config {
     pub json_logs: bool,
     /// Verifier guarding `GET /metrics`, when `METRICS_JWT_SECRET` is set.
     pub metrics_jwt: Option<JwtVerifier>,
+    /// Rate and count limits.
+    pub limits: crate::limits::LimitSettings,
 }
 
 /// Where and how postgres_changes are read.
@@ -305,6 +342,23 @@ impl ServeArgs {
             },
             json_logs,
             metrics_jwt,
+            limits: crate::limits::LimitSettings {
+                events_per_second: self.max_events_per_second,
+                joins_per_second: self.max_joins_per_second,
+                presence_events_per_second: self.max_presence_events_per_second,
+                concurrent_users: self.max_concurrent_users,
+                connections: self.max_connections,
+                presence_calls: self.client_presence_max_calls,
+                presence_window: Duration::from_millis(positive(
+                    "CLIENT_PRESENCE_WINDOW_MS",
+                    self.client_presence_window_ms,
+                )?),
+                private_only: self.private_only,
+                tick: Duration::from_millis(positive(
+                    "RATE_COUNTER_TICK_MS",
+                    self.rate_counter_tick_ms,
+                )?),
+            },
         })
     }
 }

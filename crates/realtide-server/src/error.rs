@@ -12,6 +12,15 @@ pub enum JoinError {
     /// The server is shutting down.
     #[error("server restarting")]
     Restarting,
+    /// `PRIVATE_ONLY` and a public join.
+    #[error("public channels are not allowed")]
+    PrivateOnly,
+    /// `TENANT_MAX_CONCURRENT_USERS` reached.
+    #[error("too many connected users")]
+    TooManyUsers,
+    /// `TENANT_MAX_JOINS_PER_SECOND` tripped (the socket is also closed).
+    #[error("too many joins per second")]
+    TooManyJoins,
     /// The socket already has the maximum number of channels.
     #[error("too many channels")]
     TooManyChannels,
@@ -55,6 +64,15 @@ impl JoinError {
                 "RealtimeRestarting: Realtime is restarting, please standby".into()
             }
             JoinError::TooManyChannels => "ChannelRateLimitReached: Too many channels".into(),
+            JoinError::PrivateOnly => {
+                "PrivateOnly: This project only allows private channels".into()
+            }
+            JoinError::TooManyUsers => {
+                "ConnectionRateLimitReached: Too many connected users".into()
+            }
+            JoinError::TooManyJoins => {
+                "ClientJoinRateLimitReached: Too many joins per second".into()
+            }
             JoinError::Token(error) => match error.join_code() {
                 Some(code) => format!("{code}: {error}"),
                 None => "Unknown Error on Channel".into(),
@@ -85,6 +103,15 @@ pub enum ConnectError {
     /// The connect token was rejected.
     #[error("connect token rejected")]
     Token(#[source] AuthError),
+    /// `TENANT_MAX_CONCURRENT_USERS` reached.
+    #[error("Too many connected users")]
+    TooManyUsers,
+    /// `TENANT_MAX_JOINS_PER_SECOND` tripped.
+    #[error("Too many joins per second")]
+    TooManyJoins,
+    /// `MAX_CONNECTIONS` open.
+    #[error("Too many connections")]
+    TooManyConnections,
 }
 
 impl ConnectError {
@@ -100,6 +127,10 @@ impl ConnectError {
                 "Error connecting to Realtime".into(),
             ),
             ConnectError::Token(other) => (StatusCode::UNAUTHORIZED, other.to_string()),
+            ConnectError::TooManyUsers | ConnectError::TooManyJoins => {
+                (StatusCode::TOO_MANY_REQUESTS, self.to_string())
+            }
+            ConnectError::TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
         }
     }
 }

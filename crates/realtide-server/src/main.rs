@@ -18,6 +18,7 @@
 //! - [`presence`]: presence state of a topic.
 //! - [`error`]: client-facing errors and their wire form.
 //! - [`metrics`]: process-wide counters.
+//! - [`limits`]: rate counters, connection/user counts and the presence call window.
 //! - [`token`]: the `realtide token` command.
 //! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
 
@@ -32,6 +33,7 @@ mod database;
 mod delivery;
 mod dev;
 mod error;
+mod limits;
 mod metrics;
 mod outbox;
 mod postgres;
@@ -144,9 +146,12 @@ pub(crate) async fn serve_on(
     local: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     let app = app::App::new(config);
+    app.tasks
+        .spawn(app.limits.clone().run(app.shutdown.clone()));
     if let Some(postgres) = app.postgres.clone() {
         let outlet = replication::Outlet {
             registry: app.registry.clone(),
+            limits: app.limits.clone(),
             max_payload: app.config.max_payload_bytes,
         };
         let task = replication::run(

@@ -13,6 +13,8 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
     database_events: AtomicU64,
+    presence_events: AtomicU64,
+    bytes_in: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
@@ -32,8 +34,12 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// Connections closed for being slow consumers.
     pub slow_consumer_disconnects: u64,
-    /// postgres_changes messages delivered since start.
+    /// postgres_changes messages and database broadcasts delivered since start.
     pub database_events: u64,
+    /// Presence diffs delivered since start.
+    pub presence_events: u64,
+    /// Bytes of client messages received since start.
+    pub bytes_in: u64,
 }
 
 impl Metrics {
@@ -75,6 +81,14 @@ impl Metrics {
     pub fn database_events(&self, n: u64) {
         self.database_events.fetch_add(n, Ordering::Relaxed);
     }
+    /// Presence diffs were handed to subscribers.
+    pub fn presence_events(&self, n: u64) {
+        self.presence_events.fetch_add(n, Ordering::Relaxed);
+    }
+    /// A client message of `n` bytes arrived.
+    pub fn add_bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
     /// Reads every counter.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -86,6 +100,8 @@ impl Metrics {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Ordering::Relaxed),
             database_events: self.database_events.load(Ordering::Relaxed),
+            presence_events: self.presence_events.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
         }
     }
 }

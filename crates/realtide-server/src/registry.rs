@@ -16,7 +16,13 @@ use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use realtide_protocol::Vsn;
 
+use crate::limits::Limits;
 use crate::metrics::Metrics;
+
+/// Shutdown reason of a channel receiving while the events limit is tripped.
+pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
+/// Shutdown reason of a channel while the presence events limit is tripped.
+pub const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
 use crate::outbox::{OutFrame, Outbox};
 use crate::presence::Presence;
 
@@ -42,7 +48,22 @@ pub struct Subscriber {
     pub outbox: Outbox,
     /// Private channels only: what the subscriber may receive.
     pub reads: Option<Arc<Reads>>,
+    /// Its session's control queue (rate-limit shutdowns decided during someone's fan-out).
+    pub control: ControlSender,
 }
+
+/// A request to a session to shut one of its channels down, raised by a fan-out running in
+/// another task.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelControl {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The `system` message it is shut down with.
+    pub reason: &'static str,
+}
+
+/// Sending side of a session's control queue.
+pub type ControlSender = tokio::sync::mpsc::UnboundedSender<ChannelControl>;
 
 /// A private subscriber's read state, shared between its session and the topic.
 #[derive(Debug, Default)]
@@ -54,10 +75,10 @@ pub struct Reads {
     pub replayed: HashSet<Box<str>>,
 }
 
-/// Who a fan-out reaches.
+/// Who a fan-out reaches (and which rate counter it is accounted to).
 #[derive(Debug, Clone, Copy)]
 pub enum Audience<'a> {
-    /// Every subscriber (presence diffs).
+    /// Every subscriber: presence diffs.
     Everyone,
     /// Subscribers allowed to read broadcasts; `id` is the message id, when it has one.
     Broadcast {
@@ -83,6 +104,8 @@ impl Audience<'_> {
 pub struct Topic {
     /// Wire name, `realtime:<sub-topic>`.
     name: String,
+    metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
     subscribers: RwLock<IndexMap<ChannelId, Subscriber>>,
     presence: Mutex<Presence>,
 }
@@ -93,15 +116,17 @@ pub struct Registry {
     topics: DashMap<TopicKey, Arc<Topic>>,
     next_channel: AtomicU64,
     metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
 }
 
 impl Registry {
     /// An empty registry.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, limits: Arc<Limits>) -> Self {
         Self {
             topics: DashMap::new(),
             next_channel: AtomicU64::new(1),
             metrics,
+            limits,
         }
     }
 
@@ -128,6 +153,8 @@ impl Registry {
         let shard_entry = self.topics.entry(key.clone()).or_insert_with(|| {
             Arc::new(Topic {
                 name: format!("{}{}", realtide_protocol::id::TOPIC_PREFIX, key.sub_topic),
+                metrics: self.metrics.clone(),
+                limits: self.limits.clone(),
                 subscribers: RwLock::new(IndexMap::new()),
                 presence: Mutex::new(Presence::default()),
             })
@@ -155,12 +182,9 @@ impl Registry {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
             if let Some(diff) = presence.untrack(id) {
-                topic.fanout(
-                    Audience::Everyone,
-                    None,
-                    &|vsn| topic.diff_frame(vsn, &diff),
-                    &self.metrics,
-                );
+                topic.fanout(Audience::Everyone, None, &|vsn| {
+                    topic.diff_frame(vsn, &diff)
+                });
             }
         }
         self.topics
@@ -181,19 +205,32 @@ impl Topic {
 
     /// Hands a message to every subscriber except `exclude`. `encode` is called at most once
     /// per serializer; `None` means "not deliverable to that serializer" (e.g. binary to V1).
-    /// Returns the number of deliveries.
+    /// Deliveries count against the events (or presence) rate limit; while that limit is
+    /// tripped nothing is delivered and each receiving channel is told to shut down, as the
+    /// reference's receiving channels do. Returns the number of deliveries.
     pub fn fanout(
         &self,
         audience: Audience<'_>,
         exclude: Option<ChannelId>,
         encode: &dyn Fn(Vsn) -> Option<OutFrame>,
-        metrics: &Metrics,
     ) -> usize {
+        let (counter, reason) = match audience {
+            Audience::Everyone => (&self.limits.presence, TOO_MANY_PRESENCE),
+            Audience::Broadcast { .. } => (&self.limits.events, TOO_MANY_MESSAGES),
+        };
+        let tripped = counter.tripped();
         let cache: [OnceCell<Option<OutFrame>>; 2] = [OnceCell::new(), OnceCell::new()];
         let subscribers = self.subscribers.read();
         let mut delivered = 0;
         for (id, subscriber) in subscribers.iter() {
             if Some(*id) == exclude || !audience.admits(subscriber) {
+                continue;
+            }
+            if tripped {
+                let _ = subscriber.control.send(ChannelControl {
+                    channel: *id,
+                    reason,
+                });
                 continue;
             }
             let Some(cell) = cache.get(subscriber.vsn.index()) else {
@@ -206,7 +243,11 @@ impl Topic {
             }
         }
         drop(subscribers);
-        metrics.events_out(delivered as u64);
+        counter.add(delivered as u64);
+        self.metrics.events_out(delivered as u64);
+        if matches!(audience, Audience::Everyone) {
+            self.metrics.presence_events(delivered as u64);
+        }
         delivered
     }
 
@@ -229,29 +270,18 @@ impl Topic {
         id: ChannelId,
         key: &str,
         meta: serde_json::Map<String, serde_json::Value>,
-        metrics: &Metrics,
     ) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.track(id, key, meta) {
-            self.fanout(
-                Audience::Everyone,
-                None,
-                &|vsn| self.diff_frame(vsn, &diff),
-                metrics,
-            );
+            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff));
         }
     }
 
     /// Removes a channel's presence, fanning out the leave.
-    pub fn untrack(&self, id: ChannelId, metrics: &Metrics) {
+    pub fn untrack(&self, id: ChannelId) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.untrack(id) {
-            self.fanout(
-                Audience::Everyone,
-                None,
-                &|vsn| self.diff_frame(vsn, &diff),
-                metrics,
-            );
+            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff));
         }
     }
 }

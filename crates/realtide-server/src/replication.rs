@@ -157,6 +157,8 @@ async fn ensure_publication(postgres: &Postgres) -> Result<(), DbError> {
 pub struct Outlet {
     /// The process's topics.
     pub registry: Arc<Registry>,
+    /// Rate limits (database broadcasts and postgres_changes deliveries count).
+    pub limits: Arc<crate::limits::Limits>,
     /// Largest deliverable payload.
     pub max_payload: usize,
 }
@@ -322,13 +324,13 @@ async fn session(
             // Shutdown first; then a due batch; then the stream.
             biased;
             () = shutdown.cancelled() => {
-                flush(postgres, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
+                flush(postgres, &outlet.limits, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
                 tracing::info!(confirmed = %stream.confirmed(), "replication stopped at shutdown");
                 stream.close().await?;
                 return Ok(());
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                flush(postgres, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
+                flush(postgres, &outlet.limits, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
                 deadline = None;
                 continue;
             }
@@ -380,7 +382,7 @@ async fn session(
                 for message in messages.drain(..) {
                     broadcast::deliver_stored(
                         &outlet.registry,
-                        metrics,
+                        &outlet.limits,
                         &message,
                         outlet.max_payload,
                     );
@@ -394,6 +396,7 @@ async fn session(
                 if batch.len() >= BATCH_MAX {
                     flush(
                         postgres,
+                        &outlet.limits,
                         metrics,
                         limits,
                         &mut stream,
@@ -478,8 +481,9 @@ async fn session(
 /// Delivers the committed batch, then confirms its end to the slot.
 async fn flush(
     postgres: &Postgres,
+    limits: &crate::limits::Limits,
     metrics: &Metrics,
-    limits: RenderLimits,
+    render: RenderLimits,
     stream: &mut stream::ReplicationStream,
     batch: &mut Vec<Change>,
     batch_end: &mut Option<Lsn>,
@@ -487,15 +491,26 @@ async fn flush(
     let Some(end) = *batch_end else {
         return Ok(());
     };
-    let delivered = delivery::deliver(
-        batch,
-        &postgres.subscriptions,
-        &postgres.catalog,
-        &postgres.pool,
-        metrics,
-        limits,
-    )
-    .await?;
+    // While the events limit is tripped, changes are not delivered (as the reference's
+    // db_events counter); the slot still advances past them.
+    let delivered = if limits.db_events.tripped() {
+        tracing::warn!(
+            changes = batch.len(),
+            "dropping changes: too many messages per second"
+        );
+        0
+    } else {
+        delivery::deliver(
+            batch,
+            &postgres.subscriptions,
+            &postgres.catalog,
+            &postgres.pool,
+            metrics,
+            render,
+        )
+        .await?
+    };
+    limits.db_events.add(delivered as u64);
     metrics.database_events(delivered as u64);
     batch.clear();
     *batch_end = None;

@@ -31,9 +31,13 @@ use crate::authorization::{
 use crate::broadcast::{self, Body, StoredMessage};
 use crate::changes::{self, ChannelChanges, ClaimsGroup};
 use crate::error::{JoinError, token_shutdown_message};
+use crate::limits::PresenceWindow;
 use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox};
 use crate::postgres::Postgres;
-use crate::registry::{Audience, ChannelId, Reads, Subscriber, TopicKey};
+use crate::registry::{
+    Audience, ChannelControl, ChannelId, ControlSender, Reads, Subscriber, TOO_MANY_PRESENCE,
+    TopicKey,
+};
 use crate::replay::{self, ReplayParams};
 
 /// Longest interval between two checks of a channel token.
@@ -53,6 +57,8 @@ struct Channel {
     token_check_at: Instant,
     /// Private channels: cached policies and the claims they were evaluated with.
     private: Option<PrivateChannel>,
+    /// Presence calls in the current `CLIENT_PRESENCE_WINDOW_MS`.
+    presence_window: PresenceWindow,
 }
 
 /// A private channel's authorization state (cached for the channel's lifetime, re-evaluated on
@@ -106,6 +112,10 @@ struct Session {
     socket_token: String,
     /// The upgrade request's `x-*` headers as JSON, for `request.headers` in policies.
     headers: Arc<str>,
+    /// Handed to this session's subscriptions: fan-outs elsewhere ask it to shut channels.
+    control: ControlSender,
+    /// Whether this socket counts as a user (has at least one channel).
+    counted_user: bool,
     channels: HashMap<Topic, Channel>,
 }
 
@@ -209,6 +219,7 @@ where
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let (outbox, queue) = outbox::outbox(app.config.outbox);
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::spawn(outbox::run_writer(write_half, queue, app.metrics.clone()));
 
     let (mut reader, _unused_write) =
@@ -223,9 +234,11 @@ where
         outbox: outbox.clone(),
         socket_token,
         headers,
+        control: control_tx,
+        counted_user: false,
         channels: HashMap::new(),
     };
-    session.serve(reader).await;
+    session.serve(reader, control_rx).await;
     session.leave_all();
     drop(session);
     drop(outbox);
@@ -233,7 +246,11 @@ where
 }
 
 impl Session {
-    async fn serve(&mut self, reader: WebSocketRead<ReadHalf<impl AsyncRead + Send + 'static>>) {
+    async fn serve(
+        &mut self,
+        reader: WebSocketRead<ReadHalf<impl AsyncRead + Send + 'static>>,
+        mut control: tokio::sync::mpsc::UnboundedReceiver<ChannelControl>,
+    ) {
         let app = self.app.clone();
         let idle = app.config.idle_timeout;
         // One idle timer per idle period: frames only record their arrival time, and the timer
@@ -258,6 +275,11 @@ impl Session {
                 }
                 // A slow consumer is being closed by its writer; stop reading for it.
                 () = self.outbox.overflowed().cancelled() => return,
+                // Rate-limit shutdowns of this socket's channels, decided by other fan-outs.
+                Some(order) = control.recv() => {
+                    self.on_control(order);
+                    continue;
+                }
                 () = &mut idle_timer => {
                     let deadline = last_frame + idle;
                     if deadline > Instant::now() {
@@ -269,7 +291,10 @@ impl Session {
                     return;
                 }
                 () = tokio::time::sleep_until(token_check.unwrap_or(last_frame + idle)),
-                    if token_check.is_some() => self.check_tokens(),
+                    if token_check.is_some() => {
+                        self.check_tokens();
+                        self.sync_user();
+                    }
                 (reader, result) = &mut read => {
                     let (fin, opcode, payload) = match result {
                         Ok(frame) => frame,
@@ -318,6 +343,7 @@ impl Session {
     }
 
     async fn on_message(&mut self, opcode: OpCode, message: Bytes) -> Flow {
+        self.app.metrics.add_bytes_in(message.len());
         let decoded = match opcode {
             OpCode::Text => match std::str::from_utf8(&message) {
                 Ok(text) => realtide_protocol::frame::decode_text(self.vsn, text),
@@ -329,7 +355,10 @@ impl Session {
             _ => realtide_protocol::frame::decode_binary(self.vsn, &message),
         };
         match decoded {
-            Ok(inbound) => self.dispatch(inbound).await,
+            Ok(inbound) => {
+                self.dispatch(inbound).await;
+                self.sync_user();
+            }
             Err(error) => tracing::debug!(%error, "dropping malformed frame"),
         }
         Flow::Continue
@@ -463,11 +492,16 @@ impl Session {
             );
             let outbox = self.outbox.clone();
             let delay = self.app.config.channel_error_backoff;
+            // The joins-per-second limit also disconnects the socket, after the reply.
+            let disconnect = matches!(error, JoinError::TooManyJoins);
             // Join errors are delayed (CHANNEL_ERROR_BACKOFF_MS) to slow down re-join storms;
             // the session keeps serving meanwhile.
             self.app.tasks.spawn(async move {
                 tokio::time::sleep(delay).await;
                 outbox.text(frame);
+                if disconnect {
+                    outbox.push(OutFrame::Close(CLOSE_GOING_AWAY, "too many joins"));
+                }
             });
         }
     }
@@ -485,6 +519,17 @@ impl Session {
         }
         if self.app.shutdown.is_cancelled() {
             return Err(JoinError::Restarting);
+        }
+        let limits = &self.app.limits;
+        if limits.settings.private_only && !request.private {
+            return Err(JoinError::PrivateOnly);
+        }
+        if self.channels.is_empty() && !self.counted_user && limits.users_full() {
+            return Err(JoinError::TooManyUsers);
+        }
+        limits.joins.add(1);
+        if limits.joins.tripped() {
+            return Err(JoinError::TooManyJoins);
         }
         if self.channels.len() >= self.app.config.max_channels_per_client {
             return Err(JoinError::TooManyChannels);
@@ -564,6 +609,7 @@ impl Session {
                 vsn,
                 outbox: outbox.clone(),
                 reads,
+                control: self.control.clone(),
             },
             |state| {
                 // Reply, state and replay are queued under the topic's presence lock, so no
@@ -599,6 +645,7 @@ impl Session {
             token,
             token_check_at: token_check_at(&claims),
             private,
+            presence_window: PresenceWindow::new(),
         };
         if !request.postgres_changes.is_empty() {
             match &self.app.postgres {
@@ -629,6 +676,13 @@ impl Session {
         }
         self.app.metrics.channel_joined();
         self.channels.insert(topic.clone(), channel);
+        if request.presence_enabled && presence_visible {
+            // The presence_state push counts as a presence event.
+            self.app.limits.presence.add(1);
+            if self.app.limits.presence.tripped() {
+                self.shutdown_channel(topic, TOO_MANY_PRESENCE);
+            }
+        }
         Ok(())
     }
 
@@ -684,16 +738,14 @@ impl Session {
         };
         let exclude = (!channel.broadcast_self).then_some(channel.id);
         let name = channel.topic.name();
-        let metrics = &self.app.metrics;
+        // The send itself is an event, as each delivery is.
+        self.app.limits.events.add(1);
         let audience = Audience::Broadcast { id: None };
         match &push {
             BroadcastPush::Json(raw) => {
-                channel.topic.fanout(
-                    audience,
-                    exclude,
-                    &|vsn| Some(broadcast::text_frame(vsn, name, raw.get())),
-                    metrics,
-                );
+                channel.topic.fanout(audience, exclude, &|vsn| {
+                    Some(broadcast::text_frame(vsn, name, raw.get()))
+                });
             }
             BroadcastPush::User(user) => {
                 let body = match user.encoding {
@@ -703,12 +755,9 @@ impl Session {
                     },
                     UserEncoding::Binary => Body::Binary(&user.body),
                 };
-                channel.topic.fanout(
-                    audience,
-                    exclude,
-                    &|vsn| broadcast::user_frame(vsn, None, name, &user.event, body, None),
-                    metrics,
-                );
+                channel.topic.fanout(audience, exclude, &|vsn| {
+                    broadcast::user_frame(vsn, None, name, &user.event, body, None)
+                });
             }
         }
         if channel.broadcast_ack {
@@ -803,6 +852,22 @@ impl Session {
     }
 
     async fn presence(&mut self, topic: &Topic, reference: Option<&Ref>, push: PresencePush) {
+        if matches!(push, PresencePush::Track(_) | PresencePush::Untrack) {
+            let settings = self.app.limits.settings;
+            let within = self.channels.get_mut(topic).is_some_and(|channel| {
+                channel
+                    .presence_window
+                    .allow(settings.presence_calls, settings.presence_window)
+            });
+            if !within {
+                self.shutdown_channel(topic, "Client presence rate limit exceeded");
+                return;
+            }
+            if self.app.limits.presence.tripped() {
+                self.shutdown_channel(topic, TOO_MANY_PRESENCE);
+                return;
+            }
+        }
         if matches!(push, PresencePush::Track(Value::Object(_))) {
             self.ensure_presence_read(topic).await;
             if !self.may_write(topic, Extension::Presence).await {
@@ -822,9 +887,7 @@ impl Session {
                     return;
                 }
                 self.channel_reply(topic, reference, Status::Ok, "{}");
-                channel
-                    .topic
-                    .track(channel.id, &channel.presence_key, meta, &self.app.metrics);
+                channel.topic.track(channel.id, &channel.presence_key, meta);
             }
             PresencePush::Track(_) => {
                 self.channel_reply(
@@ -836,7 +899,7 @@ impl Session {
             }
             PresencePush::Untrack => {
                 self.channel_reply(topic, reference, Status::Ok, "{}");
-                channel.topic.untrack(channel.id, &self.app.metrics);
+                channel.topic.untrack(channel.id);
             }
             PresencePush::NoEvent => self.channel_reply(topic, reference, Status::Ok, "{}"),
             PresencePush::Unknown(event) => {
@@ -969,6 +1032,33 @@ impl Session {
         }
     }
 
+    /// Shuts a channel down on another fan-out's request (ignored when it is already gone, e.g.
+    /// a second request raced with the first).
+    fn on_control(&mut self, order: ChannelControl) {
+        let topic = self
+            .channels
+            .iter()
+            .find(|(_, channel)| channel.id == order.channel)
+            .map(|(topic, _)| topic.clone());
+        if let Some(topic) = topic {
+            self.shutdown_channel(&topic, order.reason);
+        }
+        self.sync_user();
+    }
+
+    /// Keeps the concurrent-users count: a socket is a user while it has a channel.
+    fn sync_user(&mut self) {
+        let has_channels = !self.channels.is_empty();
+        if has_channels != self.counted_user {
+            self.counted_user = has_channels;
+            if has_channels {
+                self.app.limits.user_joined();
+            } else {
+                self.app.limits.user_left();
+            }
+        }
+    }
+
     fn next_token_check(&self) -> Option<Instant> {
         self.channels.values().map(|c| c.token_check_at).min()
     }
@@ -1048,6 +1138,7 @@ impl Session {
         for (_, channel) in std::mem::take(&mut self.channels) {
             self.release(channel);
         }
+        self.sync_user();
     }
 }
 

@@ -31,6 +31,23 @@ pub async fn websocket(
     if let Err(error) = app.config.jwt.verify(&token) {
         return refuse(&app, ConnectError::Token(error)).await;
     }
+    if app.limits.users_full() {
+        return refuse(&app, ConnectError::TooManyUsers).await;
+    }
+    if app.limits.joins.tripped() {
+        return refuse(&app, ConnectError::TooManyJoins).await;
+    }
+    // The slot is taken before the upgrade and held by the session task.
+    let Some(slot) = app.limits.connection() else {
+        // Answered at once: the back-off would hold the very resources that are short.
+        let (status, message) = ConnectError::TooManyConnections.response_parts();
+        tracing::warn!(
+            status = status.as_u16(),
+            "refusing connection: MAX_CONNECTIONS reached"
+        );
+        let body = serde_json::json!({ "error": message }).to_string();
+        return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    };
     let (response, pending) = match upgrade.upgrade() {
         Ok(parts) => parts,
         Err(error) => {
@@ -41,6 +58,7 @@ pub async fn websocket(
     let request_headers = x_headers(&headers);
     let session_app = app.clone();
     app.tasks.spawn(async move {
+        let _slot = slot;
         match pending.await {
             Ok(socket) => {
                 let opened = session_app.metrics.connection_opened();
