@@ -13,6 +13,10 @@ use realtide_auth::JwtVerifier;
 /// Command-line / environment settings of `realtide serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// TOML file of settings named like their environment variables (`PORT = 4000`,
+    /// `jwt_secret = "..."`); flags and environment variables win over it.
+    #[arg(long, env = "REALTIDE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Port to listen on (0 picks a free port).
     #[arg(long, env = "PORT", default_value_t = 4000)]
     pub port: u16,
@@ -31,9 +35,25 @@ pub struct ServeArgs {
     /// JSON object of exact-match claim validators.
     #[arg(long, env = "JWT_CLAIM_VALIDATORS")]
     pub jwt_claim_validators: Option<String>,
-    /// PostgreSQL URL (optional; postgres_changes needs it).
+    /// PostgreSQL URL (optional; postgres_changes and private channels need it). When unset,
+    /// DB_HOST (with DB_PORT, DB_USER, DB_PASSWORD, DB_NAME) builds one.
     #[arg(long, env = "DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+    /// PostgreSQL host, when DB_URL is not given.
+    #[arg(long, env = "DB_HOST")]
+    pub db_host: Option<String>,
+    /// PostgreSQL port.
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+    /// PostgreSQL user.
+    #[arg(long, env = "DB_USER", default_value = "postgres")]
+    pub db_user: String,
+    /// PostgreSQL password.
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    pub db_password: Option<String>,
+    /// PostgreSQL database.
+    #[arg(long, env = "DB_NAME", default_value = "postgres")]
+    pub db_name: String,
     /// Publication whose tables stream postgres_changes (created empty when absent).
     #[arg(long, env = "PUBLICATION", default_value = "supabase_realtime")]
     pub publication: String,
@@ -246,6 +266,163 @@ fn slot_name(value: String) -> Result<String, ConfigError> {
     }
 }
 
+/// `postgres://user:password@host:port/name`, user, password and name percent-encoded.
+fn db_url_from_parts(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    name: &str,
+) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    let auth = match password {
+        Some(password) if !password.is_empty() => format!("{}:{}", enc(user), enc(password)),
+        _ => enc(user),
+    };
+    // IPv6 literals need brackets in a URL.
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    format!("postgres://{auth}@{host}:{port}/{}", enc(name))
+}
+
+/// Why the configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path} (REALTIDE_CONFIG/--config)")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("invalid TOML in {path} (REALTIDE_CONFIG/--config): {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key names no setting, or its value is not a scalar.
+    #[error("{path}: {key} {problem}")]
+    Key {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// The configuration file named by `--config <file>` / `--config=<file>` in `args` or by
+/// `REALTIDE_CONFIG`, as `(ENV_NAME, value)` pairs. Keys are setting names as environment
+/// variables, in any case.
+pub fn config_file(args: &[std::ffi::OsString]) -> Result<Option<ConfigFile>, FileError> {
+    let mut path = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" {
+            path = iter.next().map(|p| p.to_string_lossy().into_owned());
+        } else if let Some(value) = arg.strip_prefix("--config=") {
+            path = Some(value.to_owned());
+        }
+    }
+    let Some(path) = path.or_else(|| std::env::var("REALTIDE_CONFIG").ok()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| FileError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| FileError::Parse {
+            path: path.clone(),
+            message: e.message().to_owned(),
+        })?;
+    let mut pairs = Vec::with_capacity(table.len());
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            _ => {
+                return Err(FileError::Key {
+                    path,
+                    key: key.to_ascii_uppercase(),
+                    problem: "must be a string, number or boolean",
+                });
+            }
+        };
+        pairs.push((key.to_ascii_uppercase(), value));
+    }
+    Ok(Some(ConfigFile { path, pairs }))
+}
+
+/// A loaded configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// Where it was read from.
+    pub path: String,
+    /// `(ENV_NAME, value)` pairs.
+    pub pairs: Vec<(String, String)>,
+}
+
+/// Makes the file's values the defaults of the matching arguments of `command` and of its
+/// subcommands, so that flags and the environment still win. Keys matching no setting are an
+/// error.
+pub fn apply_file(
+    mut command: clap::Command,
+    file: &ConfigFile,
+) -> Result<clap::Command, FileError> {
+    fn known(command: &clap::Command, name: &str) -> bool {
+        command
+            .get_arguments()
+            .any(|a| a.get_env().is_some_and(|e| e == name))
+            || command.get_subcommands().any(|c| known(c, name))
+    }
+    fn apply(mut command: clap::Command, name: &str, value: &'static str) -> clap::Command {
+        let ids: Vec<clap::Id> = command
+            .get_arguments()
+            .filter(|a| a.get_env().is_some_and(|e| e == name))
+            .map(|a| a.get_id().clone())
+            .collect();
+        for id in ids {
+            command = command.mut_arg(id, |a| a.default_value(value));
+        }
+        let subcommands: Vec<String> = command
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        for sub in subcommands {
+            command = command.mut_subcommand(sub, |c| apply(c, name, value));
+        }
+        command
+    }
+    for (name, value) in &file.pairs {
+        if name == "REALTIDE_CONFIG" || !known(&command, name) {
+            return Err(FileError::Key {
+                path: file.path.clone(),
+                key: name.clone(),
+                problem: "is not a realtide setting",
+            });
+        }
+        // Loaded once per process; clap keeps borrowed defaults.
+        let value: &'static str = Box::leak(value.clone().into_boxed_str());
+        command = apply(command, name, value);
+    }
+    Ok(command)
+}
+
 impl ServeArgs {
     /// Validates the settings into a [`Config`].
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -303,7 +480,16 @@ impl ServeArgs {
         Ok(Config {
             listen: SocketAddr::new(self.host, self.port),
             jwt,
-            database: match self.db_url.filter(|s| !s.is_empty()) {
+            database: match self.db_url.filter(|s| !s.is_empty()).or_else(|| {
+                let host = self.db_host.filter(|h| !h.is_empty())?;
+                Some(db_url_from_parts(
+                    &host,
+                    self.db_port,
+                    &self.db_user,
+                    self.db_password.as_deref(),
+                    &self.db_name,
+                ))
+            }) {
                 None => None,
                 Some(url) => Some(DatabaseConfig {
                     url,

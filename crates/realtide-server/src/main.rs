@@ -78,7 +78,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = <Cli as clap::CommandFactory>::command();
+    match config::config_file(&args) {
+        Ok(None) => {}
+        Ok(Some(file)) => {
+            command = match config::apply_file(command, &file) {
+                Ok(command) => command,
+                Err(error) => {
+                    eprintln!("realtide: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+        }
+        Err(error) => {
+            eprintln!("realtide: {error}");
+            return ExitCode::from(2);
+        }
+    }
+    let parsed = command
+        .try_get_matches_from(&args)
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help / --version
