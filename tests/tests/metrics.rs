@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use realtide_tests::{HttpResponse, SECRET, Server, Vsn, sign_with, unix_now};
+use realtide_tests::{HttpResponse, PgEnv, SECRET, Server, Vsn, sign_with, unix_now, user_token};
 use serde_json::json;
 
 const METRICS_SECRET: &str = "realtide-metrics-test-secret-0123456789";
@@ -61,6 +61,9 @@ async fn exports_every_series_without_a_database() -> Result<()> {
         "realtide_bytes_out_total",
         "realtide_slow_consumer_disconnects_total",
         "realtide_database_events_total",
+        "realtide_bytes_in_total",
+        "realtide_presence_events_total",
+        "realtide_outbound_queue_frames",
     ] {
         value(&body, name)?;
     }
@@ -155,5 +158,87 @@ async fn metrics_jwt_secret_guards_the_route() -> Result<()> {
     // The guard does not affect the other routes.
     let health = server.http("GET", "/healthcheck", &[]).await?;
     ensure!(health.status == 200, "{health:?}");
+    Ok(())
+}
+
+/// The series a database adds, and the named series moving under real traffic: bytes in,
+/// presence diffs, database events (a `realtime.send` broadcast), the authorization latency
+/// histogram (a private join), and `/api/health`'s database fields.
+#[tokio::test]
+async fn named_series_move_with_a_database() -> Result<()> {
+    let env = PgEnv::start(
+        &[],
+        "create policy all_read on realtime.messages for select to authenticated using (true);
+         create policy all_write on realtime.messages for insert to authenticated with check (true);",
+    )
+    .await?;
+    let server = &env.server;
+    let before = scrape(server, &[]).await?;
+    for name in [
+        "realtide_replication_connected",
+        "realtide_replication_lag_bytes",
+        "realtide_replication_lag_seconds",
+    ] {
+        value(&before, name)?;
+    }
+    ensure!(
+        value(&before, "realtide_replication_connected")? == 1.0,
+        "{before}"
+    );
+    let token = user_token("authenticated", "aaaaaaaa-0000-0000-0000-000000000001");
+    let mut client = env.client(&token).await?;
+    let join_ref = client
+        .send_join(
+            "realtime:metered",
+            &json!({"config": {"private": true, "presence": {"key": "k", "enabled": true}}, "access_token": token}),
+        )
+        .await?;
+    let reply = client.expect_reply("realtime:metered", &join_ref).await?;
+    ensure!(reply.status() == Some("ok"), "{}", reply.raw);
+    client
+        .track(&join_ref, "realtime:metered", json!({"here": true}))
+        .await?;
+    client
+        .expect_event("realtime:metered", "presence_diff")
+        .await?;
+    env.exec("select realtime.send('{\"x\":1}'::jsonb, 'e', 'metered')")
+        .await?;
+    client.next_binary().await?;
+
+    let after = scrape(server, &[]).await?;
+    ensure!(
+        value(&after, "realtide_bytes_in_total")? > value(&before, "realtide_bytes_in_total")?,
+        "bytes in did not move"
+    );
+    ensure!(
+        value(&after, "realtide_presence_events_total")? >= 1.0,
+        "{after}"
+    );
+    ensure!(
+        value(&after, "realtide_database_events_total")? >= 1.0,
+        "{after}"
+    );
+    ensure!(
+        value(&after, "realtide_authorization_seconds_count")? >= 1.0,
+        "{after}"
+    );
+    ensure!(
+        after.contains("realtide_authorization_seconds_bucket{le=\"+Inf\"}"),
+        "{after}"
+    );
+    ensure!(
+        value(&after, "realtide_replication_lag_seconds")? >= 0.0,
+        "{after}"
+    );
+
+    let health = server.http("GET", "/api/health", &[]).await?;
+    let health: serde_json::Value = serde_json::from_str(&health.body)?;
+    ensure!(
+        health.get("database_connected") == Some(&json!(true))
+            && health.get("replication_connected") == Some(&json!(true))
+            && health.get("connections") == Some(&json!(1))
+            && health.get("channels") == Some(&json!(1)),
+        "{health}"
+    );
     Ok(())
 }

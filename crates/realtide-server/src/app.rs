@@ -47,8 +47,11 @@ impl App {
     pub fn new(config: Config) -> Arc<App> {
         let metrics = Arc::new(Metrics::default());
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
-        let postgres = config.database.clone().map(Postgres::new);
-        let exporter = Exporter::new(postgres.is_some());
+        let exporter = Exporter::new(config.database.is_some());
+        let postgres = config
+            .database
+            .clone()
+            .map(|database| Postgres::new(database, exporter.authorization_histogram()));
         Arc::new(App {
             exporter,
             postgres,
@@ -80,13 +83,22 @@ async fn healthcheck() -> &'static str {
 
 /// `GET /api/health`: counters as JSON.
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let database_connected = match &app.postgres {
+        Some(postgres) => Some(postgres.ping().await),
+        None => None,
+    };
+    let snapshot = app.metrics.snapshot();
     Json(serde_json::json!({
         "status": "ok",
         "database_configured": app.config.database.is_some(),
+        "database_connected": database_connected,
+        "connections": snapshot.connections,
+        "channels": snapshot.channels,
+        "replication_lag_seconds": app.postgres.as_ref().map(|_| snapshot.replication_lag_seconds),
         "replication_connected": app.postgres.as_ref().is_some_and(|p| p.replication_connected.load(std::sync::atomic::Ordering::Relaxed)),
         "replication_lag_bytes": app.postgres.as_ref().map(|p| p.lag_bytes()),
         "topics": app.registry.topic_count(),
-        "metrics": app.metrics.snapshot(),
+        "metrics": snapshot,
     }))
 }
 

@@ -208,15 +208,22 @@ $realtide$
 pub struct Authorizer {
     pool: Pool,
     timeout: Duration,
+    latency: metrics::Histogram,
 }
 
 impl Authorizer {
     /// An authorizer over a pool of `size` connections to `url`.
-    pub fn new(url: String, size: usize, timeout: Duration) -> Authorizer {
+    pub fn new(
+        url: String,
+        size: usize,
+        timeout: Duration,
+        latency: metrics::Histogram,
+    ) -> Authorizer {
         let statement_timeout = format!("set statement_timeout = {}", timeout.as_millis());
         Authorizer {
             pool: Pool::with_setup(url, size, statement_timeout),
             timeout,
+            latency,
         }
     }
 
@@ -256,11 +263,7 @@ impl Authorizer {
         };
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, run).await;
-        tracing::debug!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            write,
-            "authorization check"
-        );
+        self.latency.record(started.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(AuthzError::Timeout),
             Ok(Err(error)) => {

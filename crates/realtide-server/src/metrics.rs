@@ -1,6 +1,6 @@
 //! Process-wide counters, updated with relaxed atomics on the hot path.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 /// Counters read by health and metrics endpoints.
 #[derive(Debug, Default)]
@@ -15,10 +15,15 @@ pub struct Metrics {
     database_events: AtomicU64,
     presence_events: AtomicU64,
     bytes_in: AtomicU64,
+    /// Frames queued minus frames taken by writers (frames dropped with a closed connection's
+    /// queue are subtracted when the session ends).
+    queued_frames: AtomicI64,
+    /// Commit-to-delivery delay of the last delivered transaction, in microseconds.
+    replication_delay_micros: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Snapshot {
     /// Open WebSocket connections.
     pub connections: usize,
@@ -40,6 +45,10 @@ pub struct Snapshot {
     pub presence_events: u64,
     /// Bytes of client messages received since start.
     pub bytes_in: u64,
+    /// Frames waiting in outbound queues.
+    pub outbound_queue_frames: u64,
+    /// Seconds between the commit of the last delivered transaction and its delivery.
+    pub replication_lag_seconds: f64,
 }
 
 impl Metrics {
@@ -89,6 +98,24 @@ impl Metrics {
     pub fn add_bytes_in(&self, n: usize) {
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
     }
+    /// `n` frames entered outbound queues.
+    pub fn frames_queued(&self, n: i64) {
+        self.queued_frames.fetch_add(n, Ordering::Relaxed);
+    }
+    /// `n` frames left outbound queues (written, or dropped with their connection).
+    pub fn frames_dequeued(&self, n: i64) {
+        self.queued_frames.fetch_sub(n, Ordering::Relaxed);
+    }
+    /// A transaction committed at `commit_micros` (Unix) was delivered now.
+    pub fn replication_delivered(&self, commit_unix_micros: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let delay = now.saturating_sub(commit_unix_micros).max(0);
+        self.replication_delay_micros
+            .store(delay.unsigned_abs(), Ordering::Relaxed);
+    }
     /// Reads every counter.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -102,9 +129,23 @@ impl Metrics {
             database_events: self.database_events.load(Ordering::Relaxed),
             presence_events: self.presence_events.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            outbound_queue_frames: self
+                .queued_frames
+                .load(Ordering::Relaxed)
+                .max(0)
+                .unsigned_abs(),
+            replication_lag_seconds: self.replication_delay_micros.load(Ordering::Relaxed) as f64
+                / 1e6,
         }
     }
 }
+
+/// The authorization latency histogram's name.
+const AUTHORIZATION_SECONDS: &str = "realtide_authorization_seconds";
+/// Its buckets, in seconds.
+const AUTHORIZATION_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// Database-side values read at scrape time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +171,11 @@ pub struct Exporter {
     bytes_out: metrics::Counter,
     slow_consumer_disconnects: metrics::Counter,
     database_events: metrics::Counter,
-    replication: Option<(metrics::Gauge, metrics::Gauge)>,
+    bytes_in: metrics::Counter,
+    presence_events: metrics::Counter,
+    outbound_queue_frames: metrics::Gauge,
+    authorization: metrics::Histogram,
+    replication: Option<(metrics::Gauge, metrics::Gauge, metrics::Gauge)>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -142,8 +187,18 @@ impl std::fmt::Debug for Exporter {
 impl Exporter {
     /// Registers every series; the replication series only when a database is configured.
     pub fn new(database: bool) -> Exporter {
-        use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        use metrics::{
+            Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+        };
+        let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+        // Buckets (not a summary) so that latencies aggregate across processes.
+        let builder = builder
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(AUTHORIZATION_SECONDS.into()),
+                &AUTHORIZATION_BUCKETS,
+            )
+            .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             describe_gauge!("realtide_connections", "Open WebSocket connections.");
@@ -165,7 +220,30 @@ impl Exporter {
                 "realtide_database_events_total",
                 "postgres_changes messages delivered."
             );
+            describe_counter!(
+                "realtide_bytes_in_total",
+                Unit::Bytes,
+                "Bytes of client messages received."
+            );
+            describe_counter!(
+                "realtide_presence_events_total",
+                "Presence diffs delivered to subscribers."
+            );
+            describe_gauge!(
+                "realtide_outbound_queue_frames",
+                "Frames waiting in the connections' outbound queues."
+            );
+            describe_histogram!(
+                AUTHORIZATION_SECONDS,
+                Unit::Seconds,
+                "Private channel authorization checks (RLS on realtime.messages)."
+            );
             let replication = database.then(|| {
+                describe_gauge!(
+                    "realtide_replication_lag_seconds",
+                    Unit::Seconds,
+                    "Commit-to-delivery delay of the last delivered transaction."
+                );
                 describe_gauge!(
                     "realtide_replication_connected",
                     "1 while the logical replication stream is connected."
@@ -178,6 +256,7 @@ impl Exporter {
                 (
                     gauge!("realtide_replication_connected"),
                     gauge!("realtide_replication_lag_bytes"),
+                    gauge!("realtide_replication_lag_seconds"),
                 )
             });
             Exporter {
@@ -191,9 +270,18 @@ impl Exporter {
                 bytes_out: counter!("realtide_bytes_out_total"),
                 slow_consumer_disconnects: counter!("realtide_slow_consumer_disconnects_total"),
                 database_events: counter!("realtide_database_events_total"),
+                bytes_in: counter!("realtide_bytes_in_total"),
+                presence_events: counter!("realtide_presence_events_total"),
+                outbound_queue_frames: gauge!("realtide_outbound_queue_frames"),
+                authorization: histogram!(AUTHORIZATION_SECONDS),
                 replication,
             }
         })
+    }
+
+    /// The authorization latency histogram (recorded by the authorizer).
+    pub fn authorization_histogram(&self) -> metrics::Histogram {
+        self.authorization.clone()
     }
 
     /// Copies the current values in and renders the Prometheus text exposition.
@@ -213,9 +301,14 @@ impl Exporter {
         self.slow_consumer_disconnects
             .absolute(snapshot.slow_consumer_disconnects);
         self.database_events.absolute(snapshot.database_events);
-        if let (Some((connected, lag)), Some(sample)) = (&self.replication, replication) {
+        self.bytes_in.absolute(snapshot.bytes_in);
+        self.presence_events.absolute(snapshot.presence_events);
+        self.outbound_queue_frames
+            .set(snapshot.outbound_queue_frames as f64);
+        if let (Some((connected, lag, seconds)), Some(sample)) = (&self.replication, replication) {
             connected.set(if sample.connected { 1.0 } else { 0.0 });
             lag.set(sample.lag_bytes as f64);
+            seconds.set(snapshot.replication_lag_seconds);
         }
         self.handle.render()
     }
@@ -254,12 +347,22 @@ mod tests {
             "realtide_database_events_total 0",
             "realtide_replication_connected 1",
             "realtide_replication_lag_bytes 7",
+            "realtide_bytes_in_total 0",
+            "realtide_presence_events_total 0",
+            "realtide_outbound_queue_frames 0",
+            "realtide_replication_lag_seconds 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "{line} missing in:\n{text}"
             );
         }
+        exporter.authorization_histogram().record(0.002);
+        let text = exporter.render(metrics.snapshot(), 3, None);
+        assert!(
+            text.contains("realtide_authorization_seconds_bucket{le=\"0.0025\"} 1"),
+            "{text}"
+        );
         // A second exporter (another App in the same process) is independent.
         let other = Exporter::new(false).render(Snapshot::default(), 0, None);
         assert!(other.contains("realtide_connections 0"), "{other}");

@@ -63,6 +63,8 @@ pub struct OutboxLimits {
 
 #[derive(Debug)]
 struct Shared {
+    /// Process-wide counters (queued frames for the queue-depth gauge).
+    metrics: Arc<Metrics>,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     overflowed: CancellationToken,
@@ -83,9 +85,10 @@ pub struct OutboxReceiver {
 }
 
 /// Creates a bounded outbound queue.
-pub fn outbox(limits: OutboxLimits) -> (Outbox, OutboxReceiver) {
+pub fn outbox(limits: OutboxLimits, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(limits.messages.max(1));
     let shared = Arc::new(Shared {
+        metrics,
         queued_bytes: AtomicUsize::new(0),
         max_bytes: limits.bytes,
         overflowed: CancellationToken::new(),
@@ -114,7 +117,10 @@ impl Outbox {
             return false;
         }
         match self.tx.try_send(frame) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.shared.metrics.frames_queued(1);
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
                 self.shared.overflowed.cancel();
@@ -182,12 +188,17 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             },
         };
         let mut closing = encode_into(&mut batch, &first, &queue.shared);
+        let mut frames = 1;
         while !closing && batch.len() < WRITE_BATCH {
             match queue.rx.try_recv() {
-                Ok(frame) => closing = encode_into(&mut batch, &frame, &queue.shared),
+                Ok(frame) => {
+                    closing = encode_into(&mut batch, &frame, &queue.shared);
+                    frames += 1;
+                }
                 Err(_) => break,
             }
         }
+        metrics.frames_dequeued(frames);
         let written = tokio::select! {
             biased;
             () = overflowed.cancelled() => break,
@@ -203,6 +214,13 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             break;
         }
     }
+    // Frames still queued will never be written: take them out of the queue-depth gauge.
+    queue.rx.close();
+    let mut left = 0;
+    while queue.rx.try_recv().is_ok() {
+        left += 1;
+    }
+    metrics.frames_dequeued(left);
     if overflowed.is_cancelled() {
         metrics.slow_consumer_disconnect();
         tracing::info!("closing slow consumer");
@@ -264,19 +282,28 @@ mod tests {
 
     #[test]
     fn overflow_by_bytes_and_messages() {
-        let (outbox, _rx) = outbox(OutboxLimits {
-            messages: 2,
-            bytes: 10,
-        });
+        let metrics = Arc::new(Metrics::default());
+        let (outbox, _rx) = outbox(
+            OutboxLimits {
+                messages: 2,
+                bytes: 10,
+            },
+            metrics.clone(),
+        );
         assert!(outbox.push(OutFrame::Text(Bytes::from_static(b"12345"))));
         assert!(!outbox.push(OutFrame::Text(Bytes::from_static(b"123456"))));
         assert!(outbox.overflowed().is_cancelled());
-        let (outbox, _rx) = super::outbox(OutboxLimits {
-            messages: 1,
-            bytes: 1000,
-        });
+        let (outbox, _rx) = super::outbox(
+            OutboxLimits {
+                messages: 1,
+                bytes: 1000,
+            },
+            metrics.clone(),
+        );
         assert!(outbox.push(OutFrame::Text(Bytes::from_static(b"a"))));
         assert!(!outbox.push(OutFrame::Text(Bytes::from_static(b"b"))));
         assert!(outbox.overflowed().is_cancelled());
+        // Two frames were queued in all (none written).
+        assert_eq!(metrics.snapshot().outbound_queue_frames, 2);
     }
 }

@@ -31,17 +31,20 @@ pub struct Postgres {
     pub confirmed_lsn: AtomicU64,
     /// Latest WAL end the server reported.
     pub server_lsn: AtomicU64,
+    /// Commit time (Unix microseconds) of the newest transaction in the pending batch.
+    pub batch_commit_micros: std::sync::atomic::AtomicI64,
 }
 
 impl Postgres {
     /// Lazily connecting state; nothing touches the network until used.
-    pub fn new(config: DatabaseConfig) -> Arc<Postgres> {
+    pub fn new(config: DatabaseConfig, authorization_seconds: metrics::Histogram) -> Arc<Postgres> {
         let pool = Arc::new(Pool::new(config.url.clone(), config.pool_size));
         Arc::new(Postgres {
             authorizer: Authorizer::new(
                 config.url.clone(),
                 config.authorization_pool_size,
                 config.authorization_timeout,
+                authorization_seconds,
             ),
             schema_ready: AtomicBool::new(false),
             catalog: Catalog::new(pool.clone()),
@@ -51,7 +54,20 @@ impl Postgres {
             replication_connected: AtomicBool::new(false),
             confirmed_lsn: AtomicU64::new(0),
             server_lsn: AtomicU64::new(0),
+            batch_commit_micros: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// Whether a query connection answers `select 1` within two seconds.
+    pub async fn ping(&self) -> bool {
+        let check = async {
+            let client = self.pool.client().await.ok()?;
+            client.simple_query("select 1").await.ok()
+        };
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), check).await,
+            Ok(Some(_))
+        )
     }
 
     /// Replication lag in bytes (server WAL end minus confirmed position).

@@ -40,6 +40,9 @@ pub enum ReplicationError {
     Ended,
 }
 
+/// 2000-01-01 (PostgreSQL's epoch) in Unix microseconds.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
 /// Committed changes are delivered at most this long after the first of them arrived, so
 /// that busy streams are delivered in batches (one RLS round trip per claims group and batch).
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
@@ -369,6 +372,13 @@ async fn session(
                 replayed = begin.final_lsn < resume;
                 commit_timestamp =
                     Arc::from(pgoutput::format_commit_timestamp(begin.commit_time_micros));
+                // pgoutput counts from 2000-01-01.
+                postgres.batch_commit_micros.store(
+                    begin
+                        .commit_time_micros
+                        .saturating_add(POSTGRES_EPOCH_MICROS),
+                    Ordering::Relaxed,
+                );
             }
             LogicalMessage::Commit(commit) => {
                 in_transaction = false;
@@ -512,6 +522,7 @@ async fn flush(
     };
     limits.db_events.add(delivered as u64);
     metrics.database_events(delivered as u64);
+    metrics.replication_delivered(postgres.batch_commit_micros.load(Ordering::Relaxed));
     batch.clear();
     *batch_end = None;
     stream.confirm(end).await?;

@@ -218,7 +218,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (outbox, queue) = outbox::outbox(app.config.outbox);
+    let (outbox, queue) = outbox::outbox(app.config.outbox, app.metrics.clone());
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::spawn(outbox::run_writer(write_half, queue, app.metrics.clone()));
 
