@@ -144,9 +144,20 @@ async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
 /// `Server requested disconnect` and closes with 1012, within a deadline.
 pub async fn serve(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = app.shutdown.clone();
-    axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let stop = async move { shutdown.cancelled().await };
+    match app.config.tls.clone() {
+        None => {
+            axum::serve(listener, router(app.clone()))
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls.acceptor)?;
+            axum::serve(listener, router(app.clone()))
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+    }
     // axum's graceful shutdown does not cover upgraded sockets: sessions watch the same token.
     app.tasks.close();
     if tokio::time::timeout(SHUTDOWN_DEADLINE, app.tasks.wait())

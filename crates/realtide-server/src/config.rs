@@ -151,6 +151,12 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// PEM certificate chain: with TLS_KEY, realtide serves HTTPS and WSS itself.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of TLS_CERT.
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// When set, `GET /metrics` requires `Authorization: Bearer <JWT>` signed (HS256/384/512)
     /// with this secret and carrying `role` and `exp`.
     #[arg(long, env = "METRICS_JWT_SECRET", hide_env_values = true)]
@@ -186,6 +192,21 @@ pub struct Config {
     pub metrics_jwt: Option<JwtVerifier>,
     /// Rate and count limits.
     pub limits: crate::limits::LimitSettings,
+    /// Native TLS, when TLS_CERT and TLS_KEY are set.
+    pub tls: Option<Tls>,
+}
+
+/// A loaded TLS certificate and key.
+#[derive(Clone)]
+pub struct Tls {
+    /// The acceptor built from them.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
 }
 
 /// Where and how postgres_changes are read.
@@ -233,6 +254,12 @@ pub enum ConfigError {
     /// METRICS_JWT_SECRET is invalid.
     #[error("invalid METRICS_JWT_SECRET: {0}")]
     MetricsJwt(#[source] realtide_auth::ConfigError),
+    /// Only one of TLS_CERT and TLS_KEY is set.
+    #[error("TLS_CERT and TLS_KEY must be set together")]
+    TlsPair,
+    /// The certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// LOG_FORMAT is not text or json.
     #[error("LOG_FORMAT must be `text` or `json`")]
     LogFormat,
@@ -469,6 +496,13 @@ impl ServeArgs {
                 Some(JwtVerifier::new(Some(&secret), None, None).map_err(ConfigError::MetricsJwt)?)
             }
         };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(Tls {
+                acceptor: crate::tls::acceptor(&cert, &key)?,
+            }),
+            _ => return Err(ConfigError::TlsPair),
+        };
         let max_payload_bytes = usize::try_from(self.max_payload_size_in_kb)
             .ok()
             .and_then(|kb| kb.checked_mul(1000))
@@ -528,6 +562,7 @@ impl ServeArgs {
             },
             json_logs,
             metrics_jwt,
+            tls,
             limits: crate::limits::LimitSettings {
                 events_per_second: self.max_events_per_second,
                 joins_per_second: self.max_joins_per_second,

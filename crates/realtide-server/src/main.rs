@@ -20,6 +20,7 @@
 //! - [`metrics`]: process-wide counters.
 //! - [`limits`]: rate counters, connection/user counts and the presence call window.
 //! - [`token`]: the `realtide token` command.
+//! - [`tls`]: native TLS for the listener (`TLS_CERT`, `TLS_KEY`).
 //! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
 
 mod api;
@@ -44,6 +45,7 @@ mod replication;
 mod schema;
 mod session;
 mod socket;
+mod tls;
 mod token;
 
 use std::process::ExitCode;
@@ -193,7 +195,7 @@ pub(crate) async fn serve_on(
     });
     // Tests and scripts read the actual port from this line.
     println!("realtide listening on {local}");
-    tracing::info!(addr = %local, "listening");
+    tracing::info!(addr = %local, tls = app.config.tls.is_some(), "listening");
     app::serve(app, listener).await?;
     tracing::info!("stopped");
     Ok(())
