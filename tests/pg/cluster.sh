@@ -36,18 +36,42 @@ case "${1:-}" in
     chmod 755 "$dir"
     [ "$(id -u)" = 0 ] && chown postgres "$dir"
     as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1
+    ssl_opts=""
+    if [ "${PG_SSL:-0}" = 1 ]; then
+      # TCP only over TLS, with a throwaway self-signed certificate for 127.0.0.1; the Unix
+      # socket stays open for the tests' own setup connections.
+      # A test CA (<dir>/ca.crt) signs the server certificate for 127.0.0.1.
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=realtide-test-ca -keyout "$dir/ca.key" -out "$dir/ca.crt" >/dev/null 2>&1
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj /CN=127.0.0.1 -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1
+      printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+      openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 1 -extfile "$dir/server.ext" -out "$dir/server.crt" >/dev/null 2>&1
+      chmod 600 "$dir/server.key"
+      [ "$(id -u)" = 0 ] && chown postgres "$dir/server.key" "$dir/server.crt"
+      cat >"$dir/data/pg_hba.conf" <<HBA
+local all all trust
+local replication all trust
+hostssl all all 127.0.0.1/32 trust
+hostssl replication all 127.0.0.1/32 trust
+hostnossl all all 127.0.0.1/32 reject
+hostnossl replication all 127.0.0.1/32 reject
+HBA
+      ssl_opts="-c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key"
+    fi
     for attempt in 1 2 3 4 5; do
       port="$(free_port)"
       if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o \
         "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical \
          -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=300 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC" >/dev/null 2>&1; then
+         -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC $ssl_opts" >/dev/null 2>&1; then
         break
       fi
       port=""
     done
     [ -n "$port" ] || { echo "cluster.sh: postgres did not start (see $dir/server.log)" >&2; exit 1; }
-    "$bin/psql" -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -f "$here/../../crates/realtide-server/sql/supabase.sql" >/dev/null
+    "$bin/psql" -q -X -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres -f "$here/../../crates/realtide-server/sql/supabase.sql" >/dev/null
     echo "DB_URL=postgres://postgres@127.0.0.1:$port/postgres"
     echo "PG_DIR=$dir"
     ;;

@@ -1216,6 +1216,9 @@ fn reap_orphan_clusters(script: &std::path::Path) {
 pub struct PgCluster {
     /// `postgres://postgres@127.0.0.1:<port>/postgres`
     pub url: String,
+    /// TCP connections must use TLS (`hostssl` only); the test's own connections then go
+    /// through the Unix socket in [`PgCluster::dir`].
+    pub ssl: bool,
     /// The cluster directory (`/tmp/realtide-pg.*`); the data directory is `<dir>/data`.
     pub dir: PathBuf,
 }
@@ -1223,11 +1226,22 @@ pub struct PgCluster {
 impl PgCluster {
     /// Starts a new cluster.
     pub async fn start() -> Result<PgCluster> {
+        PgCluster::start_with(false).await
+    }
+
+    /// Starts a cluster that accepts TCP connections only over TLS (certificate for
+    /// `127.0.0.1` signed by the test CA `<dir>/ca.crt`).
+    pub async fn start_ssl() -> Result<PgCluster> {
+        PgCluster::start_with(true).await
+    }
+
+    async fn start_with(ssl: bool) -> Result<PgCluster> {
         let script = cluster_script()?;
         reap_orphan_clusters(&script);
         let output = Command::new("bash")
             .arg(&script)
             .arg("start")
+            .env("PG_SSL", if ssl { "1" } else { "0" })
             .stdin(Stdio::null())
             .output()
             .await
@@ -1256,14 +1270,32 @@ impl PgCluster {
                 String::from_utf8_lossy(&output.stderr)
             );
         };
-        Ok(PgCluster { url, dir })
+        Ok(PgCluster { url, ssl, dir })
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> Result<u16> {
+        self.url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|port| port.parse().ok())
+            .context("no port in the cluster URL")
     }
 
     /// A new SQL connection (driven on a background task).
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+        let target = if self.ssl {
+            format!(
+                "host={} port={} user=postgres dbname=postgres",
+                self.dir.display(),
+                self.port()?
+            )
+        } else {
+            self.url.clone()
+        };
+        let (client, connection) = tokio_postgres::connect(&target, tokio_postgres::NoTls)
             .await
-            .with_context(|| format!("connecting to {}", self.url))?;
+            .with_context(|| format!("connecting to {target}"))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

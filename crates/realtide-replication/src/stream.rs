@@ -19,7 +19,6 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, Scr
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::lsn::Lsn;
 use crate::pgoutput::{
@@ -27,17 +26,26 @@ use crate::pgoutput::{
 };
 
 /// Where and what to stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ReplicationConfig {
     /// libpq URL `postgres://user:password@host:port/database` (`postgresql://` too;
     /// percent-encoded user and password; port defaults to 5432, database to the user;
-    /// `sslmode` absent, `disable`, `allow` or `prefer`, since TLS is not supported yet).
+    /// `sslmode` absent, `disable`, `allow` or `prefer` for plain TCP; `require`, `verify-ca` or
+    /// `verify-full` make TLS mandatory and need [`ReplicationConfig::tls`]).
     pub conn: String,
     /// Logical replication slot name (`[a-z0-9_]{1,63}`); created persistent if absent.
     pub slot: String,
     /// Publications to stream (created by the caller over a normal connection).
     pub publications: Vec<String>,
+    /// TLS: when set, the connection must be encrypted (the caller's connector decides how the
+    /// server certificate is checked). `sslmode=require` in the URL needs it too.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 }
+
+/// The connection's byte stream: plain TCP or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
+type BoxIo = Box<dyn Io>;
 
 /// Why the replication connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +120,8 @@ pub enum WalMessage {
 /// is written by the next call, so the stream never sees half a message.
 #[derive(Debug)]
 pub struct ReplicationStream {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: tokio::io::ReadHalf<BoxIo>,
+    writer: tokio::io::WriteHalf<BoxIo>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// Highest position confirmed to the server (starts at the slot's `confirmed_flush_lsn`).
@@ -136,7 +144,7 @@ pub async fn connect(cfg: &ReplicationConfig) -> Result<ReplicationStream, Strea
     {
         return Err(StreamError::Config("invalid publication name".into()));
     }
-    let mut conn = Conn::connect(&url).await?;
+    let mut conn = Conn::connect(&url, cfg.tls.as_ref()).await?;
 
     let confirmed = ensure_slot(&mut conn, &cfg.slot).await?;
 
@@ -166,7 +174,7 @@ pub async fn connect(cfg: &ReplicationConfig) -> Result<ReplicationStream, Strea
         }
     }
     let Conn { stream, rbuf } = conn;
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = tokio::io::split(stream);
     Ok(ReplicationStream {
         reader,
         writer,
@@ -436,6 +444,8 @@ fn quote_literal(s: &str) -> String {
 /// The parts of a libpq URL this client uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ConnUrl {
+    /// `sslmode=require` (or stricter) was given.
+    require_tls: bool,
     user: String,
     password: Option<String>,
     host: String,
@@ -505,15 +515,17 @@ impl ConnUrl {
         } else {
             decode(path)?
         };
+        let mut require_tls = false;
         for pair in query.unwrap_or_default().split('&') {
             let mode = pair.strip_prefix("sslmode=").unwrap_or("disable");
-            if !matches!(mode, "disable" | "allow" | "prefer") {
-                return Err(bad(&format!(
-                    "sslmode={mode} is not supported (no TLS yet)"
-                )));
+            match mode {
+                "disable" | "allow" | "prefer" => {}
+                "require" | "verify-ca" | "verify-full" => require_tls = true,
+                other => return Err(bad(&format!("sslmode={other} is not supported"))),
             }
         }
         Ok(ConnUrl {
+            require_tls,
             user,
             password,
             host,
@@ -525,16 +537,44 @@ impl ConnUrl {
 
 /// The connection before streaming: startup, authentication and simple queries.
 struct Conn {
-    stream: TcpStream,
+    stream: BoxIo,
     rbuf: BytesMut,
 }
+
+/// `SSLRequest`: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 type Row = Vec<Option<String>>;
 
 impl Conn {
-    async fn connect(url: &ConnUrl) -> Result<Conn, StreamError> {
-        let stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
-        stream.set_nodelay(true)?;
+    async fn connect(
+        url: &ConnUrl,
+        tls: Option<&std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> Result<Conn, StreamError> {
+        let mut tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream: BoxIo = match tls {
+            None if url.require_tls => {
+                return Err(StreamError::Config(
+                    "sslmode requires TLS, but no TLS settings were given".into(),
+                ));
+            }
+            None => Box::new(tcp),
+            Some(config) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                tcp.write_all(&SSL_REQUEST).await?;
+                let mut answer = [0u8; 1];
+                tcp.read_exact(&mut answer).await?;
+                if answer != *b"S" {
+                    return Err(StreamError::Config(
+                        "the server does not accept TLS connections".into(),
+                    ));
+                }
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(url.host.clone())
+                    .map_err(|e| StreamError::Config(format!("TLS server name: {e}")))?;
+                Box::new(connector.connect(name, tcp).await?)
+            }
+        };
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -729,6 +769,7 @@ mod tests {
         assert_eq!(
             u.ok(),
             Some(ConnUrl {
+                require_tls: false,
                 user: "al@ice".into(),
                 password: Some("p:ss".into()),
                 host: "127.0.0.1".into(),
@@ -742,7 +783,8 @@ mod tests {
         assert_eq!(u.as_ref().map(|u| u.database.as_str()), Some("bob"));
         assert!(ConnUrl::parse("mysql://x").is_err());
         assert!(ConnUrl::parse("postgres://x@h:notaport/db").is_err());
-        assert!(ConnUrl::parse("postgres://x@h/db?sslmode=require").is_err());
+        assert!(ConnUrl::parse("postgres://x@h/db?sslmode=require").is_ok_and(|u| u.require_tls));
+        assert!(ConnUrl::parse("postgres://x@h/db?sslmode=bogus").is_err());
     }
 
     #[test]

@@ -237,6 +237,7 @@ async fn stream_confirm_and_resume() {
         ),
         slot: "rt_resume".into(),
         publications: vec!["pub".into()],
+        tls: None,
     };
 
     // first connect creates a persistent slot (SCRAM-SHA-256 authentication)
@@ -331,6 +332,7 @@ async fn auth_methods_and_slot_checks() {
             conn: pg.url(user, password),
             slot: format!("slot_{user}"),
             publications: vec!["pub".into()],
+            tls: None,
         };
         let s = connect(&cfg)
             .await
@@ -346,6 +348,7 @@ async fn auth_methods_and_slot_checks() {
             conn: pg.url(user, password),
             slot: "never".into(),
             publications: vec!["pub".into()],
+            tls: None,
         };
         let Err(err) = connect(&cfg).await else {
             panic!("{user}: wrong password accepted")
@@ -358,6 +361,7 @@ async fn auth_methods_and_slot_checks() {
         conn: pg.url("scramuser", "scrampw"),
         slot: "other".into(),
         publications: vec!["pub".into()],
+        tls: None,
     };
     assert!(matches!(
         connect(&cfg).await,
@@ -368,6 +372,7 @@ async fn auth_methods_and_slot_checks() {
         conn: pg.url("scramuser", "scrampw"),
         slot: "slot_nopub".into(),
         publications: vec!["missing".into()],
+        tls: None,
     };
     let mut s = connect_retry(&cfg).await;
     pg.psql("INSERT INTO t VALUES (1)");

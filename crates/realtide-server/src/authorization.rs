@@ -215,13 +215,14 @@ impl Authorizer {
     /// An authorizer over a pool of `size` connections to `url`.
     pub fn new(
         url: String,
+        tls: Option<std::sync::Arc<crate::database::TlsConfig>>,
         size: usize,
         timeout: Duration,
         latency: metrics::Histogram,
     ) -> Authorizer {
         let statement_timeout = format!("set statement_timeout = {}", timeout.as_millis());
         Authorizer {
-            pool: Pool::with_setup(url, size, statement_timeout),
+            pool: Pool::with_setup(url, tls, size, statement_timeout),
             timeout,
             latency,
         }

@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// PostgreSQL database.
     #[arg(long, env = "DB_NAME", default_value = "postgres")]
     pub db_name: String,
+    /// Require TLS to PostgreSQL (query and replication connections).
+    #[arg(long, env = "DB_SSL", default_value_t = false)]
+    pub db_ssl: bool,
+    /// PEM CA certificate(s) to verify PostgreSQL's certificate and host name; without it TLS
+    /// encrypts but does not verify (libpq's sslmode=require).
+    #[arg(long, env = "DB_SSL_CA_CERT")]
+    pub db_ssl_ca_cert: Option<std::path::PathBuf>,
     /// Publication whose tables stream postgres_changes (created empty when absent).
     #[arg(long, env = "PUBLICATION", default_value = "supabase_realtime")]
     pub publication: String,
@@ -222,6 +229,8 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Record size limit.
     pub max_record_bytes: usize,
+    /// TLS to PostgreSQL, when required.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
     /// Authorization pool size.
     pub authorization_pool_size: usize,
     /// Authorization check deadline.
@@ -254,6 +263,9 @@ pub enum ConfigError {
     /// METRICS_JWT_SECRET is invalid.
     #[error("invalid METRICS_JWT_SECRET: {0}")]
     MetricsJwt(#[source] realtide_auth::ConfigError),
+    /// DB_SSL_CA_CERT is unusable.
+    #[error("invalid database TLS settings: {0}")]
+    DbTls(String),
     /// Only one of TLS_CERT and TLS_KEY is set.
     #[error("TLS_CERT and TLS_KEY must be set together")]
     TlsPair,
@@ -526,6 +538,17 @@ impl ServeArgs {
             }) {
                 None => None,
                 Some(url) => Some(DatabaseConfig {
+                    tls: if self.db_ssl
+                        || self.db_ssl_ca_cert.is_some()
+                        || crate::postgres_tls::url_requires_tls(&url)
+                    {
+                        Some(
+                            crate::postgres_tls::client_config(self.db_ssl_ca_cert.as_deref())
+                                .map_err(ConfigError::DbTls)?,
+                        )
+                    } else {
+                        None
+                    },
                     url,
                     publication: nonempty("PUBLICATION", self.publication)?,
                     slot: slot_name(self.slot_name)?,

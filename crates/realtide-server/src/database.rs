@@ -92,6 +92,8 @@ impl DbError {
 #[derive(Debug)]
 pub struct Pool {
     url: String,
+    /// TLS to PostgreSQL, when required.
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     /// Extra session settings run on each new connection.
     setup: Option<String>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
@@ -100,18 +102,24 @@ pub struct Pool {
 
 impl Pool {
     /// A pool of `size` lazily opened connections.
-    pub fn new(url: String, size: usize) -> Pool {
-        Pool::build(url, size, None)
+    pub fn new(url: String, tls: Option<Arc<TlsConfig>>, size: usize) -> Pool {
+        Pool::build(url, tls, size, None)
     }
 
     /// A pool whose connections also run `setup` (e.g. a statement timeout) when opened.
-    pub fn with_setup(url: String, size: usize, setup: String) -> Pool {
-        Pool::build(url, size, Some(setup))
+    pub fn with_setup(
+        url: String,
+        tls: Option<Arc<TlsConfig>>,
+        size: usize,
+        setup: String,
+    ) -> Pool {
+        Pool::build(url, tls, size, Some(setup))
     }
 
-    fn build(url: String, size: usize, setup: Option<String>) -> Pool {
+    fn build(url: String, tls: Option<Arc<TlsConfig>>, size: usize, setup: Option<String>) -> Pool {
         Pool {
             url,
+            tls,
             setup,
             slots: (0..size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
@@ -140,7 +148,7 @@ impl Pool {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let client = connect(&self.url).await?;
+        let client = connect(&self.url, self.tls.as_ref()).await?;
         if let Some(setup) = &self.setup {
             client
                 .batch_execute(setup)
@@ -157,16 +165,39 @@ impl Pool {
     }
 }
 
-/// Opens one connection and drives it on a background task.
-pub async fn connect(url: &str) -> Result<Client, DbError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(DbError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "database connection ended");
+/// TLS settings for PostgreSQL connections.
+pub type TlsConfig = tokio_rustls::rustls::ClientConfig;
+
+/// Opens one connection (over TLS when `tls` is given; TLS is then required) and drives it on
+/// a background task.
+pub async fn connect(url: &str, tls: Option<&Arc<TlsConfig>>) -> Result<Client, DbError> {
+    let client = match tls {
+        None => {
+            let (client, connection) = tokio_postgres::connect(url, NoTls)
+                .await
+                .map_err(DbError::Connect)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "database connection ended");
+                }
+            });
+            client
         }
-    });
+        Some(tls) => {
+            let mut config: tokio_postgres::Config = url.parse().map_err(DbError::Connect)?;
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, connection) = config
+                .connect(crate::postgres_tls::MakeRustls::new(tls.clone()))
+                .await
+                .map_err(DbError::Connect)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "database connection ended");
+                }
+            });
+            client
+        }
+    };
     client
         // JIT compiling the small per-subscriber visibility queries costs far more than it saves.
         .batch_execute("set application_name = 'realtide'; set time zone 'UTC'; set jit = off")

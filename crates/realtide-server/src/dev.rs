@@ -275,7 +275,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
     crate::init_logs(config.json_logs);
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
-        let client = crate::database::connect(&db_url).await?;
+        let client = crate::database::connect(&db_url, None).await?;
         client
             .batch_execute(SUPABASE_SQL)
             .await

@@ -20,6 +20,7 @@
 //! - [`metrics`]: process-wide counters.
 //! - [`limits`]: rate counters, connection/user counts and the presence call window.
 //! - [`token`]: the `realtide token` command.
+//! - [`postgres_tls`]: TLS to PostgreSQL (`DB_SSL`).
 //! - [`tls`]: native TLS for the listener (`TLS_CERT`, `TLS_KEY`).
 //! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
 
@@ -38,6 +39,7 @@ mod limits;
 mod metrics;
 mod outbox;
 mod postgres;
+mod postgres_tls;
 mod presence;
 mod registry;
 mod replay;

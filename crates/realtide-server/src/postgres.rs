@@ -38,10 +38,15 @@ pub struct Postgres {
 impl Postgres {
     /// Lazily connecting state; nothing touches the network until used.
     pub fn new(config: DatabaseConfig, authorization_seconds: metrics::Histogram) -> Arc<Postgres> {
-        let pool = Arc::new(Pool::new(config.url.clone(), config.pool_size));
+        let pool = Arc::new(Pool::new(
+            config.url.clone(),
+            config.tls.clone(),
+            config.pool_size,
+        ));
         Arc::new(Postgres {
             authorizer: Authorizer::new(
                 config.url.clone(),
+                config.tls.clone(),
                 config.authorization_pool_size,
                 config.authorization_timeout,
                 authorization_seconds,

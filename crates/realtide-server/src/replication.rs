@@ -275,11 +275,17 @@ async fn session(
             postgres.config.publication.clone(),
             schema::MESSAGES_PUBLICATION.to_owned(),
         ],
+        tls: postgres.config.tls.clone(),
     };
     let connecting = async {
         if !postgres.schema_ready.load(Ordering::Relaxed) {
             // The messages publication must exist before the slot streams it.
-            schema::migrate(&postgres.config.url, postgres.config.messages_retention).await?;
+            schema::migrate(
+                &postgres.config.url,
+                postgres.config.tls.as_ref(),
+                postgres.config.messages_retention,
+            )
+            .await?;
             postgres.schema_ready.store(true, Ordering::Relaxed);
         }
         ensure_publication(postgres).await?;

@@ -31,8 +31,12 @@ pub const MESSAGES_PUBLICATION: &str = "realtide_messages";
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Applies the pending migrations, the grants, and today's partitions.
-pub async fn migrate(url: &str, retention: Duration) -> Result<Vec<i32>, DbError> {
-    let mut client = database::connect(url).await?;
+pub async fn migrate(
+    url: &str,
+    tls: Option<&std::sync::Arc<database::TlsConfig>>,
+    retention: Duration,
+) -> Result<Vec<i32>, DbError> {
+    let mut client = database::connect(url, tls).await?;
     // `if not exists` notices are expected on every start.
     client
         .batch_execute("set client_min_messages = warning")
