@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use realtide_loadgen::client::{Endpoint, SourceAddrs};
 use realtide_loadgen::scenario::postgres_changes::{self, PostgresChangesArgs};
+use realtide_loadgen::scenario::{capacity, fanout};
 use realtide_loadgen::{limits, report};
 
 #[derive(Debug, Parser)]
@@ -55,6 +56,24 @@ struct Cli {
 enum Scenario {
     /// Row changes of one RLS table streamed to many users (issue 3 point 5).
     PostgresChanges(PostgresChangesArgs),
+    /// P publishers, T topics, S subscribers per topic.
+    Fanout(fanout::FanoutArgs),
+    /// The reference's chat shape: 1-member echo channel plus a 6-member channel per user.
+    Chat(fanout::ChatArgs),
+    /// N idle joined connections; server memory per connection.
+    Connections(capacity::ConnectionsArgs),
+    /// Join rate and latency, public or private (RLS).
+    Joins(capacity::JoinsArgs),
+    /// M members tracking on one channel: time until everyone sees everyone.
+    Presence(capacity::PresenceArgs),
+    /// `realtime.send` inserts fanned out through the replication stream.
+    DbBroadcast(capacity::DbBroadcastArgs),
+    /// Run the raw-socket ceiling server (same frames, no server logic) on --port.
+    CeilingServer {
+        /// Port on 127.0.0.1 (0 picks one; the address is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 fn main() -> Result<()> {
@@ -92,8 +111,60 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: &Cli) -> Result<serde_json::Value> {
+    if let Scenario::CeilingServer { port } = &cli.scenario {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", *port)).await?;
+        realtide_loadgen::ceiling::serve(listener).await?;
+        return Ok(serde_json::Value::Null);
+    }
     let endpoint = Endpoint::parse(&cli.server_url)?;
     let sources = SourceAddrs::loopback(cli.source_addrs, &endpoint.addr);
+    let token = || -> Result<String> {
+        let secret = cli
+            .secret
+            .as_deref()
+            .context("--secret (or JWT_SECRET) is required")?;
+        let now = realtide_loadgen::peer::now_micros() / 1_000_000;
+        Ok(realtide_auth::sign_hs256(
+            &serde_json::json!({"role": "authenticated", "sub": "00000000-0000-4000-8000-000000000001", "iat": now, "exp": now + 24 * 3600}),
+            secret,
+        ))
+    };
+    let concurrency = cli.connect_concurrency;
+    let report = match &cli.scenario {
+        Scenario::Fanout(args) => {
+            let token = if args.protocol == realtide_loadgen::peer::Protocol::Socketio {
+                String::new()
+            } else {
+                token()?
+            };
+            fanout::run(args, &endpoint, &sources, &token, concurrency).await?
+        }
+        Scenario::Chat(args) => {
+            fanout::run_chat(args, &endpoint, &sources, &token()?, concurrency).await?
+        }
+        Scenario::Connections(args) => {
+            let token = if args.protocol == realtide_loadgen::peer::Protocol::Socketio {
+                String::new()
+            } else {
+                token()?
+            };
+            capacity::connections(args, &endpoint, &sources, &token, concurrency).await?
+        }
+        Scenario::Joins(args) => {
+            capacity::joins(args, &endpoint, &sources, &token()?, concurrency).await?
+        }
+        Scenario::Presence(args) => {
+            capacity::presence(args, &endpoint, &sources, &token()?, concurrency).await?
+        }
+        Scenario::DbBroadcast(args) => {
+            capacity::db_broadcast(args, &endpoint, &sources, &token()?, concurrency).await?
+        }
+        Scenario::PostgresChanges(_) | Scenario::CeilingServer { .. } => serde_json::Value::Null,
+    };
+    if !report.is_null() {
+        eprintln!("{}", brief(&report));
+        return Ok(report);
+    }
     match &cli.scenario {
         Scenario::PostgresChanges(args) => {
             let secret = cli
@@ -106,5 +177,37 @@ async fn run(cli: &Cli) -> Result<serde_json::Value> {
             eprintln!("{}", postgres_changes::summary(&report));
             Ok(report)
         }
+        _ => Ok(serde_json::Value::Null),
     }
+}
+
+/// One line for the terminal: the headline figures of any scenario's report.
+fn brief(report: &serde_json::Value) -> String {
+    let pick = |k: &str| report.get(k).map(|v| format!("{k}={v}"));
+    [
+        "scenario",
+        "protocol",
+        "delivered",
+        "expected",
+        "deliveries_per_s",
+        "joins_per_s",
+        "server_bytes_per_connection",
+        "all_consistent",
+        "server_cpu_s",
+    ]
+    .iter()
+    .filter_map(|k| pick(k))
+    .chain(
+        report
+            .get("latency")
+            .or_else(|| report.get("time_to_consistent_ms"))
+            .map(|l| {
+                format!(
+                    "p50={} p99={} max={}",
+                    l["p50_ms"], l["p99_ms"], l["max_ms"]
+                )
+            }),
+    )
+    .collect::<Vec<_>>()
+    .join(" ")
 }
