@@ -273,6 +273,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
     serve.db_url = Some(db_url.clone());
     let config = serve.into_config().map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::init_logs(config.json_logs);
+    crate::raise_open_files();
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let client = crate::database::connect(&db_url, None).await?;

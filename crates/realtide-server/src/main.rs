@@ -132,6 +132,7 @@ fn main() -> ExitCode {
         }
     };
     init_logs(config.json_logs);
+    raise_open_files();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -223,6 +224,21 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard one (and the hard
+/// one too when privileged) so that MAX_CONNECTIONS, not the default 1024, bounds them.
+pub(crate) fn raise_open_files() {
+    let wanted = 1u64 << 20;
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get()
+        && hard < wanted
+    {
+        let _ = rlimit::Resource::NOFILE.set(wanted, wanted);
+    }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
 }
 
