@@ -31,6 +31,11 @@ def cpu(report: dict) -> str:
     return n(report.get("server_cpu_s"), 2)
 
 
+def kernel(report: dict) -> str:
+    total, sys_s = report.get("server_cpu_s"), report.get("server_sys_s")
+    return f"{sys_s / total:.0%}" if total and sys_s is not None else "–"
+
+
 def rss(report: dict) -> str:
     kb = report.get("server_peak_rss_kb")
     return n(kb / 1024, 0) if kb else "–"
@@ -66,13 +71,13 @@ def render(result: dict) -> str:
         f"(offered {n(fr.get('offered_per_s'))} deliveries/s). The ceiling is `realtide-loadgen "
         "ceiling-server`: the same frames written to the same sockets with no server logic.\n"
     )
-    out.append("| server | deliveries/s | delivered / expected | latency p50 / p95 / p99 / max (ms) | server CPU s | CPU µs/delivery | peak RSS MB |")
-    out.append("|---|---:|---:|---|---:|---:|---:|")
+    out.append("| server | deliveries/s | delivered / expected | latency p50 / p95 / p99 / max (ms) | server CPU s | of which kernel | CPU µs/delivery | peak RSS MB | load generator CPU s |")
+    out.append("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for name, rep in [("realtide", fr), ("raw ceiling", fc), ("Socket.IO 4 peer", fs), ("realtide at 80 % rate", f80)]:
         if rep:
             out.append(
                 f"| {name} | **{n(rep.get('deliveries_per_s'))}** | {n(rep.get('delivered'))} / {n(rep.get('expected'))} | "
-                f"{lat(rep)} | {cpu(rep)} | {n(rep.get('server_cpu_us_per_delivery'), 2)} | {rss(rep)} |"
+                f"{lat(rep)} | {cpu(rep)} | {kernel(rep)} | {n(rep.get('server_cpu_us_per_delivery'), 2)} | {rss(rep)} | {n(rep.get('loadgen_cpu_s'), 2)} |"
             )
     out.append("")
 

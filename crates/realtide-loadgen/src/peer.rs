@@ -328,8 +328,9 @@ pub fn payload(size: usize, seq: u64) -> String {
     out
 }
 
-/// Reads `/proc/<pid>/status` `VmRSS` and `VmHWM` in KiB, and `/proc/<pid>/stat` CPU seconds.
-pub fn process_usage(pid: u32) -> Result<(u64, u64, f64)> {
+/// Reads `/proc/<pid>/status` `VmRSS` and `VmHWM` in KiB, and `/proc/<pid>/stat` user and
+/// system CPU seconds.
+pub fn process_usage(pid: u32) -> Result<(u64, u64, f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let field = |name: &str| {
@@ -351,8 +352,12 @@ pub fn process_usage(pid: u32) -> Result<(u64, u64, f64)> {
             .unwrap_or(0.0)
     };
     // utime and stime are fields 14 and 15 (1-based) of stat, i.e. 11 and 12 after the ')'.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    Ok((field("VmRSS:"), field("VmHWM:"), cpu))
+    Ok((
+        field("VmRSS:"),
+        field("VmHWM:"),
+        ticks(11) / 100.0,
+        ticks(12) / 100.0,
+    ))
 }
 
 #[cfg(test)]

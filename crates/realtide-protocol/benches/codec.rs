@@ -1,7 +1,10 @@
 //! Frame codec micro-benchmarks: decoding the client frames realtide receives most (V2 text
 //! broadcast, V2 binary kind 3, V1 join) and encoding the frames it sends most (V2/V1 text
 //! broadcast, kind 4).
-#![expect(missing_docs, reason = "criterion's macros generate undocumented items")]
+#![expect(
+    missing_docs,
+    reason = "criterion's macros generate undocumented items"
+)]
 
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};

@@ -1,10 +1,23 @@
 //! Micro-benchmarks of the server's hot paths, compiled from the server's own modules: one
 //! broadcast fanned out to a topic's subscribers (encode once, push shared bytes into every
 //! outbound queue) and a presence track with its diff rendered.
-#![expect(missing_docs, reason = "criterion's macros generate undocumented items")]
+#![expect(
+    missing_docs,
+    reason = "criterion's macros generate undocumented items"
+)]
 #![expect(
     dead_code,
     reason = "the server modules are compiled in whole; the benchmarks use part of them"
+)]
+// Built with cfg(test) (clippy --all-targets) the modules' unit tests are compiled without a
+// test harness: their imports and lint expectations are then unused.
+#![cfg_attr(
+    test,
+    allow(
+        unused_imports,
+        unfulfilled_lint_expectations,
+        reason = "module unit tests compiled without the test harness"
+    )
 )]
 
 #[path = "../src/limits.rs"]
@@ -93,10 +106,13 @@ fn fanout(c: &mut Criterion) {
                     }
                     let name = state.0.name().to_owned();
                     let start = Instant::now();
-                    state.0.fanout(Audience::Broadcast { id: None }, None, &|vsn| {
-                        let text = encode::text_frame(vsn, None, None, &name, "broadcast", payload);
-                        Some(OutFrame::Text(text.into()))
-                    });
+                    state
+                        .0
+                        .fanout(Audience::Broadcast { id: None }, None, &|vsn| {
+                            let text =
+                                encode::text_frame(vsn, None, None, &name, "broadcast", payload);
+                            Some(OutFrame::Text(text.into()))
+                        });
                     spent += start.elapsed();
                 }
                 spent

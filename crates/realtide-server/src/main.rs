@@ -13,6 +13,7 @@
 //!   postgres_changes and the replication stream.
 //! - [`session`]: one connection's reader loop and its channels (join, leave, broadcast,
 //!   presence, tokens).
+//! - [`frames`]: the WebSocket frame reader (small, growable buffers).
 //! - [`outbox`]: the bounded per-connection outbound queue and the writer task.
 //! - [`registry`]: topics, subscribers and fan-out.
 //! - [`presence`]: presence state of a topic.
@@ -35,6 +36,7 @@ mod database;
 mod delivery;
 mod dev;
 mod error;
+mod frames;
 mod limits;
 mod metrics;
 mod outbox;

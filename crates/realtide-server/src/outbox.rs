@@ -24,6 +24,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_RESTART: u16 = 1012;
 /// Close code when the socket is closed for going away (idle timeout, 1001).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: protocol error (RFC 6455 §7.4.1).
+pub const CLOSE_PROTOCOL: u16 = 1002;
 
 /// A frame ready to be written.
 #[derive(Debug, Clone)]

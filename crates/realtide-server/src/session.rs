@@ -7,14 +7,11 @@
 //! ever touched by this one task.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use realtide_auth::Claims;
 use realtide_protocol::encode::{self, Status};
 use realtide_protocol::message::{BroadcastPush, JoinRequest, PresencePush, binding_id};
@@ -31,8 +28,11 @@ use crate::authorization::{
 use crate::broadcast::{self, Body, StoredMessage};
 use crate::changes::{self, ChannelChanges, ClaimsGroup};
 use crate::error::{JoinError, token_shutdown_message};
+use crate::frames::{FrameReader, Opcode, ReadError};
 use crate::limits::PresenceWindow;
-use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox};
+use crate::outbox::{
+    self, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox,
+};
 use crate::postgres::Postgres;
 use crate::registry::{
     Audience, ChannelControl, ChannelId, ControlSender, Reads, Subscriber, TOO_MANY_PRESENCE,
@@ -125,30 +125,29 @@ enum Flow {
     Stop,
 }
 
-/// Reassembles fragmented messages, bounded by the frame size limit (the library's own
-/// collector does not bound the total of the fragments).
+/// Reassembles fragmented messages, bounded by the frame size limit in total.
 struct Assembler {
-    opcode: Option<OpCode>,
+    opcode: Option<Opcode>,
     buffer: BytesMut,
     max: usize,
 }
 
 enum Assembled {
-    Message(OpCode, Bytes),
+    Message(Opcode, Bytes),
     Partial,
     TooBig,
     Invalid,
 }
 
 impl Assembler {
-    fn push(&mut self, fin: bool, opcode: OpCode, payload: Bytes) -> Assembled {
+    fn push(&mut self, fin: bool, opcode: Opcode, payload: Bytes) -> Assembled {
         match (opcode, self.opcode) {
-            (OpCode::Text | OpCode::Binary, None) if fin => Assembled::Message(opcode, payload),
-            (OpCode::Text | OpCode::Binary, None) => {
+            (Opcode::Text | Opcode::Binary, None) if fin => Assembled::Message(opcode, payload),
+            (Opcode::Text | Opcode::Binary, None) => {
                 self.opcode = Some(opcode);
                 self.append(&payload)
             }
-            (OpCode::Continuation, Some(started)) => match self.append(&payload) {
+            (Opcode::Continuation, Some(started)) => match self.append(&payload) {
                 Assembled::Partial if fin => {
                     self.opcode = None;
                     Assembled::Message(started, std::mem::take(&mut self.buffer).freeze())
@@ -168,50 +167,6 @@ impl Assembler {
     }
 }
 
-type ReadFuture<R> = Pin<
-    Box<
-        dyn Future<
-                Output = (
-                    WebSocketRead<R>,
-                    Result<(bool, OpCode, Bytes), WebSocketError>,
-                ),
-            > + Send,
-    >,
->;
-
-/// Reads one frame. The read half moves into the future and comes back with the result, so the
-/// loop can keep a partially read frame alive across timer wake-ups (reads are not
-/// cancel-safe).
-fn read_next<R>(mut reader: WebSocketRead<R>, outbox: Outbox) -> ReadFuture<R>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    Box::pin(async move {
-        // Frames the protocol obliges us to send (pong, close echo) go through the outbox.
-        let mut obligated = |frame: Frame<'_>| {
-            let payload = Bytes::copy_from_slice(&frame.payload);
-            match frame.opcode {
-                OpCode::Pong => {
-                    outbox.push(OutFrame::Pong(payload));
-                }
-                OpCode::Close => {
-                    outbox.push(OutFrame::CloseEcho(payload));
-                }
-                _ => {}
-            }
-            std::future::ready(Ok::<(), std::io::Error>(()))
-        };
-        let result = reader.read_frame(&mut obligated).await.map(|frame| {
-            (
-                frame.fin,
-                frame.opcode,
-                Bytes::copy_from_slice(&frame.payload),
-            )
-        });
-        (reader, result)
-    })
-}
-
 /// Runs a connection until it closes.
 pub async fn run<S>(app: Arc<App>, stream: S, vsn: Vsn, socket_token: String, headers: Arc<str>)
 where
@@ -222,11 +177,7 @@ where
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::spawn(outbox::run_writer(write_half, queue, app.metrics.clone()));
 
-    let (mut reader, _unused_write) =
-        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
-    reader.set_max_message_size(app.config.max_frame_size);
-    reader.set_auto_close(true);
-    reader.set_auto_pong(true);
+    let reader = FrameReader::new(read_half, app.config.max_frame_size);
 
     let mut session = Session {
         app: app.clone(),
@@ -248,7 +199,7 @@ where
 impl Session {
     async fn serve(
         &mut self,
-        reader: WebSocketRead<ReadHalf<impl AsyncRead + Send + 'static>>,
+        mut reader: FrameReader<ReadHalf<impl AsyncRead + Send + 'static>>,
         mut control: tokio::sync::mpsc::UnboundedReceiver<ChannelControl>,
     ) {
         let app = self.app.clone();
@@ -263,7 +214,6 @@ impl Session {
             buffer: BytesMut::new(),
             max: app.config.max_frame_size,
         };
-        let mut read = read_next(reader, self.outbox.clone());
         loop {
             let token_check = self.next_token_check();
             tokio::select! {
@@ -295,21 +245,18 @@ impl Session {
                         self.check_tokens();
                         self.sync_user();
                     }
-                (reader, result) = &mut read => {
-                    let (fin, opcode, payload) = match result {
+                // Reads are cancel-safe: a frame stays buffered until it is whole.
+                result = reader.next() => {
+                    let frame = match result {
                         Ok(frame) => frame,
-                        Err(WebSocketError::FrameTooLarge) => {
+                        Err(ReadError::TooLarge) => {
                             self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
                             return;
                         }
-                        // The library rejects a text frame that is not UTF-8 after reading it
-                        // whole, so the stream is still in step: drop the frame and go on, as
-                        // the reference (which does not validate UTF-8) keeps the socket.
-                        Err(WebSocketError::InvalidUTF8) => {
-                            tracing::debug!("dropping text frame that is not utf-8");
-                            last_frame = Instant::now();
-                            read = read_next(reader, self.outbox.clone());
-                            continue;
+                        Err(ReadError::Protocol(reason)) => {
+                            tracing::debug!(reason, "closing socket on a framing error");
+                            self.outbox.push(OutFrame::Close(CLOSE_PROTOCOL, "protocol error"));
+                            return;
                         }
                         Err(error) => {
                             tracing::debug!(%error, "socket read ended");
@@ -317,18 +264,29 @@ impl Session {
                         }
                     };
                     last_frame = Instant::now();
-                    let flow = match opcode {
-                        OpCode::Close => Flow::Stop,
-                        OpCode::Ping | OpCode::Pong => Flow::Continue,
-                        _ => match assembler.push(fin, opcode, payload) {
-                            Assembled::Message(opcode, message) => self.on_message(opcode, message).await,
+                    let flow = match frame.opcode {
+                        Opcode::Close => {
+                            self.outbox.push(OutFrame::CloseEcho(frame.payload));
+                            Flow::Stop
+                        }
+                        Opcode::Ping => {
+                            self.outbox.push(OutFrame::Pong(frame.payload));
+                            Flow::Continue
+                        }
+                        Opcode::Pong => Flow::Continue,
+                        _ => match assembler.push(frame.fin, frame.opcode, frame.payload) {
+                            // Boxed: the join/authorization futures are large and rare; they
+                            // must not inflate every idle session's future.
+                            Assembled::Message(opcode, message) => {
+                                Box::pin(self.on_message(opcode, message)).await
+                            }
                             Assembled::Partial => Flow::Continue,
                             Assembled::TooBig => {
                                 self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
                                 Flow::Stop
                             }
                             Assembled::Invalid => {
-                                self.outbox.push(OutFrame::Close(1002, "protocol error"));
+                                self.outbox.push(OutFrame::Close(CLOSE_PROTOCOL, "protocol error"));
                                 Flow::Stop
                             }
                         },
@@ -336,16 +294,15 @@ impl Session {
                     if let Flow::Stop = flow {
                         return;
                     }
-                    read = read_next(reader, self.outbox.clone());
                 }
             }
         }
     }
 
-    async fn on_message(&mut self, opcode: OpCode, message: Bytes) -> Flow {
+    async fn on_message(&mut self, opcode: Opcode, message: Bytes) -> Flow {
         self.app.metrics.add_bytes_in(message.len());
         let decoded = match opcode {
-            OpCode::Text => match std::str::from_utf8(&message) {
+            Opcode::Text => match std::str::from_utf8(&message) {
                 Ok(text) => realtide_protocol::frame::decode_text(self.vsn, text),
                 Err(_) => {
                     tracing::debug!("dropping text frame that is not utf-8");

@@ -165,15 +165,18 @@ pub struct Usage {
     pub hwm_kb: u64,
     /// CPU seconds used so far.
     pub cpu_s: f64,
+    /// Of which in the kernel.
+    pub sys_s: f64,
 }
 
 /// Reads the server's usage, when its pid is known.
 pub fn usage(pid: Option<u32>) -> Option<Usage> {
-    let (rss_kb, hwm_kb, cpu_s) = process_usage(pid?).ok()?;
+    let (rss_kb, hwm_kb, user_s, sys_s) = process_usage(pid?).ok()?;
     Some(Usage {
         rss_kb,
         hwm_kb,
-        cpu_s,
+        cpu_s: user_s + sys_s,
+        sys_s,
     })
 }
 
@@ -184,6 +187,7 @@ pub fn usage_report(before: Option<Usage>, after: Option<Usage>, deliveries: u64
             let cpu = a.cpu_s - b.cpu_s;
             json!({
                 "server_cpu_s": round3(cpu),
+                "server_sys_s": round3(a.sys_s - b.sys_s),
                 "server_cpu_us_per_delivery": if deliveries > 0 { round3(cpu * 1e6 / deliveries as f64) } else { 0.0 },
                 "server_rss_kb": a.rss_kb,
                 "server_peak_rss_kb": a.hwm_kb,
@@ -290,6 +294,7 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let before = usage(args.server_pid);
+    let own_before = usage(Some(std::process::id()));
     let started = now_micros();
     since.store(started, Ordering::Relaxed);
     let sent = publish(
@@ -306,6 +311,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = usage(args.server_pid);
+    let own_after = usage(Some(std::process::id()));
     receivers.stop.cancel();
     for publisher in publishers {
         publisher.close().await;
@@ -334,6 +340,10 @@ pub async fn run(
         "offered_per_s": round3(args.rate * args.subscribers as f64),
         "deliveries_per_s": if elapsed_s > 0.0 { round3(delivered as f64 / elapsed_s) } else { 0.0 },
         "latency": latency,
+        "loadgen_cpu_s": match (own_before, own_after) {
+            (Some(b), Some(a)) => Some(round3(a.cpu_s - b.cpu_s)),
+            _ => None,
+        },
     });
     if let (Some(obj), Value::Object(extra)) = (
         report.as_object_mut(),
