@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Fuzzes the realtide-protocol decoders (target decode_frame) with libFuzzer via cargo-fuzz.
+# Fuzzes with libFuzzer via cargo-fuzz: decode_frame (the realtide-protocol decoders) or
+# client_frames (the server's WebSocket frame reader, crates/realtide-server/src/frames.rs).
 #
-#   fuzz/run.sh [SECONDS]        default 120
+#   fuzz/run.sh [SECONDS] [TARGET]        default 120 decode_frame
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). cargo-fuzz passes nightly-only flags
 # (-Zsanitizer=address); on a stable toolchain RUSTC_BOOTSTRAP=1 unlocks them. New inputs go to
@@ -12,10 +13,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 SECONDS_TO_RUN="${1:-120}"
-mkdir -p corpus/decode_frame
+TARGET="${2:-decode_frame}"
+mkdir -p "corpus/$TARGET"
 export RUSTC_BOOTSTRAP=1
-exec cargo fuzz run decode_frame corpus/decode_frame seeds/decode_frame -- \
-  -dict=decode_frame.dict \
+dict=()
+[ -f "$TARGET.dict" ] && dict=(-dict="$TARGET.dict")
+exec cargo fuzz run "$TARGET" "corpus/$TARGET" "seeds/$TARGET" -- \
+  "${dict[@]}" \
   -max_len=65536 \
   -timeout=10 \
   -rss_limit_mb=4096 \
