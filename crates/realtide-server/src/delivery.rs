@@ -431,16 +431,16 @@ async fn rls_visible_looped(
     let args: Vec<String> = (1..=key_columns.len())
         .map(|n| format!("keys{n} text[]"))
         .collect();
-    let unnest: Vec<String> = key_columns
+    // The text key arrays are cast to the key types once per call, into local arrays that are
+    // then sliced per group: slicing the text parameter and casting per group cost about twice
+    // as much per (group, key) pair (measured: 5.3 µs against 2.8 µs with a membership policy).
+    let locals: Vec<String> = key_columns
         .iter()
         .enumerate()
-        .map(|(n, c)| {
-            format!(
-                "keys{}[starts[i]:starts[i + 1] - 1]::{}[]",
-                n + 1,
-                c.type_sql
-            )
-        })
+        .map(|(n, c)| format!("kv{n1} {t}[] := keys{n1}::{t}[];", n1 = n + 1, t = c.type_sql))
+        .collect();
+    let unnest: Vec<String> = (1..=key_columns.len())
+        .map(|n| format!("kv{n}[starts[i]:starts[i + 1] - 1]"))
         .collect();
     let names: Vec<String> = (1..=key_columns.len()).map(|n| format!("k{n}")).collect();
     let join: Vec<String> = key_columns
@@ -453,7 +453,7 @@ async fn rls_visible_looped(
          returns table(grp int4, pos int4) language plpgsql \
          set plan_cache_mode = force_generic_plan as $realtide$ \
          #variable_conflict use_column\n\
-         declare i int4; \
+         declare i int4; {} \
          begin \
            for i in 1 .. coalesce(array_length(claims, 1), 0) loop \
              perform set_config('request.jwt.claims', claims[i], true), set_config('request.jwt.claim.sub', subs[i], true); \
@@ -461,6 +461,7 @@ async fn rls_visible_looped(
            end loop; \
          end $realtide$",
         args.join(", "),
+        locals.join(" "),
         unnest.join(", "),
         names.join(", "),
         table.qualified_name(),
