@@ -437,7 +437,13 @@ async fn rls_visible_looped(
     let locals: Vec<String> = key_columns
         .iter()
         .enumerate()
-        .map(|(n, c)| format!("kv{n1} {t}[] := keys{n1}::{t}[];", n1 = n + 1, t = c.type_sql))
+        .map(|(n, c)| {
+            format!(
+                "kv{n1} {t}[] := keys{n1}::{t}[];",
+                n1 = n + 1,
+                t = c.type_sql
+            )
+        })
         .collect();
     let unnest: Vec<String> = (1..=key_columns.len())
         .map(|n| format!("kv{n}[starts[i]:starts[i + 1] - 1]"))
