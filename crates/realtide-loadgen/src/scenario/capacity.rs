@@ -16,7 +16,7 @@ use tokio_postgres::NoTls;
 use crate::client::{Endpoint, SourceAddrs};
 use crate::peer::{Event, Peer, Protocol, now_micros};
 use crate::report::{LatencyRecorder, LatencySummary, machine_info, round3};
-use crate::scenario::fanout::{Dial, Receivers, connect_joined, usage, usage_report};
+use crate::scenario::fanout::{Dial, Receivers, connect_joined, usage, with_usage};
 
 const PUBLIC: &str =
     r#"{"broadcast":{"self":false},"presence":{"key":"","enabled":false},"private":false}"#;
@@ -195,7 +195,7 @@ pub async fn joins(
     let elapsed = start.elapsed().as_secs_f64();
     let after = usage(args.server_pid);
     let joined = done.load(Ordering::Relaxed);
-    let mut report = json!({
+    let report = json!({
         "scenario": "joins",
         "machine": machine_info(),
         "params": {"private": args.private, "rate": args.rate, "duration_s": args.duration, "connections": count},
@@ -205,12 +205,7 @@ pub async fn joins(
         "joins_per_s": round3(joined as f64 / elapsed.max(1e-9)),
         "latency": LatencySummary::from_micros(&latency.merged()?),
     });
-    if let (Some(obj), Value::Object(extra)) =
-        (report.as_object_mut(), usage_report(before, after, joined))
-    {
-        obj.extend(extra);
-    }
-    Ok(report)
+    Ok(with_usage(report, before, after, joined))
 }
 
 /// Parameters of `presence`.
@@ -333,7 +328,7 @@ pub async fn presence(
     let reached = reached.load(Ordering::Relaxed);
     drop(peers);
     let diffs = (members * members) as u64;
-    let mut report = json!({
+    let report = json!({
         "scenario": "presence",
         "machine": machine_info(),
         "params": {"members": members},
@@ -342,12 +337,7 @@ pub async fn presence(
         "time_to_consistent_ms": summary,
         "diff_deliveries": diffs,
     });
-    if let (Some(obj), Value::Object(extra)) =
-        (report.as_object_mut(), usage_report(before, after, diffs))
-    {
-        obj.extend(extra);
-    }
-    Ok(report)
+    Ok(with_usage(report, before, after, diffs))
 }
 
 /// Parameters of `db-broadcast`.
@@ -445,22 +435,10 @@ pub async fn db_broadcast(
         }
     }
     let expected = sent * args.subscribers as u64;
-    let drain_until = Instant::now() + Duration::from_secs(15);
-    while receivers.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    receivers.drain(|| expected, Duration::from_secs(15)).await;
     let after = usage(args.server_pid);
-    receivers.stop.cancel();
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    }
-    let delivered = receivers.delivered.load(Ordering::Relaxed);
-    let elapsed_s = (receivers
-        .last
-        .load(Ordering::Relaxed)
-        .saturating_sub(started)) as f64
-        / 1e6;
-    let mut report = json!({
+    let (delivered, elapsed_s) = receivers.stop(tasks, started).await;
+    let report = json!({
         "scenario": "db-broadcast",
         "machine": machine_info(),
         "params": {"subscribers": args.subscribers, "rate": args.rate, "duration_s": args.duration, "private": args.private},
@@ -471,11 +449,5 @@ pub async fn db_broadcast(
         "deliveries_per_s": if elapsed_s > 0.0 { round3(delivered as f64 / elapsed_s) } else { 0.0 },
         "latency": LatencySummary::from_micros(&receivers.latency.merged()?),
     });
-    if let (Some(obj), Value::Object(extra)) = (
-        report.as_object_mut(),
-        usage_report(before, after, delivered),
-    ) {
-        obj.extend(extra);
-    }
-    Ok(report)
+    Ok(with_usage(report, before, after, delivered))
 }

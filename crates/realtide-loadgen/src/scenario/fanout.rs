@@ -77,6 +77,28 @@ impl Receivers {
         }))
     }
 
+    /// Waits until `expected()` deliveries have arrived, or `drain` has passed.
+    pub async fn drain(&self, expected: impl Fn() -> u64, drain: Duration) {
+        let until = Instant::now() + drain;
+        while self.delivered.load(Ordering::Relaxed) < expected() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the receivers and waits briefly for their tasks; returns the deliveries and the
+    /// seconds from `started` (unix µs) to the last one.
+    pub async fn stop(&self, tasks: Vec<tokio::task::JoinHandle<()>>, started: u64) -> (u64, f64) {
+        self.stop.cancel();
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        let last = self.last.load(Ordering::Relaxed);
+        (
+            self.delivered.load(Ordering::Relaxed),
+            last.saturating_sub(started) as f64 / 1e6,
+        )
+    }
+
     /// Reads deliveries on `peer` until stopped or closed; only messages sent at or after
     /// `since` (unix µs) count.
     pub async fn receive(self: Arc<Self>, mut peer: Peer, index: usize, since: Arc<AtomicU64>) {
@@ -178,6 +200,22 @@ pub fn usage(pid: Option<u32>) -> Option<Usage> {
         cpu_s: user_s + sys_s,
         sys_s,
     })
+}
+
+/// Adds the server usage between two samples to `report`.
+pub fn with_usage(
+    mut report: Value,
+    before: Option<Usage>,
+    after: Option<Usage>,
+    deliveries: u64,
+) -> Value {
+    if let (Some(obj), Value::Object(extra)) = (
+        report.as_object_mut(),
+        usage_report(before, after, deliveries),
+    ) {
+        obj.extend(extra);
+    }
+    report
 }
 
 /// Server usage between two samples, as report fields.
@@ -306,24 +344,17 @@ pub async fn run(
     )
     .await?;
     let expected = sent * args.subscribers as u64;
-    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
-    while receivers.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    receivers
+        .drain(|| expected, Duration::from_secs_f64(args.drain))
+        .await;
     let after = usage(args.server_pid);
     let own_after = usage(Some(std::process::id()));
-    receivers.stop.cancel();
     for publisher in publishers {
         publisher.close().await;
     }
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    }
-    let delivered = receivers.delivered.load(Ordering::Relaxed);
-    let last = receivers.last.load(Ordering::Relaxed);
-    let elapsed_s = (last.saturating_sub(started)) as f64 / 1e6;
+    let (delivered, elapsed_s) = receivers.stop(tasks, started).await;
     let latency = LatencySummary::from_micros(&receivers.latency.merged()?);
-    let mut report = json!({
+    let report = json!({
         "scenario": "fanout",
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "machine": machine_info(),
@@ -345,13 +376,7 @@ pub async fn run(
             _ => None,
         },
     });
-    if let (Some(obj), Value::Object(extra)) = (
-        report.as_object_mut(),
-        usage_report(before, after, delivered),
-    ) {
-        obj.extend(extra);
-    }
-    Ok(report)
+    Ok(with_usage(report, before, after, delivered))
 }
 
 /// Parameters of `chat`: the reference's benchmark shape on one box. Each user has a
@@ -478,24 +503,12 @@ pub async fn run_chat(
         })
         .collect();
     tokio::time::sleep(duration).await;
-    let drain_until = Instant::now() + Duration::from_secs(10);
-    while receivers.delivered.load(Ordering::Relaxed) < expected.load(Ordering::Relaxed)
-        && Instant::now() < drain_until
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    receivers
+        .drain(|| expected.load(Ordering::Relaxed), Duration::from_secs(10))
+        .await;
     let after = usage(args.server_pid);
-    receivers.stop.cancel();
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    }
-    let delivered = receivers.delivered.load(Ordering::Relaxed);
-    let elapsed_s = (receivers
-        .last
-        .load(Ordering::Relaxed)
-        .saturating_sub(started)) as f64
-        / 1e6;
-    let mut report = json!({
+    let (delivered, elapsed_s) = receivers.stop(tasks, started).await;
+    let report = json!({
         "scenario": "chat",
         "machine": machine_info(),
         "params": {"users": args.users, "group": group, "per_channel_per_s": args.per_channel,
@@ -506,11 +519,5 @@ pub async fn run_chat(
         "deliveries_per_s": if elapsed_s > 0.0 { round3(delivered as f64 / elapsed_s) } else { 0.0 },
         "latency": LatencySummary::from_micros(&receivers.latency.merged()?),
     });
-    if let (Some(obj), Value::Object(extra)) = (
-        report.as_object_mut(),
-        usage_report(before, after, delivered),
-    ) {
-        obj.extend(extra);
-    }
-    Ok(report)
+    Ok(with_usage(report, before, after, delivered))
 }
