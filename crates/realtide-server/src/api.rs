@@ -19,7 +19,7 @@ use realtide_auth::Claims;
 use serde_json::{Map, Value};
 
 use crate::app::App;
-use crate::authorization::{AuthzError, Extension, Requester};
+use crate::authorization::{AuthzError, Extension, Requester, request_headers};
 use crate::broadcast::{self, Body};
 use crate::changes::ClaimsGroup;
 use crate::registry::{Audience, TopicKey};
@@ -116,17 +116,6 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<Claims, Box<Response>>
         tracing::info!(%error, "http broadcast refused");
         unauthorized()
     })
-}
-
-/// All request headers as a JSON object, for `request.headers` in policies.
-fn headers_json(headers: &HeaderMap) -> String {
-    let map: Map<String, Value> = headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some((name.as_str().to_owned(), Value::from(value.to_str().ok()?)))
-        })
-        .collect();
-    Value::Object(map).to_string()
 }
 
 /// Write check for a private topic. `Ok(false)` = denied.
@@ -272,7 +261,7 @@ async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
 
     // One write check per private topic; denied topics are skipped and the answer is still 202.
     let group = ClaimsGroup::new(&claims);
-    let request_headers = headers_json(&headers);
+    let request_headers = request_headers(&headers, false);
     let mut allowed: HashMap<&str, bool> = HashMap::new();
     for message in messages.iter().filter(|m| m.private) {
         if allowed.contains_key(message.topic.as_str()) {
@@ -398,7 +387,7 @@ async fn single(
     }
     if private {
         let group = ClaimsGroup::new(&claims);
-        match may_write(&app, &group, &headers_json(&headers), &sub_topic).await {
+        match may_write(&app, &group, &request_headers(&headers, false), &sub_topic).await {
             Ok(true) => {}
             Ok(false) => return message(StatusCode::FORBIDDEN, "Unauthorized"),
             Err(error) => return authz_response(&error),

@@ -138,6 +138,17 @@ impl AuthzError {
     }
 }
 
+/// Request headers as the JSON object policies read from `request.headers`: all of them for
+/// HTTP broadcasts, only the `x-*` ones for WebSocket joins (as the reference).
+pub fn request_headers(headers: &axum::http::HeaderMap, only_x: bool) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| !only_x || name.as_str().starts_with("x-"))
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.into())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
 /// `Unauthorized: You do not have permissions to read from this Channel topic: <sub-topic>`.
 pub fn unauthorized_reason(sub_topic: &str) -> String {
     format!("Unauthorized: {}", no_read_message(sub_topic))

@@ -108,6 +108,17 @@ impl Outbox {
     /// Queues a frame without waiting. Returns `false` when the frame was not queued: the
     /// connection is gone, or it just became (or already was) a slow consumer.
     pub fn push(&self, frame: OutFrame) -> bool {
+        let queued = self.push_uncounted(frame);
+        if queued {
+            self.shared.metrics.frames_queued(1);
+        }
+        queued
+    }
+
+    /// [`Outbox::push`] without the process-wide queue-depth count: a fan-out adds its total
+    /// once ([`crate::metrics::Metrics::frames_queued`]) instead of touching that shared
+    /// counter once per subscriber.
+    pub fn push_uncounted(&self, frame: OutFrame) -> bool {
         if self.shared.overflowed.is_cancelled() {
             return false;
         }
@@ -119,10 +130,7 @@ impl Outbox {
             return false;
         }
         match self.tx.try_send(frame) {
-            Ok(()) => {
-                self.shared.metrics.frames_queued(1);
-                true
-            }
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
                 self.shared.overflowed.cancel();

@@ -237,7 +237,7 @@ impl Topic {
                 continue;
             };
             if let Some(frame) = cell.get_or_init(|| encode(subscriber.vsn))
-                && subscriber.outbox.push(frame.clone())
+                && subscriber.outbox.push_uncounted(frame.clone())
             {
                 delivered += 1;
             }
@@ -245,6 +245,7 @@ impl Topic {
         drop(subscribers);
         counter.add(delivered as u64);
         self.metrics.events_out(delivered as u64);
+        self.metrics.frames_queued(delivered as i64);
         if matches!(audience, Audience::Everyone) {
             self.metrics.presence_events(delivered as u64);
         }

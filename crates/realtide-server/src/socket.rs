@@ -55,7 +55,7 @@ pub async fn websocket(
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    let request_headers = x_headers(&headers);
+    let request_headers: Arc<str> = crate::authorization::request_headers(&headers, true).into();
     let session_app = app.clone();
     app.tasks.spawn(async move {
         let _slot = slot;
@@ -77,17 +77,6 @@ pub async fn websocket(
         }
     });
     response.into_response()
-}
-
-/// The upgrade request's `x-*` headers as a JSON object: policies read them through
-/// `request.headers`, as with the reference.
-fn x_headers(headers: &HeaderMap) -> Arc<str> {
-    let map: serde_json::Map<String, serde_json::Value> = headers
-        .iter()
-        .filter(|(name, _)| name.as_str().starts_with("x-"))
-        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.into())))
-        .collect();
-    Arc::from(serde_json::Value::Object(map).to_string())
 }
 
 /// The connect token: the `x-api-key` header wins over the `apikey` query parameter.
