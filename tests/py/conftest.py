@@ -4,6 +4,7 @@ open real `realtime` clients, and poll for conditions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import hashlib
 import hmac
@@ -141,9 +142,10 @@ async def wait_for(cond: Callable[[], Any], what: str, timeout: float = WAIT_S) 
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def clients(server):
-    """Factory for connected AsyncRealtimeClients; all are closed afterwards."""
+@contextlib.asynccontextmanager
+async def open_clients(server: Server):
+    """A factory of connected AsyncRealtimeClients of `server` (token optional); every client
+    it opened is closed on exit."""
     opened: list[AsyncRealtimeClient] = []
 
     async def make(token: str | None = None) -> AsyncRealtimeClient:
@@ -152,12 +154,21 @@ async def clients(server):
         opened.append(c)
         return c
 
-    yield make
-    for c in opened:
-        try:
-            await c.close()
-        except Exception:
-            pass
+    try:
+        yield make
+    finally:
+        for c in opened:
+            try:
+                await c.close()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+async def clients(server):
+    """Factory for connected AsyncRealtimeClients; all are closed afterwards."""
+    async with open_clients(server) as make:
+        yield make
 
 
 def unique_topic(prefix: str) -> str:

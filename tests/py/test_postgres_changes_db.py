@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from realtime import AsyncRealtimeClient
 
-from conftest import Server, SubscribeRecorder, make_token, unique_topic, wait_for
+from conftest import Server, SubscribeRecorder, make_token, open_clients, unique_topic, wait_for
 from pgcluster import Cluster, slot_name
 
 SCHEMA = r"""
@@ -83,21 +83,8 @@ def db(pg) -> Cluster:
 @pytest.fixture
 async def pg_clients(pg):
     """Factory for connected clients of the database-backed server."""
-    server = pg[1]
-    opened: list[AsyncRealtimeClient] = []
-
-    async def make(token: str | None = None) -> AsyncRealtimeClient:
-        c = AsyncRealtimeClient(server.ws_url, token or make_token(), auto_reconnect=False)
-        await c.connect()
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        try:
-            await c.close()
-        except Exception:
-            pass
+    async with open_clients(pg[1]) as make:
+        yield make
 
 
 class Sub:

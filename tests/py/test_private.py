@@ -15,7 +15,7 @@ import pytest
 from realtime import AsyncRealtimeClient
 from realtime.exceptions import RealtimeHTTPError
 
-from conftest import REPO_ROOT, Server, SubscribeRecorder, make_token, wait_for
+from conftest import REPO_ROOT, Server, SubscribeRecorder, make_token, open_clients, wait_for
 from pgcluster import Cluster, slot_name
 
 EXAMPLE = REPO_ROOT / "examples" / "busymate"
@@ -49,21 +49,8 @@ def busymate():
 @pytest.fixture
 async def users(busymate):
     """Factory: a connected client whose token is the user's (used for joins and HTTP)."""
-    server = busymate[1]
-    opened: list[AsyncRealtimeClient] = []
-
-    async def make(sub: str) -> AsyncRealtimeClient:
-        c = AsyncRealtimeClient(server.ws_url, make_token(role="authenticated", sub=sub), auto_reconnect=False)
-        await c.connect()
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        try:
-            await c.close()
-        except Exception:
-            pass
+    async with open_clients(busymate[1]) as make:
+        yield lambda sub: make(make_token(role="authenticated", sub=sub))
 
 
 async def private_channel(client: AsyncRealtimeClient, topic: str, **config: Any):
