@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,6 +72,12 @@ class Server:
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             **(extra_env or {}),
         }
+        # The change journal of a server with a database lives in a directory of that
+        # database (its URL names a test cluster's unique port): a restarted server finds its
+        # journal and parallel tests never share one.
+        if env.get("DB_URL") and not (extra_env or {}).get("CHANGES_DIR"):
+            digest = hashlib.sha1(env["DB_URL"].encode()).hexdigest()[:16]
+            env["CHANGES_DIR"] = os.path.join(tempfile.gettempdir(), "realtide-test-changes", digest)
         self.proc = subprocess.Popen(
             [binary, "serve"],
             env=env,

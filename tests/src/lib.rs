@@ -187,6 +187,18 @@ const SCRUBBED_ENV: &[&str] = &[
     "PRIVATE_ONLY",
 ];
 
+/// The default `CHANGES_DIR` of test servers using the database at `url`.
+pub fn changes_dir_for(url: &str) -> std::path::PathBuf {
+    let hash = url
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    std::env::temp_dir()
+        .join("realtide-test-changes")
+        .join(format!("{hash:016x}"))
+}
+
 impl Server {
     /// Starts the server with the default settings overridden by `env`, and waits for its
     /// `realtide listening on <addr>` line.
@@ -197,6 +209,14 @@ impl Server {
         }
         for (name, value) in DEFAULT_ENV.iter().chain(env) {
             command.env(name, value);
+        }
+        // The change journal of a server with a database lives in a directory of that
+        // database (its URL names a test cluster's unique port), so that a restarted server
+        // finds its journal and parallel tests never share one.
+        if !env.iter().any(|(name, _)| *name == "CHANGES_DIR")
+            && let Some((_, url)) = env.iter().find(|(name, _)| *name == "DB_URL")
+        {
+            command.env("CHANGES_DIR", changes_dir_for(url));
         }
         command
             .stdin(Stdio::null())

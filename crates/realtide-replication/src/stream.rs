@@ -129,6 +129,7 @@ pub struct ReplicationStream {
     /// Highest WAL end seen in the stream.
     received: Lsn,
     done: bool,
+    system_id: String,
 }
 
 /// Connect, ensure the slot exists (creating it persistent if absent), and start streaming from
@@ -146,6 +147,13 @@ pub async fn connect(cfg: &ReplicationConfig) -> Result<ReplicationStream, Strea
     }
     let mut conn = Conn::connect(&url, cfg.tls.as_ref()).await?;
 
+    // The cluster's identity: positions (LSNs) only compare within one cluster.
+    let system_id = conn
+        .simple_query("IDENTIFY_SYSTEM")
+        .await?
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .unwrap_or_default();
     let confirmed = ensure_slot(&mut conn, &cfg.slot).await?;
 
     let names: Vec<String> = cfg.publications.iter().map(|p| quote_ident(p)).collect();
@@ -183,6 +191,7 @@ pub async fn connect(cfg: &ReplicationConfig) -> Result<ReplicationStream, Strea
         confirmed,
         received: confirmed,
         done: false,
+        system_id,
     })
 }
 
@@ -321,6 +330,11 @@ impl ReplicationStream {
     /// highest given to [`confirm`](Self::confirm)).
     pub fn confirmed(&self) -> Lsn {
         self.confirmed
+    }
+
+    /// The cluster's system identifier (`IDENTIFY_SYSTEM`).
+    pub fn system_id(&self) -> &str {
+        &self.system_id
     }
 
     /// The highest WAL end the server has reported on this stream.

@@ -34,6 +34,9 @@ pub struct App {
     pub limits: Arc<crate::limits::Limits>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled after `shutdown` once decoded changes were handed to the sockets: sessions
+    /// then say goodbye and close.
+    pub disconnect: CancellationToken,
     /// Every connection task and delayed reply, awaited at shutdown.
     pub tasks: TaskTracker,
     /// Database state, when `DB_URL` is set.
@@ -44,15 +47,16 @@ pub struct App {
 
 impl App {
     /// Builds the shared state.
-    pub fn new(config: Config) -> Arc<App> {
+    pub fn new(config: Config) -> Result<Arc<App>, crate::journal::JournalError> {
         let metrics = Arc::new(Metrics::default());
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let exporter = Exporter::new(config.database.is_some());
         let postgres = config
             .database
             .clone()
-            .map(|database| Postgres::new(database, exporter.authorization_histogram()));
-        Arc::new(App {
+            .map(|database| Postgres::new(database, exporter.authorization_histogram()))
+            .transpose()?;
+        Ok(Arc::new(App {
             exporter,
             postgres,
             config,
@@ -60,8 +64,9 @@ impl App {
             limits,
             metrics,
             shutdown: CancellationToken::new(),
+            disconnect: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        })
+        }))
     }
 }
 

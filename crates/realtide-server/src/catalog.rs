@@ -33,6 +33,23 @@ pub struct Column {
     pub type_sql: String,
 }
 
+#[cfg(test)]
+impl Column {
+    /// A column of a built-in type, for unit tests.
+    pub fn test(name: &str, type_name: &str) -> Column {
+        Column {
+            name: name.to_owned(),
+            attnum: 1,
+            ty: TypeInfo {
+                oid: 0,
+                name: type_name.to_owned(),
+                kind: TypeKind::Base,
+            },
+            type_sql: type_name.to_owned(),
+        }
+    }
+}
+
 /// A table as realtide needs it.
 #[derive(Debug, Clone)]
 pub struct Table {

@@ -15,8 +15,10 @@ use serde_json::{Map, Value};
 
 use crate::catalog::{Catalog, Table};
 use crate::database::DbError;
-use crate::outbox::Outbox;
+use crate::journal::{Journal, Seq};
+use crate::outbox::{Cursor, Outbox};
 use crate::registry::ChannelId;
+use crate::resume::{Identity, Resume, ResumeBook};
 
 /// Which operations a binding wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,16 +290,48 @@ pub struct ChannelChanges {
     pub bindings: Vec<Binding>,
     /// Its claims (replaced on `access_token`).
     pub claims: RwLock<Arc<ClaimsGroup>>,
+    /// How far delivery got (set by [`Subscriptions::register`]).
+    pub cursor: Arc<Cursor>,
+    /// Who it is, for a resume after a lost socket.
+    pub identity: Identity,
 }
 
 /// All postgres_changes subscriptions of the process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Subscriptions {
     channels: RwLock<IndexMap<ChannelId, Arc<ChannelChanges>>>,
     open: Mutex<HashSet<ChannelId>>,
+    /// Departed subscribers (see [`crate::resume`]).
+    book: Mutex<ResumeBook>,
+    /// Woken when a subscription is registered (the delivery task may have work).
+    pub registered: tokio::sync::Notify,
 }
 
 impl Subscriptions {
+    /// No subscriptions; departed subscribers from `book`.
+    pub fn new(book: ResumeBook) -> Subscriptions {
+        Subscriptions {
+            channels: RwLock::new(IndexMap::new()),
+            open: Mutex::new(HashSet::new()),
+            book: Mutex::new(book),
+            registered: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The departed subscribers.
+    pub fn book(&self) -> parking_lot::MutexGuard<'_, ResumeBook> {
+        self.book.lock()
+    }
+
+    /// Positions of the live subscriptions (identity, delivered up to).
+    pub fn live_positions(&self) -> Vec<(Identity, Seq)> {
+        self.channels
+            .read()
+            .values()
+            .map(|c| (c.identity, c.cursor.done()))
+            .collect()
+    }
+
     /// Marks a channel as open: its subscriptions may be registered.
     pub fn open(&self, id: ChannelId) {
         self.open.lock().insert(id);
@@ -308,20 +342,46 @@ impl Subscriptions {
         self.open.lock().contains(&id)
     }
 
-    /// Removes a channel and its subscriptions.
-    pub fn close(&self, id: ChannelId) {
+    /// Removes a channel and its subscriptions. Unless it left on purpose (`depart` false),
+    /// its position is kept for a resume.
+    pub fn close(&self, id: ChannelId, depart: bool) {
         self.open.lock().remove(&id);
-        self.channels.write().swap_remove(&id);
+        let removed = self.channels.write().swap_remove(&id);
+        if let Some(channel) = removed {
+            channel.cursor.close();
+            if depart {
+                self.book
+                    .lock()
+                    .depart(channel.identity, channel.cursor.clone());
+            }
+        }
     }
 
-    /// Registers a channel's subscriptions if the channel is still open.
-    pub fn register(&self, id: ChannelId, changes: ChannelChanges) -> bool {
+    /// Registers a channel's subscriptions if the channel is still open; delivery starts where
+    /// a departed subscriber of the same identity stopped, else at the journal's head.
+    pub fn register(
+        &self,
+        id: ChannelId,
+        mut changes: ChannelChanges,
+        journal: &Journal,
+        announce: impl FnOnce(&Resume),
+    ) -> Option<Resume> {
         let open = self.open.lock();
         if !open.contains(&id) {
-            return false;
+            return None;
         }
+        let resume = self.book.lock().take(changes.identity, journal.first());
+        let start = match resume {
+            Resume::From(seq) => seq,
+            Resume::Fresh | Resume::Missed { .. } => journal.head(),
+        };
+        changes.cursor = Cursor::new(start);
+        // Announced before delivery can see the channel: the `system` message comes first.
+        announce(&resume);
         self.channels.write().insert(id, Arc::new(changes));
-        true
+        drop(open);
+        self.registered.notify_one();
+        Some(resume)
     }
 
     /// New claims for a channel (token refresh).

@@ -71,6 +71,25 @@ pub struct ServeArgs {
     /// is down, and changes committed meanwhile are not delivered).
     #[arg(long, env = "SLOT_DROP_ON_SHUTDOWN", default_value_t = false)]
     pub slot_drop_on_shutdown: bool,
+    /// Directory of the change journal and the departed subscribers' positions (one
+    /// subdirectory per slot; must survive restarts for a resume across them).
+    #[arg(long, env = "CHANGES_DIR", default_value = ".realtide/changes")]
+    pub changes_dir: std::path::PathBuf,
+    /// How long, in seconds, a postgres_changes subscriber that lost its socket can rejoin and
+    /// receive what it missed.
+    #[arg(long, env = "CHANGES_RESUME_WINDOW", default_value_t = 120)]
+    pub changes_resume_window: u64,
+    /// Most departed subscribers whose positions are kept for a resume.
+    #[arg(long, env = "CHANGES_RESUME_MAX_SUBSCRIBERS", default_value_t = 100_000)]
+    pub changes_resume_max_subscribers: usize,
+    /// Bound of the change journal on disk, in bytes: beyond it the oldest resume records are
+    /// given up, and while live subscribers still need more the replication stream pauses.
+    #[arg(long, env = "CHANGES_MAX_BYTES", default_value_t = 2 << 30)]
+    pub changes_max_bytes: u64,
+    /// Seconds a postgres_changes subscriber may make no progress reading its socket while
+    /// changes wait for it before it is disconnected (it can then resume).
+    #[arg(long, env = "CHANGES_STALL_TIMEOUT", default_value_t = 60)]
+    pub changes_stall_timeout: u64,
     /// Log a warning when the slot lags the server's WAL by more than this many bytes.
     #[arg(long, env = "REPLICATION_LAG_WARN_BYTES", default_value_t = 1 << 30)]
     pub replication_lag_warn_bytes: u64,
@@ -241,6 +260,21 @@ pub struct DatabaseConfig {
     pub drop_slot_on_shutdown: bool,
     /// Lag above which a warning is logged.
     pub lag_warn_bytes: u64,
+    /// The change journal.
+    pub changes: ChangesConfig,
+    /// Resume records.
+    pub resume: crate::resume::ResumeLimits,
+}
+
+/// The change journal's settings.
+#[derive(Debug, Clone)]
+pub struct ChangesConfig {
+    /// The journal's directory (`CHANGES_DIR/<slot>`).
+    pub dir: std::path::PathBuf,
+    /// Bound in bytes.
+    pub max_bytes: u64,
+    /// Longest a subscriber may make no progress.
+    pub stall_timeout: Duration,
 }
 
 /// A setting that failed validation; its message names the setting.
@@ -551,7 +585,7 @@ impl ServeArgs {
                     },
                     url,
                     publication: nonempty("PUBLICATION", self.publication)?,
-                    slot: slot_name(self.slot_name)?,
+                    slot: slot_name(self.slot_name.clone())?,
                     pool_size: positive("DB_POOL_SIZE", self.db_pool_size as u64)? as usize,
                     max_record_bytes: positive(
                         "POSTGRES_CHANGES_MAX_RECORD_BYTES",
@@ -571,6 +605,26 @@ impl ServeArgs {
                     ),
                     drop_slot_on_shutdown: self.slot_drop_on_shutdown,
                     lag_warn_bytes: self.replication_lag_warn_bytes,
+                    changes: ChangesConfig {
+                        dir: {
+                            if self.changes_dir.as_os_str().is_empty() {
+                                return Err(ConfigError::Range {
+                                    name: "CHANGES_DIR",
+                                    rule: "a directory path",
+                                });
+                            }
+                            self.changes_dir.join(&self.slot_name)
+                        },
+                        max_bytes: positive("CHANGES_MAX_BYTES", self.changes_max_bytes)?,
+                        stall_timeout: Duration::from_secs(positive(
+                            "CHANGES_STALL_TIMEOUT",
+                            self.changes_stall_timeout,
+                        )?),
+                    },
+                    resume: crate::resume::ResumeLimits {
+                        window: Duration::from_secs(self.changes_resume_window),
+                        max_records: self.changes_resume_max_subscribers,
+                    },
                 }),
             },
             channel_error_backoff: Duration::from_millis(self.channel_error_backoff_ms),

@@ -67,6 +67,10 @@ pub enum DbError {
     /// The pool has no connection slots.
     #[error("the database pool has no connections")]
     NoConnections,
+    /// A transaction streamed by the walsender is not yet visible to other sessions (its commit
+    /// waits, e.g. for a synchronous standby).
+    #[error("a committed transaction is not yet visible")]
+    NotVisible,
     /// Connecting failed.
     #[error("cannot connect to the database")]
     Connect(#[source] tokio_postgres::Error),
@@ -82,6 +86,36 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Whether the error is about reaching the database (connection, shutdown, overload,
+    /// timeout, a transaction not yet visible) rather than about the query: such work is
+    /// retried later, never dropped.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::NoConnections | DbError::Connect(_) | DbError::NotVisible => true,
+            DbError::Query { source, .. } => {
+                if source.is_closed() {
+                    return true;
+                }
+                match source.code() {
+                    // No SQLSTATE: an I/O or protocol failure of the connection.
+                    None => true,
+                    Some(code) => {
+                        let code = code.code();
+                        // 08 connection exception, 53 insufficient resources, 57P0x operator
+                        // intervention (shutdown, cannot connect now), 57014 query canceled
+                        // (statement timeout), 40001/40P01 serialization failure/deadlock.
+                        code.starts_with("08")
+                            || code.starts_with("53")
+                            || code.starts_with("57P")
+                            || code == "57014"
+                            || code == "40001"
+                            || code == "40P01"
+                    }
+                }
+            }
+        }
+    }
+
     /// Wraps a query error.
     pub fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
         move |source| DbError::Query { what, source }

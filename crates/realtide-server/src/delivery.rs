@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{join_all, maybe_done};
@@ -17,10 +18,10 @@ use realtide_protocol::encode::{push_json_str, text_frame};
 use realtide_replication::value::to_json_text;
 
 use crate::catalog::{Catalog, ColumnMask, Table, quote_ident};
-use crate::changes::{Action, ChannelChanges, ClaimsGroup, Subscriptions};
+use crate::changes::{Action, ChannelChanges, ClaimsGroup};
 use crate::database::{DbError, Pool};
 use crate::metrics::Metrics;
-use crate::outbox::OutFrame;
+use crate::outbox::Offer;
 
 /// A column value as pgoutput sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,12 @@ pub enum Cell {
 /// One committed row change, with tuples aligned to the table's current columns.
 #[derive(Debug, Clone)]
 pub struct Change {
+    /// Position in the change journal (set when journaled).
+    pub seq: u64,
+    /// The transaction's id (for the visibility check before row level security).
+    pub xid: u32,
+    /// Commit time, microseconds since 2000-01-01 (pgoutput's epoch).
+    pub commit_micros: i64,
     /// The table.
     pub table: Arc<Table>,
     /// INSERT, UPDATE or DELETE.
@@ -51,6 +58,22 @@ pub struct Change {
 }
 
 impl Change {
+    /// Rough memory size, for the journal's in-memory bounds.
+    pub fn estimated_bytes(&self) -> usize {
+        let cells = |row: &Option<Vec<Cell>>| {
+            row.as_ref().map_or(0, |cells| {
+                cells
+                    .iter()
+                    .map(|c| match c {
+                        Cell::Text(t) => t.len() + 32,
+                        Cell::Null | Cell::Toast => 32,
+                    })
+                    .sum()
+            })
+        };
+        160 + cells(&self.new) + cells(&self.old)
+    }
+
     /// The value a filter sees: the new row for INSERT/UPDATE (unchanged TOAST taken from the
     /// old row), the old row for DELETE.
     fn filter_value(&self, index: usize) -> Option<&str> {
@@ -89,24 +112,27 @@ pub struct RenderLimits {
     pub max_record_bytes: usize,
 }
 
-/// Delivers a batch; returns the number of messages handed to channels.
+/// Delivers the changes `[.., end)` of the journal to `channels` (a cohort whose cursors are
+/// all at the first of them); returns the number of messages queued.
+///
+/// A channel whose queue has no room stops at the first change it could not take (its cursor
+/// stays there); the others move to `end`. A database error that may pass (connection,
+/// timeout, a transaction not yet visible) moves no cursor: the caller retries later, so a
+/// change is never dropped or delivered unchecked because the database was unavailable.
 pub async fn deliver(
-    changes: &[Change],
-    subscriptions: &Subscriptions,
+    changes: &[Arc<Change>],
+    channels: &[Arc<ChannelChanges>],
+    end: u64,
     catalog: &Catalog,
     pool: &Pool,
     metrics: &Metrics,
     limits: RenderLimits,
 ) -> Result<usize, DbError> {
-    if changes.is_empty() || subscriptions.is_empty() {
-        return Ok(0);
-    }
-    let channels = subscriptions.snapshot();
 
     // 1. Match: (change index, channel, matched binding ids).
     let mut candidates: Vec<Candidate> = Vec::new();
     for (ci, change) in changes.iter().enumerate() {
-        for channel in &channels {
+        for channel in channels {
             let mut ids: Vec<u32> = Vec::new();
             for binding in &channel.bindings {
                 if !binding.targets(&change.table, change.action) {
@@ -130,6 +156,7 @@ pub async fn deliver(
         }
     }
     if candidates.is_empty() {
+        advance(channels, &HashMap::new(), end);
         return Ok(0);
     }
 
@@ -174,6 +201,20 @@ pub async fn deliver(
             }
         }
     }
+    // A change is checked only once its transaction is visible to the checking sessions: the
+    // walsender may stream a commit before it is (synchronous replication waits, or the race
+    // between WAL flush and the commit becoming visible), and the check would miss the row.
+    let mut xids: Vec<u32> = checks
+        .values()
+        .flat_map(|(_, groups)| groups.values())
+        .flat_map(|g| g.indices.iter())
+        .filter_map(|ci| changes.get(*ci).map(|c| c.xid))
+        .collect();
+    xids.sort_unstable();
+    xids.dedup();
+    if !xids.is_empty() {
+        ensure_visible(pool, &xids).await?;
+    }
     let mut jobs = Vec::new();
     let mut slot = 0;
     for ((role, _), (table, groups)) in checks {
@@ -190,7 +231,7 @@ pub async fn deliver(
     // Claims text -> indices of the changes it may read.
     let mut visible: HashMap<Arc<str>, HashSet<usize>> = HashMap::new();
     for results in join_all(jobs).await {
-        for (claims, allowed) in results {
+        for (claims, allowed) in results? {
             visible
                 .entry(Arc::from(claims.claims.as_str()))
                 .or_default()
@@ -202,11 +243,16 @@ pub async fn deliver(
     let mut data_cache: HashMap<(usize, Vec<bool>), Arc<str>> = HashMap::new();
     let mut frame_cache: HashMap<FrameKey, Bytes> = HashMap::new();
     let mut delivered = 0;
+    // Channels that could take no more, with the position they stopped at.
+    let mut stopped: HashMap<*const ChannelChanges, u64> = HashMap::new();
     for (ci, channel, claims, ids) in &candidates {
         let ci = *ci;
         let Some(change) = changes.get(ci) else {
             continue;
         };
+        if stopped.contains_key(&Arc::as_ptr(channel)) {
+            continue;
+        }
         let selectable = selectable_for(claims, change);
         if needs_rls(change, &selectable)
             && !visible
@@ -249,12 +295,66 @@ pub async fn deliver(
                 ))
             })
             .clone();
-        if channel.outbox.push(OutFrame::Text(frame)) {
-            delivered += 1;
+        let offered = channel
+            .cursor
+            .with_gate(|_| channel.outbox.offer(frame, &channel.cursor, change.seq + 1));
+        match offered {
+            Some(Offer::Queued) => delivered += 1,
+            Some(Offer::Full) => {
+                stopped.insert(Arc::as_ptr(channel), change.seq);
+            }
+            // Gone: nothing more for it (a resume continues from what reached its socket).
+            Some(Offer::Closed) | None => {
+                stopped.insert(Arc::as_ptr(channel), change.seq);
+            }
         }
     }
+    advance(channels, &stopped, end);
+    metrics.frames_queued(delivered as i64);
     metrics.events_out(delivered as u64);
     Ok(delivered)
+}
+
+/// Moves every channel's cursor to `end`, or to where it stopped.
+fn advance(channels: &[Arc<ChannelChanges>], stopped: &HashMap<*const ChannelChanges, u64>, end: u64) {
+    for channel in channels {
+        let next = stopped
+            .get(&Arc::as_ptr(channel))
+            .copied()
+            .unwrap_or(end);
+        channel.cursor.with_gate(|gate| gate.advance(next));
+    }
+}
+
+/// Waits briefly for the transactions `xids` to become visible to a new snapshot; returns
+/// [`DbError::NotVisible`] when one still is not (the caller retries later).
+async fn ensure_visible(pool: &Pool, xids: &[u32]) -> Result<(), DbError> {
+    // The 32-bit xids from pgoutput are widened to full ones next to the snapshot's xmax (a
+    // running transaction is within 2^31 of it), then tested against the current snapshot.
+    const SQL: &str = "select coalesce(bool_and(pg_visible_in_snapshot(\
+        (case when f > m + 2147483648 then f - 4294967296 \
+              when f < m - 2147483648 then f + 4294967296 else f end)::text::xid8, s)), true) \
+        from (select s, pg_snapshot_xmax(s)::text::int8 as m from pg_current_snapshot() s) snap, \
+        lateral (select ((m >> 32) << 32) + x as f from unnest($1::int8[]) x) full_xids";
+    let xids: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
+    let conn = pool.client().await?;
+    let statement = conn.prepared(SQL).await?;
+    let mut delay = Duration::from_millis(2);
+    let started = std::time::Instant::now();
+    loop {
+        let row = conn
+            .query_one(&statement, &[&xids])
+            .await
+            .map_err(DbError::query("visibility check"))?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_millis(200) {
+            return Err(DbError::NotVisible);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// RLS applies to INSERT/UPDATE on tables with row level security and a primary key the role
@@ -321,23 +421,28 @@ struct GroupCheck {
 /// Checks a chunk of claims groups of one role on one connection. First all together in one
 /// pipelined transaction; if anything in it fails, each group alone, so that one failing
 /// group cannot hide rows from the others. A group whose check fails gets nothing.
+///
+/// A failure to reach the database is returned (the batch is retried later); a group whose
+/// check itself fails (a policy that raises an error for its claims) gets nothing.
 async fn check_chunk(
     pool: &Pool,
     slot: usize,
     role: &str,
     table: Arc<Table>,
-    changes: &[Change],
+    changes: &[Arc<Change>],
     groups: Vec<GroupCheck>,
-) -> Vec<(Arc<ClaimsGroup>, Vec<usize>)> {
+) -> Result<Vec<(Arc<ClaimsGroup>, Vec<usize>)>, DbError> {
     let looped = match rls_visible_looped(pool, slot, role, &table, changes, &groups).await {
         Ok(allowed) => Ok(allowed),
+        Err(error) if error.is_transient() => return Err(error),
         Err(error) => {
             tracing::debug!(%error, role, "looped row level security check failed; pipelining");
             rls_visible_many(pool, slot, role, &table, changes, &groups).await
         }
     };
     match looped {
-        Ok(allowed) => groups.into_iter().map(|g| g.claims).zip(allowed).collect(),
+        Ok(allowed) => Ok(groups.into_iter().map(|g| g.claims).zip(allowed).collect()),
+        Err(error) if error.is_transient() => Err(error),
         Err(error) => {
             tracing::debug!(%error, role, "batched row level security check failed; checking groups one by one");
             let mut results = Vec::with_capacity(groups.len());
@@ -346,6 +451,7 @@ async fn check_chunk(
                 let allowed = match rls_visible_many(pool, slot, role, &table, changes, alone).await
                 {
                     Ok(mut allowed) => allowed.pop().unwrap_or_default(),
+                    Err(error) if error.is_transient() => return Err(error),
                     Err(error) => {
                         // Never deliver a row we could not check.
                         tracing::warn!(%error, role, "row level security check failed");
@@ -354,13 +460,13 @@ async fn check_chunk(
                 };
                 results.push((group.claims, allowed));
             }
-            results
+            Ok(results)
         }
     }
 }
 
 /// Primary key values of the changes, one text array per key column.
-fn key_arrays(table: &Table, changes: &[Change], indices: &[usize]) -> Vec<Vec<Option<String>>> {
+fn key_arrays(table: &Table, changes: &[Arc<Change>], indices: &[usize]) -> Vec<Vec<Option<String>>> {
     table
         .primary_key
         .iter()
@@ -419,7 +525,7 @@ async fn rls_visible_looped(
     slot: usize,
     role: &str,
     table: &Table,
-    changes: &[Change],
+    changes: &[Arc<Change>],
     groups: &[GroupCheck],
 ) -> Result<Vec<Vec<usize>>, DbError> {
     let conn = pool.client_at(slot).await?;
@@ -581,7 +687,7 @@ async fn rls_visible_many(
     slot: usize,
     role: &str,
     table: &Table,
-    changes: &[Change],
+    changes: &[Arc<Change>],
     groups: &[GroupCheck],
 ) -> Result<Vec<Vec<usize>>, DbError> {
     let conn = pool.client_at(slot).await?;

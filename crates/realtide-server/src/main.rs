@@ -11,6 +11,9 @@
 //! - [`schema`]: the `realtime` schema migrations and message partitions.
 //! - [`postgres`], [`database`], [`catalog`], [`changes`], [`delivery`], [`replication`]:
 //!   postgres_changes and the replication stream.
+//! - [`journal`], [`feed`], [`resume`]: the change journal on disk, the task that delivers
+//!   from it (cohorts, backpressure, retries, drain), and resume records of departed
+//!   subscribers.
 //! - [`session`]: one connection's reader loop and its channels (join, leave, broadcast,
 //!   presence, tokens).
 //! - [`frames`]: the WebSocket frame reader (small, growable buffers).
@@ -34,6 +37,8 @@ mod changes;
 mod config;
 mod database;
 mod delivery;
+mod feed;
+mod journal;
 mod dev;
 mod error;
 mod frames;
@@ -46,6 +51,7 @@ mod presence;
 mod registry;
 mod replay;
 mod replication;
+mod resume;
 mod schema;
 mod session;
 mod socket;
@@ -53,6 +59,9 @@ mod tls;
 mod token;
 
 use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use clap::{Parser, Subcommand};
 
@@ -173,24 +182,51 @@ pub(crate) async fn serve_on(
     listener: tokio::net::TcpListener,
     local: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let app = app::App::new(config);
+    let app = app::App::new(config).map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", replication::error_chain(&e)))?;
     app.tasks
         .spawn(app.limits.clone().run(app.shutdown.clone()));
+    // Shutdown runs in stages: the signal stops the accept loop and the replication stream;
+    // the change feed hands what was decoded to the sockets; then sessions close; then the
+    // slot is confirmed and positions saved. Without a database, sessions close at once.
+    let stages = feed::Stages {
+        shutdown: app.shutdown.clone(),
+        replication_stopped: CancellationToken::new(),
+        disconnect: app.disconnect.clone(),
+    };
+    let finished = CancellationToken::new();
+    let background = tokio_util::task::TaskTracker::new();
     if let Some(postgres) = app.postgres.clone() {
         let outlet = replication::Outlet {
             registry: app.registry.clone(),
             limits: app.limits.clone(),
             max_payload: app.config.max_payload_bytes,
         };
-        let task = replication::run(
+        background.spawn(replication::run(
             postgres.clone(),
             outlet,
             app.metrics.clone(),
-            app.shutdown.clone(),
-        );
-        app.tasks.spawn(task);
+            stages.clone(),
+            finished.clone(),
+        ));
+        background.spawn(feed::run(
+            postgres.clone(),
+            app.limits.clone(),
+            app.metrics.clone(),
+            delivery::RenderLimits {
+                max_record_bytes: postgres.config.max_record_bytes,
+            },
+            stages.clone(),
+        ));
+        background.spawn(feed::keeper(postgres.clone(), finished.clone()));
         app.tasks
             .spawn(schema::janitor(postgres, app.shutdown.clone()));
+    } else {
+        let disconnect = app.disconnect.clone();
+        let shutdown = app.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            disconnect.cancel();
+        });
     }
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {
@@ -202,6 +238,15 @@ pub(crate) async fn serve_on(
     println!("realtide listening on {local}");
     tracing::info!(addr = %local, tls = app.config.tls.is_some(), "listening");
     app::serve(app, listener).await?;
+    // Every session closed: confirm the slot and save positions.
+    finished.cancel();
+    background.close();
+    if tokio::time::timeout(Duration::from_secs(30), background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("replication did not stop in time");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! the writer closes it. One slow client therefore never slows a fan-out or another client.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,11 +27,102 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: protocol error (RFC 6455 §7.4.1).
 pub const CLOSE_PROTOCOL: u16 = 1002;
 
+/// How far a channel's `postgres_changes` delivery got (journal positions, see
+/// [`crate::journal`]). The delivery task moves `next`; the writer moves `written` once a
+/// change frame is in the socket.
+#[derive(Debug)]
+pub struct Cursor {
+    /// The next journal position to deliver (everything before it was queued or skipped).
+    next: AtomicU64,
+    /// One past the last change frame written to the socket.
+    written: AtomicU64,
+    /// Change frames queued and not yet written.
+    inflight: AtomicUsize,
+    /// Closed cursors take no more frames (the channel left; a resume may take over).
+    gate: parking_lot::Mutex<bool>,
+}
+
+impl Cursor {
+    /// A cursor starting at `next`.
+    pub fn new(next: u64) -> Arc<Cursor> {
+        Arc::new(Cursor {
+            next: AtomicU64::new(next),
+            written: AtomicU64::new(next),
+            inflight: AtomicUsize::new(0),
+            gate: parking_lot::Mutex::new(false),
+        })
+    }
+
+    /// The next position to deliver.
+    pub fn next(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Everything before this position reached the socket or was not for this channel.
+    pub fn done(&self) -> u64 {
+        // `next` first: a push raises `inflight` before it moves `next`, so a `next` read
+        // here is never ahead of frames that `inflight` does not show.
+        let next = self.next.load(Ordering::Acquire);
+        if self.inflight.load(Ordering::Acquire) == 0 {
+            next
+        } else {
+            self.written.load(Ordering::Acquire)
+        }
+    }
+
+    /// Runs `deliver` unless the cursor is closed; it may queue frames and move `next`.
+    pub fn with_gate<T>(&self, deliver: impl FnOnce(&CursorGate<'_>) -> T) -> Option<T> {
+        let closed = self.gate.lock();
+        if *closed {
+            return None;
+        }
+        Some(deliver(&CursorGate { cursor: self }))
+    }
+
+    /// Takes no more frames; returns once no delivery is in progress.
+    pub fn close(&self) {
+        *self.gate.lock() = true;
+    }
+}
+
+/// A cursor held open for one delivery step.
+#[derive(Debug)]
+pub struct CursorGate<'a> {
+    cursor: &'a Cursor,
+}
+
+impl CursorGate<'_> {
+    /// Moves the cursor to `next`.
+    pub fn advance(&self, next: u64) {
+        self.cursor.next.fetch_max(next, Ordering::AcqRel);
+    }
+}
+
+/// Whether a change frame was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued.
+    Queued,
+    /// The queue has no room for changes now; try again later.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
 /// A frame ready to be written.
 #[derive(Debug, Clone)]
 pub enum OutFrame {
     /// A text frame (JSON).
     Text(Bytes),
+    /// A `postgres_changes` text frame at journal position `end - 1` of `cursor`.
+    Change {
+        /// The encoded frame.
+        frame: Bytes,
+        /// Its channel's cursor.
+        cursor: Arc<Cursor>,
+        /// One past its journal position.
+        end: u64,
+    },
     /// A binary frame (V2 kind 4).
     Binary(Bytes),
     /// A pong answering a ping.
@@ -46,6 +137,7 @@ impl OutFrame {
     fn cost(&self) -> usize {
         match self {
             OutFrame::Text(b)
+            | OutFrame::Change { frame: b, .. }
             | OutFrame::Binary(b)
             | OutFrame::Pong(b)
             | OutFrame::CloseEcho(b) => b.len(),
@@ -69,6 +161,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    max_messages: usize,
+    /// Batches written so far (progress, for the stalled-reader check).
+    writes: AtomicU64,
     overflowed: CancellationToken,
 }
 
@@ -93,6 +188,8 @@ pub fn outbox(limits: OutboxLimits, metrics: Arc<Metrics>) -> (Outbox, OutboxRec
         metrics,
         queued_bytes: AtomicUsize::new(0),
         max_bytes: limits.bytes,
+        max_messages: limits.messages.max(1),
+        writes: AtomicU64::new(0),
         overflowed: CancellationToken::new(),
     });
     (
@@ -143,6 +240,59 @@ impl Outbox {
         }
     }
 
+    /// Queues a change frame if the queue is less than half full (in frames and in bytes);
+    /// never marks the connection as a slow consumer: the delivery task waits for room
+    /// instead, so that other frames (replies, broadcasts) keep the other half.
+    pub fn offer(&self, frame: Bytes, cursor: &Arc<Cursor>, end: u64) -> Offer {
+        if self.shared.overflowed.is_cancelled() || self.tx.is_closed() {
+            return Offer::Closed;
+        }
+        if !self.has_room() {
+            return Offer::Full;
+        }
+        let cost = frame.len();
+        self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        cursor.inflight.fetch_add(1, Ordering::AcqRel);
+        let frame = OutFrame::Change {
+            frame,
+            cursor: cursor.clone(),
+            end,
+        };
+        match self.tx.try_send(frame) {
+            Ok(()) => Offer::Queued,
+            Err(error) => {
+                self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+                cursor.inflight.fetch_sub(1, Ordering::AcqRel);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => Offer::Full,
+                    mpsc::error::TrySendError::Closed(_) => Offer::Closed,
+                }
+            }
+        }
+    }
+
+    /// Whether change frames may be queued now (the queue is less than half full).
+    pub fn has_room(&self) -> bool {
+        let queued = self.shared.max_messages - self.tx.capacity();
+        queued < self.shared.max_messages / 2
+            && self.shared.queued_bytes.load(Ordering::Relaxed) < self.shared.max_bytes / 2
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.overflowed.is_cancelled() || self.tx.is_closed()
+    }
+
+    /// Batches written to the socket so far.
+    pub fn writes(&self) -> u64 {
+        self.shared.writes.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection as a slow consumer (close 1008).
+    pub fn cut(&self) {
+        self.shared.overflowed.cancel();
+    }
+
     /// Queues a text frame.
     pub fn text(&self, text: String) -> bool {
         self.push(OutFrame::Text(Bytes::from(text)))
@@ -187,6 +337,8 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
 ) {
     let overflowed = queue.shared.overflowed.clone();
     let mut batch = Vec::new();
+    // Change frames in the batch: their cursors move once the batch is in the socket.
+    let mut marks: Vec<(Arc<Cursor>, u64)> = Vec::new();
     loop {
         let first = tokio::select! {
             // Overflow first: a slow consumer is cut off even when frames are waiting.
@@ -197,12 +349,12 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
                 None => break,
             },
         };
-        let mut closing = encode_into(&mut batch, &first, &queue.shared);
+        let mut closing = encode_into(&mut batch, &first, &queue.shared, &mut marks);
         let mut frames = 1;
         while !closing && batch.len() < WRITE_BATCH {
             match queue.rx.try_recv() {
                 Ok(frame) => {
-                    closing = encode_into(&mut batch, &frame, &queue.shared);
+                    closing = encode_into(&mut batch, &frame, &queue.shared, &mut marks);
                     frames += 1;
                 }
                 Err(_) => break,
@@ -215,6 +367,13 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             result = socket.write_all(&batch) => result,
         };
         metrics.add_bytes_out(batch.len());
+        if written.is_ok() {
+            for (cursor, end) in marks.drain(..) {
+                cursor.written.fetch_max(end, Ordering::AcqRel);
+                cursor.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+            queue.shared.writes.fetch_add(1, Ordering::Relaxed);
+        }
         batch.clear();
         if batch.capacity() > WRITE_BATCH * 2 {
             // Do not keep a large buffer alive on an idle connection.
@@ -250,12 +409,21 @@ fn push_close(out: &mut Vec<u8>, code: u16, reason: &str) {
 }
 
 /// Encodes one queued frame; returns true for close frames.
-fn encode_into(batch: &mut Vec<u8>, frame: &OutFrame, shared: &Shared) -> bool {
+fn encode_into(
+    batch: &mut Vec<u8>,
+    frame: &OutFrame,
+    shared: &Shared,
+    marks: &mut Vec<(Arc<Cursor>, u64)>,
+) -> bool {
     shared
         .queued_bytes
         .fetch_sub(frame.cost(), Ordering::Relaxed);
     match frame {
         OutFrame::Text(b) => push_frame(batch, OP_TEXT, b),
+        OutFrame::Change { frame, cursor, end } => {
+            push_frame(batch, OP_TEXT, frame);
+            marks.push((cursor.clone(), *end));
+        }
         OutFrame::Binary(b) => push_frame(batch, OP_BINARY, b),
         OutFrame::Pong(b) => push_frame(batch, OP_PONG, b),
         OutFrame::Close(code, reason) => {

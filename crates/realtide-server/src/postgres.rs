@@ -9,6 +9,8 @@ use crate::catalog::Catalog;
 use crate::changes::Subscriptions;
 use crate::config::DatabaseConfig;
 use crate::database::Pool;
+use crate::journal::{Journal, JournalError};
+use crate::resume::ResumeBook;
 
 /// Shared database state.
 #[derive(Debug)]
@@ -33,17 +35,25 @@ pub struct Postgres {
     pub server_lsn: AtomicU64,
     /// Commit time (Unix microseconds) of the newest transaction in the pending batch.
     pub batch_commit_micros: std::sync::atomic::AtomicI64,
+    /// Committed changes not yet everywhere they must go.
+    pub journal: Arc<Journal>,
 }
 
 impl Postgres {
     /// Lazily connecting state; nothing touches the network until used.
-    pub fn new(config: DatabaseConfig, authorization_seconds: metrics::Histogram) -> Arc<Postgres> {
+    pub fn new(
+        config: DatabaseConfig,
+        authorization_seconds: metrics::Histogram,
+    ) -> Result<Arc<Postgres>, JournalError> {
+        let journal = Arc::new(Journal::open(&config.changes.dir)?);
+        let book = ResumeBook::load(&config.changes.dir, config.resume);
         let pool = Arc::new(Pool::new(
             config.url.clone(),
             config.tls.clone(),
             config.pool_size,
         ));
-        Arc::new(Postgres {
+        Ok(Arc::new(Postgres {
+            journal,
             authorizer: Authorizer::new(
                 config.url.clone(),
                 config.tls.clone(),
@@ -55,12 +65,12 @@ impl Postgres {
             catalog: Catalog::new(pool.clone()),
             pool,
             config,
-            subscriptions: Subscriptions::default(),
+            subscriptions: Subscriptions::new(book),
             replication_connected: AtomicBool::new(false),
             confirmed_lsn: AtomicU64::new(0),
             server_lsn: AtomicU64::new(0),
             batch_commit_micros: std::sync::atomic::AtomicI64::new(0),
-        })
+        }))
     }
 
     /// Whether a query connection answers `select 1` within two seconds.

@@ -1,9 +1,12 @@
-//! The replication task: streams pgoutput from the slot, turns committed transactions into
-//! [`Change`]s, delivers them, and only then confirms the transaction's end LSN to the slot.
+//! The replication task: streams pgoutput from the slot and writes committed transactions to
+//! the change [`Journal`](crate::journal::Journal) (the change feed delivers from there).
+//! A transaction's end LSN is confirmed to the slot only once the journal holds it on stable
+//! storage and every live subscriber's socket got (or did not need) each of its changes.
 //!
 //! On any error (PostgreSQL restarting, the connection dropping) it reconnects with capped
-//! exponential backoff; WebSocket clients stay connected. Changes that were not confirmed are
-//! streamed again after a reconnect, so nothing committed is skipped.
+//! exponential backoff; WebSocket clients stay connected. Transactions that were not confirmed
+//! are streamed again after a reconnect; those already in the journal are skipped, so nothing
+//! committed is skipped and nothing is delivered twice (database broadcasts included).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +23,9 @@ use crate::broadcast::{self, StoredBody, StoredMessage};
 use crate::catalog::{Table, quote_ident};
 use crate::changes::Action;
 use crate::database::DbError;
-use crate::delivery::{self, Cell, Change, RenderLimits};
+use crate::delivery::{Cell, Change};
+use crate::feed::Stages;
+use crate::journal::{JournalError, Seq};
 use crate::metrics::Metrics;
 use crate::postgres::Postgres;
 use crate::registry::Registry;
@@ -35,6 +40,9 @@ pub enum ReplicationError {
     /// A query failed.
     #[error("database")]
     Db(#[from] DbError),
+    /// The change journal failed.
+    #[error("change journal")]
+    Journal(#[from] JournalError),
     /// The server ended the stream.
     #[error("the server ended the replication stream")]
     Ended,
@@ -43,27 +51,37 @@ pub enum ReplicationError {
 /// 2000-01-01 (PostgreSQL's epoch) in Unix microseconds.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Committed changes are delivered at most this long after the first of them arrived, so
-/// that busy streams are delivered in batches (one RLS round trip per claims group and batch).
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
-/// A batch is delivered at once when it holds this many changes.
-const BATCH_MAX: usize = 5_000;
-/// A transaction larger than this is delivered in parts before its commit is confirmed.
+/// The journal is synced (and the slot confirmed) at most this long after a commit, so that
+/// busy streams share one sync.
+const SYNC_WINDOW: Duration = Duration::from_millis(5);
+/// While changes wait to be confirmed, the confirmable position is looked at this often.
+const CONFIRM_POLL: Duration = Duration::from_millis(50);
+/// Longest wait between reconnects.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Runs until shutdown.
+/// Runs until shutdown. At shutdown, journals what it decoded, fires
+/// `stages.replication_stopped`, and once `finished` (every session closed) confirms what the
+/// journal holds and ends the stream.
 pub async fn run(
     postgres: Arc<Postgres>,
     outlet: Outlet,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
+    stages: Stages,
+    finished: CancellationToken,
 ) {
+    let shutdown = stages.shutdown.clone();
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = Instant::now();
-        // The session watches the shutdown token itself, so that it can deliver and confirm
+        // The session watches the shutdown token itself, so that it can journal and confirm
         // what it already received before stopping.
-        let result = session(&postgres, &outlet, &metrics, &shutdown).await;
+        let result = session(&postgres, &outlet, &metrics, &stages, &finished).await;
+        if shutdown.is_cancelled() {
+            stages.replication_stopped.cancel();
+        }
+        if let Err(error) = postgres.journal.abort() {
+            tracing::warn!(error = %error_chain(&error), "could not cut an unfinished transaction from the change journal");
+        }
         postgres
             .replication_connected
             .store(false, Ordering::Relaxed);
@@ -83,7 +101,10 @@ pub async fn run(
         }
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                stages.replication_stopped.cancel();
+                return;
+            }
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -262,12 +283,63 @@ fn cells(layout: &Layout, tuple: &[ColumnValue]) -> Vec<Cell> {
         .collect()
 }
 
+/// Transactions journaled and not yet confirmed to the slot: (one past their last change,
+/// their end LSN), in commit order.
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    commits: std::collections::VecDeque<(Seq, Lsn)>,
+}
+
+impl Unconfirmed {
+    /// The newest end LSN that may be confirmed: the journal has it on stable storage and
+    /// every live subscriber has everything before it.
+    fn confirmable(&mut self, postgres: &Postgres) -> Option<Lsn> {
+        let front = self.commits.front()?.0;
+        let mut done = postgres.journal.synced();
+        if done < front {
+            return None;
+        }
+        for (_, position) in postgres.subscriptions.live_positions() {
+            done = done.min(position);
+            if done < front {
+                return None;
+            }
+        }
+        let mut lsn = None;
+        while let Some((end, commit)) = self.commits.front().copied() {
+            if end > done {
+                break;
+            }
+            lsn = Some(commit);
+            self.commits.pop_front();
+        }
+        lsn
+    }
+}
+
+async fn confirm(
+    postgres: &Postgres,
+    stream: &mut stream::ReplicationStream,
+    unconfirmed: &mut Unconfirmed,
+) -> Result<(), ReplicationError> {
+    if let Some(lsn) = unconfirmed.confirmable(postgres) {
+        stream.confirm(lsn).await?;
+        postgres
+            .confirmed_lsn
+            .store(stream.confirmed().0, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 async fn session(
     postgres: &Arc<Postgres>,
     outlet: &Outlet,
     metrics: &Metrics,
-    shutdown: &CancellationToken,
+    stages: &Stages,
+    finished: &CancellationToken,
 ) -> Result<(), ReplicationError> {
+    let shutdown = &stages.shutdown;
+    let journal = &postgres.journal;
     let config = ReplicationConfig {
         conn: postgres.config.url.clone(),
         slot: postgres.config.slot.clone(),
@@ -296,12 +368,17 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         stream = connecting => stream?,
     };
+    if journal.bind_system(stream.system_id())? {
+        tracing::warn!(
+            "the change journal belonged to another database cluster; it was emptied"
+        );
+    }
     postgres
         .replication_connected
         .store(true, Ordering::Relaxed);
-    // What this process already delivered and confirmed. PostgreSQL 15 does not always persist
-    // a slot's confirmed position across its own restart, so the slot may resend transactions
-    // we confirmed: those are skipped, and the position is confirmed again.
+    // What this process already confirmed. PostgreSQL 15 does not always persist a slot's
+    // confirmed position across its own restart, so the slot may resend transactions we
+    // confirmed (or journaled): those are skipped, and the position is confirmed again.
     let resume = Lsn(postgres.confirmed_lsn.load(Ordering::Relaxed));
     if resume > stream.confirmed() {
         stream.confirm(resume).await?;
@@ -309,38 +386,69 @@ async fn session(
     postgres
         .confirmed_lsn
         .fetch_max(stream.confirmed().0, Ordering::Relaxed);
-    let mut replayed = false;
-    tracing::info!(slot = %config.slot, from = %stream.confirmed(), "replication streaming");
+    tracing::info!(slot = %config.slot, from = %stream.confirmed(), journal_head = journal.head(), "replication streaming");
 
-    let limits = RenderLimits {
-        max_record_bytes: postgres.config.max_record_bytes,
-    };
     let mut decoder = Decoder {
         relations: HashMap::new(),
         layouts: HashMap::new(),
     };
     let mut in_transaction = false;
+    // The open transaction was journaled (or delivered) before: skip it.
+    let mut replayed = false;
+    // Whether the open transaction's changes go to the journal: someone may need them.
+    let mut journaling = false;
+    let mut xid = 0u32;
+    let mut commit_micros = 0i64;
     let mut commit_timestamp: Arc<str> = Arc::from("");
-    let mut pending: Vec<Change> = Vec::new();
     let mut messages: Vec<StoredMessage> = Vec::new();
-    let mut batch: Vec<Change> = Vec::new();
-    let mut batch_end: Option<Lsn> = None;
-    let mut deadline: Option<Instant> = None;
+    let mut unconfirmed = Unconfirmed::default();
+    let mut sync_due: Option<Instant> = None;
+    let max_bytes = postgres.config.changes.max_bytes;
 
     loop {
-        let due = deadline.filter(|_| batch_end.is_some());
+        // Backpressure: while the journal is over its bound and live subscribers still need
+        // all of it, stop reading (keeping the walsender's connection alive).
+        while !in_transaction && journal.bytes() > max_bytes && !shutdown.is_cancelled() {
+            tracing::warn!(bytes = journal.bytes(), max_bytes, "change journal full; pausing the replication stream");
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            confirm(postgres, &mut stream, &mut unconfirmed).await?;
+            stream.keepalive_reply().await?;
+        }
+        let poll = (!unconfirmed.commits.is_empty()).then(|| Instant::now() + CONFIRM_POLL);
         let message = tokio::select! {
-            // Shutdown first; then a due batch; then the stream.
+            // Shutdown first; then a due sync; then confirmations; then the stream.
             biased;
             () = shutdown.cancelled() => {
-                flush(postgres, &outlet.limits, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
+                // Everything decoded and committed is in the journal; the open transaction is
+                // cut off (the slot streams it again after the restart).
+                journal.abort()?;
+                journal.sync().await?;
+                stages.replication_stopped.cancel();
+                // Sessions close once the change feed delivered the journal to them; then
+                // everything in the journal reached a socket or a resume record.
+                let deadline = crate::feed::DRAIN_DEADLINE + Duration::from_secs(15);
+                tokio::select! {
+                    biased;
+                    () = finished.cancelled() => {}
+                    () = tokio::time::sleep(deadline) => {}
+                }
+                confirm(postgres, &mut stream, &mut unconfirmed).await?;
                 tracing::info!(confirmed = %stream.confirmed(), "replication stopped at shutdown");
                 stream.close().await?;
                 return Ok(());
             }
-            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                flush(postgres, &outlet.limits, metrics, limits, &mut stream, &mut batch, &mut batch_end).await?;
-                deadline = None;
+            () = tokio::time::sleep_until(sync_due.unwrap_or_else(Instant::now)), if sync_due.is_some() => {
+                journal.sync().await?;
+                sync_due = None;
+                confirm(postgres, &mut stream, &mut unconfirmed).await?;
+                continue;
+            }
+            () = tokio::time::sleep_until(poll.unwrap_or_else(Instant::now)), if poll.is_some() => {
+                confirm(postgres, &mut stream, &mut unconfirmed).await?;
                 continue;
             }
             message = stream.next() => message?,
@@ -357,7 +465,8 @@ async fn session(
                 if lag > postgres.config.lag_warn_bytes {
                     tracing::warn!(lag_bytes = lag, "replication slot is lagging");
                 }
-                if !in_transaction && batch_end.is_none() && pending.is_empty() {
+                confirm(postgres, &mut stream, &mut unconfirmed).await?;
+                if !in_transaction && unconfirmed.commits.is_empty() && sync_due.is_none() {
                     // Nothing in flight: the slot may advance over WAL with no changes for us.
                     stream.confirm(keepalive.wal_end).await?;
                     postgres
@@ -374,8 +483,14 @@ async fn session(
         match message {
             LogicalMessage::Begin(begin) => {
                 in_transaction = true;
-                // A transaction whose commit lies before what we confirmed was delivered.
-                replayed = begin.final_lsn < resume;
+                // A transaction whose commit lies before what we confirmed or journaled was
+                // handled before the reconnect.
+                replayed = begin.final_lsn < resume || begin.final_lsn.0 < journal.last_end_lsn();
+                journaling = !replayed
+                    && (!postgres.subscriptions.is_empty()
+                        || postgres.subscriptions.book().len() > 0);
+                xid = begin.xid;
+                commit_micros = begin.commit_time_micros;
                 commit_timestamp =
                     Arc::from(pgoutput::format_commit_timestamp(begin.commit_time_micros));
                 // pgoutput counts from 2000-01-01.
@@ -389,12 +504,19 @@ async fn session(
             LogicalMessage::Commit(commit) => {
                 in_transaction = false;
                 if replayed {
-                    pending.clear();
                     messages.clear();
                     continue;
                 }
-                // Database broadcasts go out at once (fan-out never waits); the slot is
-                // confirmed past this transaction only later, after its changes too.
+                let end = if journaling || !messages.is_empty() {
+                    // Also for broadcasts only: the commit record is what tells a replayed
+                    // transaction from a new one after a reconnect.
+                    journal.commit(commit.end_lsn.0)?
+                } else {
+                    journal.head()
+                };
+                unconfirmed.commits.push_back((end, commit.end_lsn));
+                // Database broadcasts go out now (fan-out never waits); the slot is confirmed
+                // past this transaction only later, after its changes too.
                 for message in messages.drain(..) {
                     broadcast::deliver_stored(
                         &outlet.registry,
@@ -404,23 +526,8 @@ async fn session(
                     );
                     metrics.database_events(1);
                 }
-                batch.append(&mut pending);
-                batch_end = Some(commit.end_lsn);
-                if deadline.is_none() {
-                    deadline = Some(Instant::now() + BATCH_WINDOW);
-                }
-                if batch.len() >= BATCH_MAX {
-                    flush(
-                        postgres,
-                        &outlet.limits,
-                        metrics,
-                        limits,
-                        &mut stream,
-                        &mut batch,
-                        &mut batch_end,
-                    )
-                    .await?;
-                    deadline = None;
+                if sync_due.is_none() {
+                    sync_due = Some(Instant::now() + SYNC_WINDOW);
                 }
             }
             LogicalMessage::Relation(relation) => {
@@ -432,53 +539,62 @@ async fn session(
                 if let Some(relation) = decoder.relations.get(&insert.relation_oid)
                     && is_messages_table(relation)
                 {
-                    if let Some(message) = stored_message(relation, &insert.new) {
+                    if !replayed && let Some(message) = stored_message(relation, &insert.new) {
                         messages.push(message);
                     }
                     continue;
                 }
-                if postgres.subscriptions.is_empty() {
+                if !journaling {
                     continue;
                 }
                 if let Some(layout) = decoder.layout(postgres, insert.relation_oid).await? {
-                    pending.push(Change {
+                    journal.append(Change {
+                        seq: 0,
+                        xid,
+                        commit_micros,
                         table: layout.table.clone(),
                         action: Action::Insert,
                         new: Some(cells(layout, &insert.new)),
                         old: None,
                         old_key_only: false,
                         commit_timestamp: commit_timestamp.clone(),
-                    });
+                    })?;
                 }
             }
             LogicalMessage::Update(update) => {
-                if postgres.subscriptions.is_empty() {
+                if !journaling {
                     continue;
                 }
                 if let Some(layout) = decoder.layout(postgres, update.relation_oid).await? {
-                    pending.push(Change {
+                    journal.append(Change {
+                        seq: 0,
+                        xid,
+                        commit_micros,
                         table: layout.table.clone(),
                         action: Action::Update,
                         new: Some(cells(layout, &update.new)),
                         old_key_only: update.old.as_ref().is_some_and(|o| o.kind == OldKind::Key),
                         old: update.old.as_ref().map(|o| cells(layout, &o.data)),
                         commit_timestamp: commit_timestamp.clone(),
-                    });
+                    })?;
                 }
             }
             LogicalMessage::Delete(delete) => {
-                if postgres.subscriptions.is_empty() {
+                if !journaling {
                     continue;
                 }
                 if let Some(layout) = decoder.layout(postgres, delete.relation_oid).await? {
-                    pending.push(Change {
+                    journal.append(Change {
+                        seq: 0,
+                        xid,
+                        commit_micros,
                         table: layout.table.clone(),
                         action: Action::Delete,
                         new: None,
                         old_key_only: delete.old.kind == OldKind::Key,
                         old: Some(cells(layout, &delete.old.data)),
                         commit_timestamp: commit_timestamp.clone(),
-                    });
+                    })?;
                 }
             }
             // TRUNCATE is not delivered (as the reference); the rest carries nothing for us.
@@ -492,48 +608,4 @@ async fn session(
             | LogicalMessage::StreamAbort { .. } => {}
         }
     }
-}
-
-/// Delivers the committed batch, then confirms its end to the slot.
-async fn flush(
-    postgres: &Postgres,
-    limits: &crate::limits::Limits,
-    metrics: &Metrics,
-    render: RenderLimits,
-    stream: &mut stream::ReplicationStream,
-    batch: &mut Vec<Change>,
-    batch_end: &mut Option<Lsn>,
-) -> Result<(), ReplicationError> {
-    let Some(end) = *batch_end else {
-        return Ok(());
-    };
-    // While the events limit is tripped, changes are not delivered (as the reference's
-    // db_events counter); the slot still advances past them.
-    let delivered = if limits.db_events.tripped() {
-        tracing::warn!(
-            changes = batch.len(),
-            "dropping changes: too many messages per second"
-        );
-        0
-    } else {
-        delivery::deliver(
-            batch,
-            &postgres.subscriptions,
-            &postgres.catalog,
-            &postgres.pool,
-            metrics,
-            render,
-        )
-        .await?
-    };
-    limits.db_events.add(delivered as u64);
-    metrics.database_events(delivered as u64);
-    metrics.replication_delivered(postgres.batch_commit_micros.load(Ordering::Relaxed));
-    batch.clear();
-    *batch_end = None;
-    stream.confirm(end).await?;
-    postgres
-        .confirmed_lsn
-        .store(stream.confirmed().0, Ordering::Relaxed);
-    Ok(())
 }

@@ -27,11 +27,12 @@ use crate::authorization::{
 };
 use crate::broadcast::{self, Body, StoredMessage};
 use crate::changes::{self, ChannelChanges, ClaimsGroup};
+use crate::resume::{self, Resume};
 use crate::error::{JoinError, token_shutdown_message};
 use crate::frames::{FrameReader, Opcode, ReadError};
 use crate::limits::PresenceWindow;
 use crate::outbox::{
-    self, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RESTART, CLOSE_TOO_BIG, OutFrame, Outbox,
+    self, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RESTART, CLOSE_TOO_BIG, Cursor, OutFrame, Outbox,
 };
 use crate::postgres::Postgres;
 use crate::registry::{
@@ -219,7 +220,7 @@ impl Session {
             tokio::select! {
                 // Server shutdown first: every channel hears about it before anything else.
                 biased;
-                () = app.shutdown.cancelled() => {
+                () = app.disconnect.cancelled() => {
                     self.server_disconnect();
                     return;
                 }
@@ -432,7 +433,7 @@ impl Session {
         }
         if let Some(old) = self.channels.remove(&topic) {
             // A duplicate join closes the old channel first, with its own join ref.
-            self.close(&topic, old);
+            self.close(&topic, old, true);
         }
         let joined = self
             .try_join(&topic, join_ref.clone(), reference.as_ref(), request)
@@ -653,7 +654,7 @@ impl Session {
                     Status::Ok,
                     "{}",
                 );
-                self.close(topic, channel);
+                self.close(topic, channel, false);
             }
             None => self.reply(
                 join_ref.map(JoinRef::as_str),
@@ -1055,7 +1056,7 @@ impl Session {
             Some(channel.sub_topic()),
         );
         self.channel_push(&channel, topic, "system", &payload);
-        self.close(topic, channel);
+        self.close(topic, channel, true);
     }
 
     /// Server shutdown: every channel is told, then the socket closes with 1012.
@@ -1074,16 +1075,17 @@ impl Session {
     }
 
     /// Ends a channel: `phx_close` with its join ref (which is also the close's ref), then
-    /// release.
-    fn close(&self, topic: &Topic, channel: Channel) {
+    /// release. `depart`: keep its postgres_changes position for a resume (every end but an
+    /// explicit leave).
+    fn close(&self, topic: &Topic, channel: Channel, depart: bool) {
         let frame = encode::channel_end(self.vsn, channel.join_ref(), topic.as_str(), "phx_close");
         self.outbox.text(frame);
-        self.release(channel);
+        self.release(channel, depart);
     }
 
-    fn release(&self, channel: Channel) {
+    fn release(&self, channel: Channel, depart: bool) {
         if let Some(postgres) = &self.app.postgres {
-            postgres.subscriptions.close(channel.id);
+            postgres.subscriptions.close(channel.id, depart);
         }
         self.app
             .registry
@@ -1093,7 +1095,7 @@ impl Session {
 
     fn leave_all(&mut self) {
         for (_, channel) in std::mem::take(&mut self.channels) {
-            self.release(channel);
+            self.release(channel, true);
         }
         self.sync_user();
     }
@@ -1140,6 +1142,9 @@ impl SubscribeTask {
             .await;
             match outcome {
                 Ok(Ok(bindings)) => {
+                    let ids: Vec<u32> = bindings.iter().map(|b| b.id).collect();
+                    let subject = self.claims.sub.as_deref().unwrap_or(&self.claims.role);
+                    let identity = resume::identity(self.topic.as_str(), subject, &ids);
                     let registered = postgres.subscriptions.register(
                         self.channel,
                         ChannelChanges {
@@ -1148,10 +1153,22 @@ impl SubscribeTask {
                             topic: Arc::from(self.topic.as_str()),
                             bindings,
                             claims: parking_lot::RwLock::new(self.claims.clone()),
+                            cursor: Cursor::new(0),
+                            identity,
+                        },
+                        &postgres.journal,
+                        |resume| {
+                            self.system(SystemStatus::Ok, "Subscribed to PostgreSQL");
+                            if let Resume::Missed { since } = resume {
+                                self.system(
+                                    SystemStatus::Error,
+                                    &resume::missed_message(*since, postgres.config.resume.window),
+                                );
+                            }
                         },
                     );
-                    if registered {
-                        self.system(SystemStatus::Ok, "Subscribed to PostgreSQL");
+                    if let Some(Resume::From(seq)) = registered {
+                        tracing::debug!(from = seq, "postgres_changes subscription resumed");
                     }
                     return;
                 }

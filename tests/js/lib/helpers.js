@@ -71,6 +71,13 @@ function startServer(extraEnv = {}) {
     RUST_LOG: process.env.RUST_LOG || 'info',
     ...extraEnv,
   }
+  // The change journal of a server with a database lives in a directory of that database
+  // (its URL names a test cluster's unique port): a restarted server finds its journal and
+  // parallel tests never share one.
+  if (env.DB_URL && !extraEnv.CHANGES_DIR) {
+    const hash = require('node:crypto').createHash('sha1').update(env.DB_URL).digest('hex').slice(0, 16)
+    env.CHANGES_DIR = require('node:path').join(require('node:os').tmpdir(), 'realtide-test-changes', hash)
+  }
   const child = spawn(bin, ['serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   let err = ''
