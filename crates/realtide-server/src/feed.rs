@@ -279,26 +279,41 @@ async fn restore(catalog: &Catalog, stored: Vec<StoredChange>) -> Result<Vec<Arc
     Ok(out)
 }
 
-/// Every second: expires resume records, prunes the journal, saves positions. At `finished`
-/// (all sessions closed) saves a last time and returns.
+/// Expires resume records and prunes the journal every second; saves positions every 100 ms
+/// while they move (less often when a save is slow: it may take at most a tenth of the time).
+/// At `finished` (all sessions closed) saves a last time, durably, and returns.
 pub async fn keeper(postgres: Arc<Postgres>, finished: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(SAVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut saved_head = u64::MAX;
+    let mut last_upkeep = Instant::now();
+    let mut next_save = Instant::now();
     loop {
         let last = tokio::select! {
             biased;
             () = finished.cancelled() => true,
             _ = tick.tick() => false,
         };
-        keep(&postgres, &mut saved_head, last);
+        if last || last_upkeep.elapsed() >= Duration::from_secs(1) {
+            upkeep(&postgres);
+            last_upkeep = Instant::now();
+        }
+        if last || Instant::now() >= next_save {
+            let started = Instant::now();
+            save(&postgres, &mut saved_head, last);
+            next_save = Instant::now() + started.elapsed() * 10;
+        }
         if last {
             return;
         }
     }
 }
 
-fn keep(postgres: &Postgres, saved_head: &mut u64, force: bool) {
+/// How often moving positions are saved (the bound on what a subscriber may receive twice
+/// after a crash of realtide).
+pub const SAVE_EVERY: Duration = Duration::from_millis(100);
+
+fn upkeep(postgres: &Postgres) {
     let journal = &postgres.journal;
     let live = postgres.subscriptions.live_positions();
     let head = journal.head();
@@ -319,10 +334,17 @@ fn keep(postgres: &Postgres, saved_head: &mut u64, force: bool) {
     if let Err(error) = journal.prune(keep_from) {
         tracing::warn!(error = %crate::replication::error_chain(&error), "could not prune the change journal");
     }
-    let moved = !live.is_empty() && *saved_head != head;
-    if force || book.is_dirty() || moved {
-        match book.save(&live) {
-            Ok(()) => *saved_head = head,
+}
+
+fn save(postgres: &Postgres, saved_head: &mut u64, last: bool) {
+    let live = postgres.subscriptions.live_positions();
+    let moved = live.iter().map(|(_, seq)| *seq).fold(0u64, |acc, seq| {
+        acc.wrapping_mul(31).wrapping_add(seq)
+    });
+    let mut book = postgres.subscriptions.book();
+    if last || book.is_dirty() || (!live.is_empty() && *saved_head != moved) {
+        match book.save(&live, last) {
+            Ok(()) => *saved_head = moved,
             Err(error) => tracing::warn!(%error, "could not save subscriber positions"),
         }
     }

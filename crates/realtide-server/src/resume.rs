@@ -307,8 +307,9 @@ impl ResumeBook {
     }
 
     /// Writes the book, with `live` subscribers (identity, position) as departed now, to disk
-    /// (write to a temporary file, then rename).
-    pub fn save(&mut self, live: &[(Identity, Seq)]) -> std::io::Result<()> {
+    /// (write to a temporary file, then rename). `durable`: also wait for stable storage (a
+    /// crash of the process alone does not lose what was written).
+    pub fn save(&mut self, live: &[(Identity, Seq)], durable: bool) -> std::io::Result<()> {
         let now = millis(SystemTime::now());
         let mut saved = SavedBook::default();
         for (identity, queue) in &self.departed {
@@ -340,7 +341,9 @@ impl ResumeBook {
             use std::io::Write;
             let mut file = std::fs::File::create(&temporary)?;
             file.write_all(&bytes)?;
-            file.sync_data()?;
+            if durable {
+                file.sync_data()?;
+            }
         }
         std::fs::rename(&temporary, &self.path)?;
         self.dirty = false;
@@ -396,7 +399,7 @@ mod tests {
         }
         assert_eq!(book.len(), 2);
         assert!(matches!(book.take(identity("t", "s", &[0]), 0), Resume::Missed { .. }));
-        book.save(&[(a, 42)])?;
+        book.save(&[(a, 42)], true)?;
         let mut loaded = ResumeBook::load(&dir, limits());
         assert_eq!(loaded.take(a, 0), Resume::From(42));
         assert_eq!(loaded.take(identity("t", "s", &[1]), 0), Resume::From(5));
