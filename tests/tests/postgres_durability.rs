@@ -67,7 +67,7 @@ async fn insert(
 }
 
 #[tokio::test]
-async fn realtide_restart_resumes_the_slot_without_redelivery() -> Result<()> {
+async fn realtide_restart_resumes_the_slot_and_the_subscriber_without_redelivery() -> Result<()> {
     let mut env = PgEnv::start(&[], &setup()).await?;
     let topic = "realtime:durable";
     let mut client = subscribe(&env, topic).await?;
@@ -123,16 +123,21 @@ async fn realtide_restart_resumes_the_slot_without_redelivery() -> Result<()> {
         .get(0);
     ensure!(slots == 1, "{slots} slots named {TEST_SLOT}");
 
-    // A fresh subscriber joined before new inserts gets the new change first: nothing
-    // acknowledged before the restart is delivered again.
-    let mut fresh = subscribe(&env, topic).await?;
+    // The same subscriber (topic, token subject, bindings) rejoining resumes: it gets row 2,
+    // committed while realtide was down, then row 3; row 1, which its socket got before the
+    // kill, is not delivered again. A subscriber of another topic starts at the head.
+    let mut rejoined = subscribe(&env, topic).await?;
+    let mut other = subscribe(&env, "realtime:durable-other").await?;
     let lsn3 = insert(&env.db, &env.pg, 3).await?;
-    let first = next_id(&mut fresh, topic).await?;
+    let got = ids_until(&mut rejoined, topic, 3).await?;
     ensure!(
-        first == 3,
-        "after the restart the first delivery must be row 3, got row {first}"
+        got == [Value::from(2), Value::from(3)],
+        "after the restart the rejoined subscriber must get rows 2 and 3, got {got:?}"
     );
-    fresh.assert_no_frame(QUIET).await?;
+    rejoined.assert_no_frame(QUIET).await?;
+    let first = next_id(&mut other, "realtime:durable-other").await?;
+    ensure!(first == 3, "a new subscriber starts at the head, got row {first}");
+    other.assert_no_frame(QUIET).await?;
     env.pg.wait_confirmed(TEST_SLOT, &lsn3).await?;
     Ok(())
 }
