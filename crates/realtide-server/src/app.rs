@@ -163,7 +163,15 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> 
                 .await?
         }
     }
-    // axum's graceful shutdown does not cover upgraded sockets: sessions watch the same token.
+    // axum's graceful shutdown does not cover upgraded sockets: sessions watch the disconnect
+    // token, which fires once decoded changes were handed to them (bounded by the feed's drain
+    // deadline).
+    let _ = tokio::time::timeout(
+        crate::feed::DRAIN_DEADLINE + Duration::from_secs(2),
+        app.disconnect.cancelled(),
+    )
+    .await;
+    app.disconnect.cancel();
     app.tasks.close();
     if tokio::time::timeout(SHUTDOWN_DEADLINE, app.tasks.wait())
         .await
