@@ -337,8 +337,9 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
 ) {
     let overflowed = queue.shared.overflowed.clone();
     let mut batch = Vec::new();
-    // Change frames in the batch: their cursors move once the batch is in the socket.
-    let mut marks: Vec<(Arc<Cursor>, u64)> = Vec::new();
+    // Change frames in the batch (cursor, position, offset of the frame's end in the batch):
+    // their cursors move once the socket took the frame.
+    let mut marks: Vec<(Arc<Cursor>, u64, usize)> = Vec::new();
     loop {
         let first = tokio::select! {
             // Overflow first: a slow consumer is cut off even when frames are waiting.
@@ -361,18 +362,41 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             }
         }
         metrics.frames_dequeued(frames);
-        let written = tokio::select! {
-            biased;
-            () = overflowed.cancelled() => break,
-            result = socket.write_all(&batch) => result,
-        };
-        metrics.add_bytes_out(batch.len());
-        if written.is_ok() {
-            for (cursor, end) in marks.drain(..) {
-                cursor.written.fetch_max(end, Ordering::AcqRel);
-                cursor.inflight.fetch_sub(1, Ordering::AcqRel);
+        // Written piece by piece, so that change frames count as written as soon as the
+        // socket took all of their bytes, also when a slow consumer is cut mid-batch.
+        let mut sent = 0;
+        let mut marked = 0;
+        let written: std::io::Result<()> = loop {
+            if sent >= batch.len() {
+                break Ok(());
             }
-            queue.shared.writes.fetch_add(1, Ordering::Relaxed);
+            let rest = batch.get(sent..).unwrap_or_default();
+            let result = tokio::select! {
+                biased;
+                () = overflowed.cancelled() => break Err(std::io::ErrorKind::Interrupted.into()),
+                result = socket.write(rest) => result,
+            };
+            match result {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    sent += n;
+                    queue.shared.writes.fetch_add(1, Ordering::Relaxed);
+                    while let Some((cursor, end, offset)) = marks.get(marked) {
+                        if *offset > sent {
+                            break;
+                        }
+                        cursor.written.fetch_max(*end, Ordering::AcqRel);
+                        cursor.inflight.fetch_sub(1, Ordering::AcqRel);
+                        marked += 1;
+                    }
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        marks.clear();
+        metrics.add_bytes_out(sent);
+        if overflowed.is_cancelled() {
+            break;
         }
         batch.clear();
         if batch.capacity() > WRITE_BATCH * 2 {
@@ -413,7 +437,7 @@ fn encode_into(
     batch: &mut Vec<u8>,
     frame: &OutFrame,
     shared: &Shared,
-    marks: &mut Vec<(Arc<Cursor>, u64)>,
+    marks: &mut Vec<(Arc<Cursor>, u64, usize)>,
 ) -> bool {
     shared
         .queued_bytes
@@ -422,7 +446,7 @@ fn encode_into(
         OutFrame::Text(b) => push_frame(batch, OP_TEXT, b),
         OutFrame::Change { frame, cursor, end } => {
             push_frame(batch, OP_TEXT, frame);
-            marks.push((cursor.clone(), *end));
+            marks.push((cursor.clone(), *end, batch.len()));
         }
         OutFrame::Binary(b) => push_frame(batch, OP_BINARY, b),
         OutFrame::Pong(b) => push_frame(batch, OP_PONG, b),

@@ -96,28 +96,29 @@ pub struct PostgresChangesArgs {
 
 /// One subscriber's results.
 #[derive(Debug, Default)]
-struct SubStats {
-    subscribed: bool,
-    error: Option<String>,
-    team: i32,
+pub(crate) struct SubStats {
+    pub(crate) subscribed: bool,
+    pub(crate) error: Option<String>,
+    pub(crate) team: i32,
     /// Correct, first-time deliveries of rows of this run.
-    correct: u64,
+    pub(crate) correct: u64,
     /// Rows this subscriber must not see (another team's, with RLS on).
-    wrong: u64,
+    pub(crate) wrong: u64,
     /// Rows delivered more than once.
-    duplicates: u64,
+    pub(crate) duplicates: u64,
     /// Rows from before this run.
-    stale: u64,
+    pub(crate) stale: u64,
     /// `postgres_changes` messages that could not be read.
-    unparsed: u64,
+    pub(crate) unparsed: u64,
     /// Other `system` errors after subscribing.
-    system_errors: u64,
+    pub(crate) system_errors: u64,
     /// Bit `k` set: row `base + 1 + k` received.
     seen: Vec<u64>,
 }
 
 impl SubStats {
-    fn mark(&mut self, offset: usize) -> bool {
+    /// Records row `base + 1 + offset`; false when it was already received.
+    pub(crate) fn mark(&mut self, offset: usize) -> bool {
         let word = offset / 64;
         if self.seen.len() <= word {
             self.seen.resize(word + 1, 0);
@@ -133,7 +134,8 @@ impl SubStats {
         }
     }
 
-    fn has(&self, offset: usize) -> bool {
+    /// Whether row `base + 1 + offset` was received.
+    pub(crate) fn has(&self, offset: usize) -> bool {
         self.seen
             .get(offset / 64)
             .is_some_and(|w| w & (1u64 << (offset % 64)) != 0)
@@ -157,32 +159,35 @@ struct Shared {
     stop: CancellationToken,
 }
 
+/// The parts of a `postgres_changes` payload the scenarios read.
 #[derive(Deserialize)]
-struct Delivery<'a> {
+pub(crate) struct Delivery<'a> {
     #[serde(borrow)]
-    data: DeliveryData<'a>,
+    pub(crate) data: DeliveryData<'a>,
 }
 
 #[derive(Deserialize)]
-struct DeliveryData<'a> {
+pub(crate) struct DeliveryData<'a> {
     #[serde(borrow)]
-    commit_timestamp: &'a str,
-    record: Option<Row>,
+    pub(crate) commit_timestamp: &'a str,
+    pub(crate) record: Option<Row>,
 }
 
+/// A `team_items` row as delivered.
 #[derive(Deserialize)]
-struct Row {
-    id: i64,
-    team_id: i32,
+pub(crate) struct Row {
+    pub(crate) id: i64,
+    pub(crate) team_id: i32,
 }
 
+/// A `system` message's payload.
 #[derive(Deserialize)]
-struct SystemPayload {
-    status: Option<String>,
-    message: Option<String>,
+pub(crate) struct SystemPayload {
+    pub(crate) status: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
-fn sql_literal(s: &str) -> String {
+pub(crate) fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -191,19 +196,37 @@ fn user_uuid(i: usize) -> String {
     format!("00000000-0000-4000-8000-{:012x}", i + 1)
 }
 
-fn team_of(i: usize, teams: usize) -> i32 {
+pub(crate) fn team_of(i: usize, teams: usize) -> i32 {
     i32::try_from(i % teams.max(1) + 1).unwrap_or(i32::MAX)
 }
 
 /// Creates (idempotently) the tables, members, grants, policy and publication membership;
 /// empties `team_items` and returns an id below every row this run will insert.
 async fn setup(args: &PostgresChangesArgs) -> Result<i64> {
-    let (db, conn) = tokio_postgres::connect(&args.db_url, NoTls)
+    setup_tables(
+        &args.db_url,
+        &args.publication,
+        args.users,
+        args.teams,
+        args.rls,
+    )
+    .await
+}
+
+/// [`setup`] for any scenario using the `team_items` shape.
+pub(crate) async fn setup_tables(
+    db_url: &str,
+    publication: &str,
+    users: usize,
+    teams: usize,
+    rls: Rls,
+) -> Result<i64> {
+    let (db, conn) = tokio_postgres::connect(db_url, NoTls)
         .await
         .context("connecting to the database for setup")?;
     let conn_task = tokio::spawn(conn);
-    let publication = sql_literal(&args.publication);
-    let rls = match args.rls {
+    let publication = sql_literal(publication);
+    let rls = match rls {
         Rls::On => "enable",
         Rls::Off => "disable",
     };
@@ -245,8 +268,8 @@ async fn setup(args: &PostgresChangesArgs) -> Result<i64> {
         end $$;
         analyze public.team_members;
         "#,
-        teams = args.teams.max(1),
-        last_user = args.users.saturating_sub(1),
+        teams = teams.max(1),
+        last_user = users.saturating_sub(1),
     );
     db.batch_execute(&sql).await.context("setting up schema")?;
     let row = db
@@ -261,7 +284,7 @@ async fn setup(args: &PostgresChangesArgs) -> Result<i64> {
     Ok(base)
 }
 
-fn join_payload(token: &str) -> String {
+pub(crate) fn join_payload(token: &str) -> String {
     json!({
         "config": {
             "broadcast": {"ack": false, "self": false},
@@ -276,7 +299,7 @@ fn join_payload(token: &str) -> String {
     .to_string()
 }
 
-fn user_token(i: usize, secret: &str) -> String {
+pub(crate) fn user_token(i: usize, secret: &str) -> String {
     let now = unix_micros(SystemTime::now()) / 1_000_000;
     realtide_auth::sign_hs256(
         &json!({
@@ -291,7 +314,7 @@ fn user_token(i: usize, secret: &str) -> String {
 }
 
 /// Connects, joins and waits for `Subscribed to PostgreSQL`.
-async fn subscribe(
+pub(crate) async fn subscribe(
     endpoint: &Endpoint,
     source: Option<std::net::IpAddr>,
     token: &str,
@@ -435,48 +458,79 @@ fn on_delivery(index: usize, payload: &str, stats: &mut SubStats, shared: &Share
 
 /// The inserter's results.
 #[derive(Debug)]
-struct Inserted {
+pub(crate) struct Inserted {
     /// (id, team) of every committed row.
-    rows: Vec<(i64, i32)>,
-    failed: u64,
-    elapsed: Duration,
-    roundtrip: LatencySummary,
+    pub(crate) rows: Vec<(i64, i32)>,
+    pub(crate) failed: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) roundtrip: LatencySummary,
+}
+
+/// What and how fast an inserter inserts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InsertPlan<'a> {
+    pub(crate) db_url: &'a str,
+    pub(crate) synchronous_commit: &'a str,
+    pub(crate) payload_bytes: usize,
+    pub(crate) tick_ms: u64,
+    pub(crate) teams: usize,
+    /// Rows per second.
+    pub(crate) rate: f64,
+    /// Seconds.
+    pub(crate) duration: f64,
+    /// Index of the first row: row `k` goes to team `team_of(k)`.
+    pub(crate) first: u64,
 }
 
 /// Inserts at `rate` rows/s for `duration`, one autocommitted statement per row, the rows
 /// due in one tick pipelined on the connection.
 async fn insert_rows(args: &PostgresChangesArgs) -> Result<Inserted> {
-    let (db, conn) = tokio_postgres::connect(&args.db_url, NoTls)
+    insert_planned(&InsertPlan {
+        db_url: &args.db_url,
+        synchronous_commit: &args.synchronous_commit,
+        payload_bytes: args.payload_bytes,
+        tick_ms: args.tick_ms,
+        teams: args.teams,
+        rate: args.rate,
+        duration: args.duration,
+        first: 0,
+    })
+    .await
+}
+
+/// [`insert_rows`] for any scenario using the `team_items` shape.
+pub(crate) async fn insert_planned(plan: &InsertPlan<'_>) -> Result<Inserted> {
+    let (db, conn) = tokio_postgres::connect(plan.db_url, NoTls)
         .await
         .context("connecting the inserter")?;
     let conn_task = tokio::spawn(conn);
     db.batch_execute(&format!(
         "set synchronous_commit = {}",
-        sql_literal(&args.synchronous_commit)
+        sql_literal(plan.synchronous_commit)
     ))
     .await
     .context("setting synchronous_commit")?;
     let stmt = db
         .prepare("insert into public.team_items (team_id, payload) values ($1, $2) returning id")
         .await?;
-    let payload = "x".repeat(args.payload_bytes);
-    let teams = args.teams.max(1);
-    let total = (args.rate * args.duration).round().max(0.0) as u64;
+    let payload = "x".repeat(plan.payload_bytes);
+    let teams = plan.teams.max(1);
+    let total = (plan.rate * plan.duration).round().max(0.0) as u64;
     let roundtrips = LatencyRecorder::new(1)?;
     let mut rows = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let mut failed = 0u64;
     let mut done = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_millis(plan.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let start = Instant::now();
     while done < total {
         tick.tick().await;
-        let due = ((args.rate * start.elapsed().as_secs_f64()) as u64).min(total);
+        let due = ((plan.rate * start.elapsed().as_secs_f64()) as u64).min(total);
         if due <= done {
             continue;
         }
         let batch = (done..due).map(|k| {
-            let team = team_of(usize::try_from(k).unwrap_or(0), teams);
+            let team = team_of(usize::try_from(k + plan.first).unwrap_or(0), teams);
             let db = &db;
             let stmt = &stmt;
             let payload = &payload;
