@@ -107,8 +107,7 @@ fn assert_sequence(got: &[i64], from: i64, to: i64) -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_transaction_larger_than_the_queue_waits_for_a_reader_that_does_not_read() -> Result<()>
-{
+async fn a_transaction_larger_than_the_queue_waits_for_a_reader_that_does_not_read() -> Result<()> {
     let env = PgEnv::start(&[("OUTBOUND_QUEUE_MESSAGES", "1000")], &setup()).await?;
     let topic = "realtime:big";
     let mut client = env.server.connect_paused(Vsn::V2).await?;
@@ -152,8 +151,10 @@ async fn a_reader_stalled_past_the_timeout_is_cut_and_resumes_without_gap_or_dup
     let mut client = env.server.connect_paused(Vsn::V2).await?;
     client.send_join(topic, &join_payload(&service())).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    env.exec("insert into public.items select g, repeat('x', 200) from generate_series(1, 20000) g")
-        .await?;
+    env.exec(
+        "insert into public.items select g, repeat('x', 200) from generate_series(1, 20000) g",
+    )
+    .await?;
     // Longer than the stall timeout: the server cuts the socket.
     tokio::time::sleep(Duration::from_secs(6)).await;
     client.start_reading();
@@ -188,7 +189,8 @@ async fn a_lost_socket_rejoining_within_the_window_gets_what_it_missed_then_live
     env.exec("insert into public.items select g, 'b' from generate_series(2, 50) g")
         .await?;
     let mut again = subscribe(&env, topic).await?;
-    env.exec("insert into public.items values (51, 'c')").await?;
+    env.exec("insert into public.items values (51, 'c')")
+        .await?;
     assert_sequence(&ids(&mut again, topic, 50).await?, 2, 51)?;
     again.assert_no_frame(QUIET).await?;
     // Another subject on the same topic is another subscriber: it starts at the head.
@@ -197,7 +199,8 @@ async fn a_lost_socket_rejoining_within_the_window_gets_what_it_missed_then_live
     other
         .join_changes(topic, bindings(), Some(&other_token))
         .await?;
-    env.exec("insert into public.items values (52, 'd')").await?;
+    env.exec("insert into public.items values (52, 'd')")
+        .await?;
     assert_sequence(&ids(&mut other, topic, 1).await?, 52, 52)?;
     Ok(())
 }
@@ -291,10 +294,16 @@ async fn a_commit_streamed_before_it_is_visible_is_checked_once_visible() -> Res
             .await
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    ensure!(!insert.is_finished(), "the commit should wait for the standby");
+    ensure!(
+        !insert.is_finished(),
+        "the commit should wait for the standby"
+    );
     let visible: bool = env
         .db
-        .query_one("select exists (select 1 from public.notes where id = 1)", &[])
+        .query_one(
+            "select exists (select 1 from public.notes where id = 1)",
+            &[],
+        )
         .await?
         .get(0);
     ensure!(!visible, "the row must not be visible yet");

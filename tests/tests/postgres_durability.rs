@@ -136,7 +136,10 @@ async fn realtide_restart_resumes_the_slot_and_the_subscriber_without_redelivery
     );
     rejoined.assert_no_frame(QUIET).await?;
     let first = next_id(&mut other, "realtime:durable-other").await?;
-    ensure!(first == 3, "a new subscriber starts at the head, got row {first}");
+    ensure!(
+        first == 3,
+        "a new subscriber starts at the head, got row {first}"
+    );
     other.assert_no_frame(QUIET).await?;
     env.pg.wait_confirmed(TEST_SLOT, &lsn3).await?;
     Ok(())

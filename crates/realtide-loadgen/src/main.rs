@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 use realtide_loadgen::client::{Endpoint, SourceAddrs};
 use realtide_loadgen::scenario::postgres_changes::{self, PostgresChangesArgs};
-use realtide_loadgen::scenario::{capacity, fanout};
+use realtide_loadgen::scenario::{capacity, catchup, fanout};
 use realtide_loadgen::{limits, report};
 
 #[derive(Debug, Parser)]
@@ -56,6 +56,9 @@ struct Cli {
 enum Scenario {
     /// Row changes of one RLS table streamed to many users (issue 3 point 5).
     PostgresChanges(PostgresChangesArgs),
+    /// postgres_changes subscribers across a server outage: stop, insert, restart, and
+    /// every client reconnects and rejoins; catch-up time and rate, exactly-once checks.
+    CatchUp(catchup::CatchUpArgs),
     /// P publishers, T topics, S subscribers per topic.
     Fanout(fanout::FanoutArgs),
     /// The reference's chat shape: 1-member echo channel plus a 6-member channel per user.
@@ -104,7 +107,9 @@ fn main() -> Result<()> {
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(true);
     if !correct {
-        eprintln!("ERROR: wrong, duplicate or stale deliveries (see the report)");
+        eprintln!(
+            "ERROR: wrong, duplicate or stale deliveries (catch-up: also missing or out of order; see the report)"
+        );
         std::process::exit(3);
     }
     Ok(())
@@ -159,7 +164,9 @@ async fn run(cli: &Cli) -> Result<serde_json::Value> {
         Scenario::DbBroadcast(args) => {
             capacity::db_broadcast(args, &endpoint, &sources, &token()?, concurrency).await?
         }
-        Scenario::PostgresChanges(_) | Scenario::CeilingServer { .. } => serde_json::Value::Null,
+        Scenario::PostgresChanges(_) | Scenario::CatchUp(_) | Scenario::CeilingServer { .. } => {
+            serde_json::Value::Null
+        }
     };
     if !report.is_null() {
         eprintln!("{}", brief(&report));
@@ -175,6 +182,16 @@ async fn run(cli: &Cli) -> Result<serde_json::Value> {
                 postgres_changes::run(args, &endpoint, &sources, secret, cli.connect_concurrency)
                     .await?;
             eprintln!("{}", postgres_changes::summary(&report));
+            Ok(report)
+        }
+        Scenario::CatchUp(args) => {
+            let secret = cli
+                .secret
+                .as_deref()
+                .context("--secret (or JWT_SECRET) is required")?;
+            let report =
+                catchup::run(args, &endpoint, &sources, secret, cli.connect_concurrency).await?;
+            eprintln!("{}", catchup::summary(&report));
             Ok(report)
         }
         _ => Ok(serde_json::Value::Null),

@@ -108,7 +108,9 @@ impl AuthzError {
     fn classify(error: DbError) -> AuthzError {
         let code = match &error {
             DbError::Query { source, .. } => source.code().cloned(),
-            DbError::Connect(_) | DbError::NoConnections | DbError::NotVisible => return AuthzError::Unavailable(error),
+            DbError::Connect(_) | DbError::NoConnections | DbError::NotVisible => {
+                return AuthzError::Unavailable(error);
+            }
         };
         match code {
             Some(code) if code == SqlState::QUERY_CANCELED => AuthzError::Canceled(error),

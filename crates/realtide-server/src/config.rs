@@ -80,7 +80,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHANGES_RESUME_WINDOW", default_value_t = 120)]
     pub changes_resume_window: u64,
     /// Most departed subscribers whose positions are kept for a resume.
-    #[arg(long, env = "CHANGES_RESUME_MAX_SUBSCRIBERS", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "CHANGES_RESUME_MAX_SUBSCRIBERS",
+        default_value_t = 100_000
+    )]
     pub changes_resume_max_subscribers: usize,
     /// Bound of the change journal on disk, in bytes: beyond it the oldest resume records are
     /// given up, and while live subscribers still need more the replication stream pauses.

@@ -128,7 +128,6 @@ pub async fn deliver(
     metrics: &Metrics,
     limits: RenderLimits,
 ) -> Result<usize, DbError> {
-
     // 1. Match: (change index, channel, matched binding ids).
     let mut candidates: Vec<Candidate> = Vec::new();
     for (ci, change) in changes.iter().enumerate() {
@@ -316,12 +315,13 @@ pub async fn deliver(
 }
 
 /// Moves every channel's cursor to `end`, or to where it stopped.
-fn advance(channels: &[Arc<ChannelChanges>], stopped: &HashMap<*const ChannelChanges, u64>, end: u64) {
+fn advance(
+    channels: &[Arc<ChannelChanges>],
+    stopped: &HashMap<*const ChannelChanges, u64>,
+    end: u64,
+) {
     for channel in channels {
-        let next = stopped
-            .get(&Arc::as_ptr(channel))
-            .copied()
-            .unwrap_or(end);
+        let next = stopped.get(&Arc::as_ptr(channel)).copied().unwrap_or(end);
         channel.cursor.with_gate(|gate| gate.advance(next));
     }
 }
@@ -466,7 +466,11 @@ async fn check_chunk(
 }
 
 /// Primary key values of the changes, one text array per key column.
-fn key_arrays(table: &Table, changes: &[Arc<Change>], indices: &[usize]) -> Vec<Vec<Option<String>>> {
+fn key_arrays(
+    table: &Table,
+    changes: &[Arc<Change>],
+    indices: &[usize],
+) -> Vec<Vec<Option<String>>> {
     table
         .primary_key
         .iter()

@@ -82,7 +82,9 @@ pub async fn run(
             let started = *drain_started.get_or_insert_with(Instant::now);
             if feed.caught_up() || started.elapsed() > DRAIN_DEADLINE {
                 if !feed.caught_up() {
-                    tracing::warn!("shutdown: some subscribers did not take every change in time; they resume on rejoin");
+                    tracing::warn!(
+                        "shutdown: some subscribers did not take every change in time; they resume on rejoin"
+                    );
                 }
                 stages.disconnect.cancel();
                 return;
@@ -216,7 +218,10 @@ impl Feed {
             if self.limits.db_events.tripped() {
                 // As the reference's db_events counter: over the rate limit, changes are not
                 // delivered (documented in the configuration).
-                tracing::warn!(changes = changes.len(), "dropping changes: too many messages per second");
+                tracing::warn!(
+                    changes = changes.len(),
+                    "dropping changes: too many messages per second"
+                );
                 for channel in &cohort {
                     channel.cursor.with_gate(|gate| gate.advance(end));
                 }
@@ -235,8 +240,9 @@ impl Feed {
             self.limits.db_events.add(delivered as u64);
             self.metrics.database_events(delivered as u64);
             if let Some(last) = changes.last() {
-                self.metrics
-                    .replication_delivered(last.commit_micros.saturating_add(POSTGRES_EPOCH_MICROS));
+                self.metrics.replication_delivered(
+                    last.commit_micros.saturating_add(POSTGRES_EPOCH_MICROS),
+                );
             }
         }
         Ok(Step::Progress)
@@ -245,7 +251,10 @@ impl Feed {
 
 /// Changes read back from disk, aligned to the tables' current columns by name. A change of a
 /// table that no longer exists is left out.
-async fn restore(catalog: &Catalog, stored: Vec<StoredChange>) -> Result<Vec<Arc<Change>>, DbError> {
+async fn restore(
+    catalog: &Catalog,
+    stored: Vec<StoredChange>,
+) -> Result<Vec<Arc<Change>>, DbError> {
     let mut out = Vec::with_capacity(stored.len());
     for change in stored {
         let Some(table) = catalog.table(change.oid).await? else {
@@ -338,9 +347,10 @@ fn upkeep(postgres: &Postgres) {
 
 fn save(postgres: &Postgres, saved_head: &mut u64, last: bool) {
     let live = postgres.subscriptions.live_positions();
-    let moved = live.iter().map(|(_, seq)| *seq).fold(0u64, |acc, seq| {
-        acc.wrapping_mul(31).wrapping_add(seq)
-    });
+    let moved = live
+        .iter()
+        .map(|(_, seq)| *seq)
+        .fold(0u64, |acc, seq| acc.wrapping_mul(31).wrapping_add(seq));
     let mut book = postgres.subscriptions.book();
     if last || book.is_dirty() || (!live.is_empty() && *saved_head != moved) {
         match book.save(&live, last) {

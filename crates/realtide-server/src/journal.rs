@@ -201,8 +201,7 @@ impl Journal {
                     .write(true)
                     .open(&path)
                     .map_err(io_error(&path))?;
-                file.set_len(scan.committed_len)
-                    .map_err(io_error(&path))?;
+                file.set_len(scan.committed_len).map_err(io_error(&path))?;
                 file.sync_all().map_err(io_error(&path))?;
                 broken = scan.damaged;
             }
@@ -248,7 +247,8 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        file.seek(SeekFrom::Start(offset)).map_err(io_error(&path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io_error(&path))?;
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         let (head_tx, _) = tokio::sync::watch::channel(next_seq);
         Ok(Journal {
@@ -299,10 +299,7 @@ impl Journal {
     /// The oldest change still available.
     pub fn first(&self) -> Seq {
         let state = self.state.lock();
-        state
-            .segments
-            .first()
-            .map_or(state.next_seq, |s| s.first)
+        state.segments.first().map_or(state.next_seq, |s| s.first)
     }
 
     /// Bytes on disk.
@@ -324,7 +321,7 @@ impl Journal {
         state.scratch = scratch;
         let written = written.map_err(io_error(self.current_path(state)))?;
         state.out_offset += written;
-        if seq % INDEX_EVERY == 0
+        if seq.is_multiple_of(INDEX_EVERY)
             && let Some(segment) = state.segments.last_mut()
         {
             segment.index.push((seq, offset));
@@ -403,7 +400,11 @@ impl Journal {
         }
         state.out.flush().map_err(io_error(&path))?;
         let committed = state.committed_offset;
-        state.out.get_ref().set_len(committed).map_err(io_error(&path))?;
+        state
+            .out
+            .get_ref()
+            .set_len(committed)
+            .map_err(io_error(&path))?;
         state
             .out
             .seek(SeekFrom::Start(committed))
@@ -539,7 +540,11 @@ impl Journal {
             let segment = state.segments.remove(0);
             state.total_bytes = state.total_bytes.saturating_sub(segment.bytes);
             fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
-            tracing::debug!(first = segment.first, end = segment.end, "pruned a change journal segment");
+            tracing::debug!(
+                first = segment.first,
+                end = segment.end,
+                "pruned a change journal segment"
+            );
         }
         Ok(())
     }
@@ -727,7 +732,10 @@ fn read_frame<R: Read>(reader: &mut R, body: &mut Vec<u8>) -> io::Result<Option<
             return if got == 0 {
                 Ok(None)
             } else {
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "torn frame header"))
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "torn frame header",
+                ))
             };
         }
         got += n;
@@ -788,7 +796,7 @@ fn scan_segment(path: &Path) -> io::Result<Scan> {
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_le_bytes);
                 if let Some(seq) = seq
-                    && seq % INDEX_EVERY == 0
+                    && seq.is_multiple_of(INDEX_EVERY)
                 {
                     uncommitted_index.push((seq, frame_offset));
                 }
@@ -823,7 +831,10 @@ fn read_segment(path: &Path, start: u64, from: Seq, end: Seq) -> io::Result<Vec<
             continue;
         }
         let Some(change) = decode_change(&body) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed change"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed change",
+            ));
         };
         if change.seq < from {
             continue;

@@ -37,11 +37,11 @@ mod changes;
 mod config;
 mod database;
 mod delivery;
-mod feed;
-mod journal;
 mod dev;
 mod error;
+mod feed;
 mod frames;
+mod journal;
 mod limits;
 mod metrics;
 mod outbox;
@@ -182,7 +182,8 @@ pub(crate) async fn serve_on(
     listener: tokio::net::TcpListener,
     local: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let app = app::App::new(config).map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", replication::error_chain(&e)))?;
+    let app = app::App::new(config)
+        .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", replication::error_chain(&e)))?;
     app.tasks
         .spawn(app.limits.clone().run(app.shutdown.clone()));
     // Shutdown runs in stages: the signal stops the accept loop and the replication stream;

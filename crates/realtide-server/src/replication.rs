@@ -369,9 +369,7 @@ async fn session(
         stream = connecting => stream?,
     };
     if journal.bind_system(stream.system_id())? {
-        tracing::warn!(
-            "the change journal belonged to another database cluster; it was emptied"
-        );
+        tracing::warn!("the change journal belonged to another database cluster; it was emptied");
     }
     postgres
         .replication_connected
@@ -409,7 +407,11 @@ async fn session(
         // Backpressure: while the journal is over its bound and live subscribers still need
         // all of it, stop reading (keeping the walsender's connection alive).
         while !in_transaction && journal.bytes() > max_bytes && !shutdown.is_cancelled() {
-            tracing::warn!(bytes = journal.bytes(), max_bytes, "change journal full; pausing the replication stream");
+            tracing::warn!(
+                bytes = journal.bytes(),
+                max_bytes,
+                "change journal full; pausing the replication stream"
+            );
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {}

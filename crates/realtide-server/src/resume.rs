@@ -164,7 +164,10 @@ impl ResumeBook {
     }
 
     fn insert(&mut self, identity: Identity, departed: Departed) {
-        self.departed.entry(identity).or_default().push_back(departed);
+        self.departed
+            .entry(identity)
+            .or_default()
+            .push_back(departed);
         self.count += 1;
         self.dirty = true;
     }
@@ -235,7 +238,10 @@ impl ResumeBook {
             self.count = self.count.saturating_sub(expired.len());
             self.dirty = true;
             for (identity, at) in expired {
-                tracing::info!(identity = format_args!("{identity:016x}"), "a departed subscriber's resume record expired");
+                tracing::info!(
+                    identity = format_args!("{identity:016x}"),
+                    "a departed subscriber's resume record expired"
+                );
                 self.markers.insert(identity, at);
             }
         }
@@ -398,13 +404,19 @@ mod tests {
             book.depart(identity("t", "s", &[n]), Cursor::new(5));
         }
         assert_eq!(book.len(), 2);
-        assert!(matches!(book.take(identity("t", "s", &[0]), 0), Resume::Missed { .. }));
+        assert!(matches!(
+            book.take(identity("t", "s", &[0]), 0),
+            Resume::Missed { .. }
+        ));
         book.save(&[(a, 42)], true)?;
         let mut loaded = ResumeBook::load(&dir, limits());
         assert_eq!(loaded.take(a, 0), Resume::From(42));
         assert_eq!(loaded.take(identity("t", "s", &[1]), 0), Resume::From(5));
         assert_eq!(loaded.drop_oldest(100), 1);
-        assert!(matches!(loaded.take(identity("t", "s", &[2]), 0), Resume::Missed { .. }));
+        assert!(matches!(
+            loaded.take(identity("t", "s", &[2]), 0),
+            Resume::Missed { .. }
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -27,7 +27,6 @@ use crate::authorization::{
 };
 use crate::broadcast::{self, Body, StoredMessage};
 use crate::changes::{self, ChannelChanges, ClaimsGroup};
-use crate::resume::{self, Resume};
 use crate::error::{JoinError, token_shutdown_message};
 use crate::frames::{FrameReader, Opcode, ReadError};
 use crate::limits::PresenceWindow;
@@ -40,6 +39,7 @@ use crate::registry::{
     TopicKey,
 };
 use crate::replay::{self, ReplayParams};
+use crate::resume::{self, Resume};
 
 /// Longest interval between two checks of a channel token.
 const TOKEN_CHECK_INTERVAL: i64 = 5 * 60;

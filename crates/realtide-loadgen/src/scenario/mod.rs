@@ -2,5 +2,6 @@
 //! drives the server and returns a JSON report (see [`crate::report`]).
 
 pub mod capacity;
+pub mod catchup;
 pub mod fanout;
 pub mod postgres_changes;

@@ -113,7 +113,7 @@ pub(crate) struct SubStats {
     /// Other `system` errors after subscribing.
     pub(crate) system_errors: u64,
     /// Bit `k` set: row `base + 1 + k` received.
-    seen: Vec<u64>,
+    pub(crate) seen: Vec<u64>,
 }
 
 impl SubStats {
