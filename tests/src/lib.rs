@@ -189,11 +189,9 @@ const SCRUBBED_ENV: &[&str] = &[
 
 /// The default `CHANGES_DIR` of test servers using the database at `url`.
 pub fn changes_dir_for(url: &str) -> std::path::PathBuf {
-    let hash = url
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     std::env::temp_dir()
         .join("realtide-test-changes")
         .join(format!("{hash:016x}"))
