@@ -332,6 +332,15 @@ impl Subscriptions {
             .collect()
     }
 
+    /// The lowest position every live subscription has reached (`None` without any).
+    pub fn min_live_position(&self) -> Option<Seq> {
+        self.channels
+            .read()
+            .values()
+            .map(|c| c.cursor.done())
+            .min()
+    }
+
     /// Marks a channel as open: its subscriptions may be registered.
     pub fn open(&self, id: ChannelId) {
         self.open.lock().insert(id);

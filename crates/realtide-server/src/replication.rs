@@ -296,14 +296,11 @@ impl Unconfirmed {
     fn confirmable(&mut self, postgres: &Postgres) -> Option<Lsn> {
         let front = self.commits.front()?.0;
         let mut done = postgres.journal.synced();
+        if let Some(live) = postgres.subscriptions.min_live_position() {
+            done = done.min(live);
+        }
         if done < front {
             return None;
-        }
-        for (_, position) in postgres.subscriptions.live_positions() {
-            done = done.min(position);
-            if done < front {
-                return None;
-            }
         }
         let mut lsn = None;
         while let Some((end, commit)) = self.commits.front().copied() {
