@@ -334,11 +334,7 @@ impl Subscriptions {
 
     /// The lowest position every live subscription has reached (`None` without any).
     pub fn min_live_position(&self) -> Option<Seq> {
-        self.channels
-            .read()
-            .values()
-            .map(|c| c.cursor.done())
-            .min()
+        self.channels.read().values().map(|c| c.cursor.done()).min()
     }
 
     /// Marks a channel as open: its subscriptions may be registered.
