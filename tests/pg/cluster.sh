@@ -5,6 +5,12 @@
 #   DB_URL=postgres://postgres@127.0.0.1:<port>/postgres
 #   PG_DIR=<directory>
 # `cluster.sh stop <directory>` stops it and removes the directory.
+# For fault tests, on a cluster made by `start` (its server options are kept in <directory>/pg_opts):
+#   `cluster.sh restart <directory>`     pg_ctl restart -m fast (same port and options; waits
+#                                        PG_CTL_TIMEOUT seconds, default 60)
+#   `cluster.sh kill <directory>`        SIGKILL the postmaster and wait until it is gone
+#   `cluster.sh startagain <directory>`  start it again after `kill` (retries while orphaned
+#                                        backends still hold the old shared memory)
 set -euo pipefail
 
 find_bindir() {
@@ -62,15 +68,17 @@ HBA
     fi
     for attempt in 1 2 3 4 5; do
       port="$(free_port)"
-      if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o \
-        "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical \
+      opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical \
          -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=300 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC $ssl_opts" >/dev/null 2>&1; then
+         -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC $ssl_opts"
+      if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o "$opts" >/dev/null 2>&1; then
         break
       fi
       port=""
     done
     [ -n "$port" ] || { echo "cluster.sh: postgres did not start (see $dir/server.log)" >&2; exit 1; }
+    # Kept for `startagain` (pg_ctl start does not reuse the options of the previous start).
+    printf '%s\n' "$opts" >"$dir/pg_opts"
     "$bin/psql" -q -X -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres -f "$here/../../crates/realtide-server/sql/supabase.sql" >/dev/null
     echo "DB_URL=postgres://postgres@127.0.0.1:$port/postgres"
     echo "PG_DIR=$dir"
@@ -82,8 +90,47 @@ HBA
     as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
     ;;
+  restart)
+    dir="${2:?usage: cluster.sh restart <directory>}"
+    case "$dir" in /tmp/realtide-pg.*) ;; *) echo "cluster.sh: not a test cluster: $dir" >&2; exit 1 ;; esac
+    bin="$(find_bindir)"
+    # pg_ctl restart reuses the options of the running server (postmaster.opts); -l keeps the
+    # new postmaster's output away from our stdout.
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t "${PG_CTL_TIMEOUT:-60}" restart >/dev/null 2>&1 \
+      || { echo "cluster.sh: pg_ctl restart -m fast did not complete within ${PG_CTL_TIMEOUT:-60} s (see $dir/server.log)" >&2; exit 1; }
+    ;;
+  kill)
+    dir="${2:?usage: cluster.sh kill <directory>}"
+    case "$dir" in /tmp/realtide-pg.*) ;; *) echo "cluster.sh: not a test cluster: $dir" >&2; exit 1 ;; esac
+    pid="$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] || { echo "cluster.sh: no postmaster.pid in $dir/data" >&2; exit 1; }
+    kill -KILL "$pid"
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || exit 0
+      sleep 0.1
+    done
+    echo "cluster.sh: postmaster $pid still alive after SIGKILL" >&2
+    exit 1
+    ;;
+  startagain)
+    dir="${2:?usage: cluster.sh startagain <directory>}"
+    case "$dir" in /tmp/realtide-pg.*) ;; *) echo "cluster.sh: not a test cluster: $dir" >&2; exit 1 ;; esac
+    [ -f "$dir/pg_opts" ] || { echo "cluster.sh: $dir/pg_opts missing (cluster not made by this script)" >&2; exit 1; }
+    bin="$(find_bindir)"
+    opts="$(cat "$dir/pg_opts")"
+    # After a postmaster SIGKILL its backends exit on their own when they notice; until then
+    # the old shared memory is in use and a new postmaster refuses to start.
+    for _ in $(seq 1 60); do
+      if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$opts" >/dev/null 2>&1; then
+        exit 0
+      fi
+      sleep 0.5
+    done
+    echo "cluster.sh: postgres did not start again (see $dir/server.log)" >&2
+    exit 1
+    ;;
   *)
-    echo "usage: cluster.sh start | stop <directory>" >&2
+    echo "usage: cluster.sh start | stop <directory> | restart <directory> | kill <directory> | startagain <directory>" >&2
     exit 2
     ;;
 esac

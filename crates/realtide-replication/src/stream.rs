@@ -9,7 +9,7 @@
 //! its changes were handed to every subscriber queue. While no transaction is in flight and all
 //! earlier ones are confirmed, a keepalive's `wal_end` may be confirmed too (so an idle slot does
 //! not hold WAL). A keepalive that asks for a reply is answered automatically with the position
-//! already confirmed, never a newer one.
+//! already confirmed, never a newer one (or none, see `queue_reply`).
 
 use std::io;
 
@@ -261,7 +261,7 @@ impl ReplicationStream {
                         CopyDataMessage::PrimaryKeepalive(k) => {
                             self.received = self.received.max(k.wal_end);
                             if k.reply_requested {
-                                self.queue_status(false);
+                                self.queue_reply();
                             }
                             return Ok(Some(WalMessage::Keepalive(k)));
                         }
@@ -351,10 +351,30 @@ impl ReplicationStream {
     }
 
     fn queue_status(&mut self, reply_requested: bool) {
+        self.queue_update(self.confirmed, reply_requested);
+    }
+
+    /// Answers a keepalive that asked for a reply. While something received is not confirmed
+    /// yet, the flush position is left out (sent as invalid): a walsender that is shutting down
+    /// waits until the flush position (or, when that is invalid, the write position) reaches
+    /// everything it sent, and a flush position held back by a subscriber that is not reading,
+    /// or by checks failing because the database is going down, would make the server's
+    /// shutdown wait forever. An invalid flush position never moves the slot, so this confirms
+    /// nothing; the stream restarts from the confirmed position after the server comes back.
+    fn queue_reply(&mut self) {
+        let flushed = if self.confirmed < self.received {
+            Lsn::ZERO
+        } else {
+            self.confirmed
+        };
+        self.queue_update(flushed, false);
+    }
+
+    fn queue_update(&mut self, flushed: Lsn, reply_requested: bool) {
         let update = StandbyStatusUpdate {
             written: self.received.max(self.confirmed),
-            flushed: self.confirmed,
-            applied: self.confirmed,
+            flushed,
+            applied: flushed,
             client_time_micros: pgoutput::now_pg_micros(),
             reply_requested,
         };

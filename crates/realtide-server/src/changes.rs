@@ -323,12 +323,12 @@ impl Subscriptions {
         self.book.lock()
     }
 
-    /// Positions of the live subscriptions (identity, delivered up to).
+    /// Positions of the live subscriptions (identity, where each would resume).
     pub fn live_positions(&self) -> Vec<(Identity, Seq)> {
         self.channels
             .read()
             .values()
-            .map(|c| (c.identity, c.cursor.done()))
+            .map(|c| (c.identity, c.cursor.resume_position()))
             .collect()
     }
 

@@ -38,6 +38,10 @@ pub struct Cursor {
     written: AtomicU64,
     /// Change frames queued and not yet written.
     inflight: AtomicUsize,
+    /// The position of the first change frame written but not yet acknowledged by the client
+    /// ([`NONE_UNREAD`] when every written frame was acknowledged, or the connection does not
+    /// answer pings). Only changed under the connection's [`Receipts`] lock.
+    unread: AtomicU64,
     /// Closed cursors take no more frames (the channel left; a resume may take over).
     gate: parking_lot::Mutex<bool>,
 }
@@ -49,8 +53,18 @@ impl Cursor {
             next: AtomicU64::new(next),
             written: AtomicU64::new(next),
             inflight: AtomicUsize::new(0),
+            unread: AtomicU64::new(NONE_UNREAD),
             gate: parking_lot::Mutex::new(false),
         })
+    }
+
+    /// Where a subscriber that lost this cursor's socket resumes: the first change the client
+    /// has not acknowledged reading (see [`Receipts`]), else [`Cursor::done`]. Frames that
+    /// reached the socket but not the client (they were in a kernel buffer when the peer went
+    /// away) are sent again rather than lost.
+    pub fn resume_position(&self) -> u64 {
+        let done = self.done();
+        done.min(self.unread.load(Ordering::Acquire))
     }
 
     /// The next position to deliver.
@@ -95,6 +109,147 @@ impl CursorGate<'_> {
     /// Moves the cursor to `next`.
     pub fn advance(&self, next: u64) {
         self.cursor.next.fetch_max(next, Ordering::AcqRel);
+    }
+}
+
+/// [`Cursor::unread`] when nothing written is unacknowledged.
+const NONE_UNREAD: u64 = u64::MAX;
+
+/// Pings awaiting their pong, at most; past it batches go without a ping until pongs return
+/// (later pings acknowledge everything before them).
+const MAX_PINGS_IN_FLIGHT: usize = 64;
+
+/// What the client acknowledged reading.
+///
+/// A byte the socket accepted is not a byte the client read: it may sit in a kernel buffer when
+/// the peer's process dies, its network drops or it stops reading and is cut. WebSocket
+/// clients answer a ping with a pong once they have processed every frame before it (the
+/// supabase-js `ws` transport, browsers and Python `websockets` all do so automatically, in
+/// order). So the writer ends every batch that carries change frames with a ping whose payload
+/// numbers it, and remembers how far each cursor had been written at that ping; a pong moves
+/// the cursors' acknowledged position up to that mark, and a close frame answering ours
+/// acknowledges everything. A subscriber that loses its socket resumes from the first change
+/// not acknowledged. Connections that never answer a ping are not tracked (their resume
+/// position is what was written).
+#[derive(Debug, Default)]
+pub struct Receipts {
+    ledger: parking_lot::Mutex<Ledger>,
+    /// Set once our close frame was written in full.
+    close_sent: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    /// The peer answered one of our pings.
+    answering: bool,
+    next_ping: u64,
+    /// Pings sent and not answered: (ping number, cursors with their written end at the ping).
+    pings: std::collections::VecDeque<(u64, CursorEnds)>,
+    /// Every cursor this connection wrote for, with the end of its last frame written.
+    cursors: CursorEnds,
+}
+
+/// Cursors with a position each (a connection has a handful: one per joined channel).
+type CursorEnds = Vec<(Arc<Cursor>, u64)>;
+
+impl Ledger {
+    fn set_last_end(&mut self, cursor: &Arc<Cursor>, end: u64) {
+        match self
+            .cursors
+            .iter_mut()
+            .find(|(c, _)| Arc::ptr_eq(c, cursor))
+        {
+            Some(entry) => entry.1 = end,
+            None => self.cursors.push((cursor.clone(), end)),
+        }
+    }
+
+    fn last_end(&self, cursor: &Arc<Cursor>) -> Option<u64> {
+        self.cursors
+            .iter()
+            .find(|(c, _)| Arc::ptr_eq(c, cursor))
+            .map(|(_, end)| *end)
+    }
+}
+
+impl Receipts {
+    /// Records change frames about to be written (cursor, end) and returns the number of the
+    /// ping to send after them, if one should be sent.
+    fn writing(&self, marks: &[(Arc<Cursor>, u64, usize)]) -> Option<u64> {
+        let mut ledger = self.ledger.lock();
+        let answering = ledger.answering;
+        let mut touched: CursorEnds = Vec::new();
+        for (cursor, end, _) in marks {
+            ledger.set_last_end(cursor, *end);
+            if answering && cursor.unread.load(Ordering::Acquire) == NONE_UNREAD {
+                cursor
+                    .unread
+                    .store(end.saturating_sub(1), Ordering::Release);
+            }
+            match touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, cursor)) {
+                Some(entry) => entry.1 = *end,
+                None => touched.push((cursor.clone(), *end)),
+            }
+        }
+        self.ping_with(&mut ledger, touched)
+    }
+
+    /// The number of a ping that acknowledges nothing yet (sent when the writer starts, so
+    /// that the first pong tells whether the client answers pings before changes flow).
+    fn first_ping(&self) -> Option<u64> {
+        let mut ledger = self.ledger.lock();
+        self.ping_with(&mut ledger, Vec::new())
+    }
+
+    fn ping_with(&self, ledger: &mut Ledger, marks: CursorEnds) -> Option<u64> {
+        if ledger.pings.len() >= MAX_PINGS_IN_FLIGHT {
+            return None;
+        }
+        let number = ledger.next_ping;
+        ledger.next_ping += 1;
+        ledger.pings.push_back((number, marks));
+        Some(number)
+    }
+
+    /// A pong arrived: acknowledges everything written before the ping it answers.
+    pub fn pong(&self, payload: &[u8]) {
+        let Ok(number) = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes) else {
+            return;
+        };
+        let mut ledger = self.ledger.lock();
+        if number >= ledger.next_ping {
+            return;
+        }
+        ledger.answering = true;
+        while let Some((ping, _)) = ledger.pings.front() {
+            if *ping > number {
+                break;
+            }
+            let Some((_, marks)) = ledger.pings.pop_front() else {
+                break;
+            };
+            for (cursor, end) in marks {
+                // Everything before `end` was read; what was written after it starts at `end`.
+                let unread = if ledger.last_end(&cursor) == Some(end) {
+                    NONE_UNREAD
+                } else {
+                    end
+                };
+                cursor.unread.store(unread, Ordering::Release);
+            }
+        }
+    }
+
+    /// The client answered our close frame: it read everything written before it.
+    pub fn peer_closed(&self) {
+        if !self.close_sent.load(Ordering::Acquire) {
+            return;
+        }
+        let mut ledger = self.ledger.lock();
+        ledger.pings.clear();
+        for (cursor, _) in &ledger.cursors {
+            cursor.unread.store(NONE_UNREAD, Ordering::Release);
+        }
     }
 }
 
@@ -165,6 +320,7 @@ struct Shared {
     /// Batches written so far (progress, for the stalled-reader check).
     writes: AtomicU64,
     overflowed: CancellationToken,
+    receipts: Receipts,
 }
 
 /// Sending side of a connection's outbound queue; cheap to clone.
@@ -191,6 +347,7 @@ pub fn outbox(limits: OutboxLimits, metrics: Arc<Metrics>) -> (Outbox, OutboxRec
         max_messages: limits.messages.max(1),
         writes: AtomicU64::new(0),
         overflowed: CancellationToken::new(),
+        receipts: Receipts::default(),
     });
     (
         Outbox {
@@ -298,6 +455,11 @@ impl Outbox {
         self.push(OutFrame::Text(Bytes::from(text)))
     }
 
+    /// What the client acknowledged reading.
+    pub fn receipts(&self) -> &Receipts {
+        &self.shared.receipts
+    }
+
     /// Cancelled once the connection has been marked as a slow consumer.
     pub fn overflowed(&self) -> &CancellationToken {
         &self.shared.overflowed
@@ -323,47 +485,71 @@ fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// Bytes gathered into one write before flushing to the socket.
 const WRITE_BATCH: usize = 64 * 1024;
 
 /// Runs the writer: drains the queue in batches into the socket until a close frame, the end of
-/// the queue, a write error or a slow-consumer overflow.
+/// the queue, a write error or a slow-consumer overflow. A slow consumer's last batch and close
+/// frame are still written, for up to `grace`, so that a client that reads again in time gets
+/// every frame it was sent and a clean close (and its pongs acknowledge them).
 pub async fn run_writer<W: AsyncWrite + Unpin>(
     mut socket: W,
     mut queue: OutboxReceiver,
     metrics: Arc<Metrics>,
+    grace: Duration,
 ) {
     let overflowed = queue.shared.overflowed.clone();
+    let receipts = &queue.shared.receipts;
+    // Ends `grace` after the connection was cut as a slow consumer.
+    let cut_expired = async {
+        overflowed.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(cut_expired);
     let mut batch = Vec::new();
+    if let Some(number) = receipts.first_ping() {
+        push_frame(&mut batch, OP_PING, &number.to_be_bytes());
+    }
     // Change frames in the batch (cursor, position, offset of the frame's end in the batch):
     // their cursors move once the socket took the frame.
     let mut marks: Vec<(Arc<Cursor>, u64, usize)> = Vec::new();
+    let mut expired = false;
     loop {
-        let first = tokio::select! {
-            // Overflow first: a slow consumer is cut off even when frames are waiting.
-            biased;
-            () = overflowed.cancelled() => break,
-            frame = queue.rx.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
-            },
-        };
-        let mut closing = encode_into(&mut batch, &first, &queue.shared, &mut marks);
-        let mut frames = 1;
-        while !closing && batch.len() < WRITE_BATCH {
-            match queue.rx.try_recv() {
-                Ok(frame) => {
-                    closing = encode_into(&mut batch, &frame, &queue.shared, &mut marks);
-                    frames += 1;
+        let mut closing = false;
+        if batch.is_empty() {
+            let first = tokio::select! {
+                // Overflow first: a slow consumer gets no more frames even when some are waiting.
+                biased;
+                () = overflowed.cancelled() => break,
+                frame = queue.rx.recv() => match frame {
+                    Some(frame) => frame,
+                    None => break,
+                },
+            };
+            closing = encode_into(&mut batch, &first, &queue.shared, &mut marks);
+            let mut frames = 1;
+            while !closing && batch.len() < WRITE_BATCH {
+                match queue.rx.try_recv() {
+                    Ok(frame) => {
+                        closing = encode_into(&mut batch, &frame, &queue.shared, &mut marks);
+                        frames += 1;
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            metrics.frames_dequeued(frames);
+            if !marks.is_empty()
+                && !closing
+                && let Some(number) = receipts.writing(&marks)
+            {
+                push_frame(&mut batch, OP_PING, &number.to_be_bytes());
             }
         }
-        metrics.frames_dequeued(frames);
         // Written piece by piece, so that change frames count as written as soon as the
-        // socket took all of their bytes, also when a slow consumer is cut mid-batch.
+        // socket took all of their bytes.
         let mut sent = 0;
         let mut marked = 0;
         let written: std::io::Result<()> = loop {
@@ -373,7 +559,10 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             let rest = batch.get(sent..).unwrap_or_default();
             let result = tokio::select! {
                 biased;
-                () = overflowed.cancelled() => break Err(std::io::ErrorKind::Interrupted.into()),
+                () = &mut cut_expired => {
+                    expired = true;
+                    break Err(std::io::ErrorKind::TimedOut.into());
+                }
                 result = socket.write(rest) => result,
             };
             match result {
@@ -393,17 +582,23 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
                 Err(error) => break Err(error),
             }
         };
-        marks.clear();
         metrics.add_bytes_out(sent);
-        if overflowed.is_cancelled() {
-            break;
-        }
+        // Frames the socket never took stay in their cursors' in-flight count: `done` stays
+        // at what was written.
+        marks.clear();
         batch.clear();
         if batch.capacity() > WRITE_BATCH * 2 {
             // Do not keep a large buffer alive on an idle connection.
             batch = Vec::new();
         }
-        if written.is_err() || closing {
+        if written.is_err() {
+            break;
+        }
+        if closing {
+            receipts.close_sent.store(true, Ordering::Release);
+            break;
+        }
+        if overflowed.is_cancelled() {
             break;
         }
     }
@@ -417,10 +612,18 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
     if overflowed.is_cancelled() {
         metrics.slow_consumer_disconnect();
         tracing::info!("closing slow consumer");
-        let mut close = Vec::new();
-        push_close(&mut close, CLOSE_SLOW_CONSUMER, "slow consumer");
-        // Best effort: the socket is probably full, so do not wait long.
-        let _ = tokio::time::timeout(Duration::from_millis(100), socket.write_all(&close)).await;
+        if !expired {
+            let mut close = Vec::new();
+            push_close(&mut close, CLOSE_SLOW_CONSUMER, "slow consumer");
+            let wrote = tokio::select! {
+                biased;
+                () = &mut cut_expired => false,
+                result = socket.write_all(&close) => result.is_ok(),
+            };
+            if wrote {
+                receipts.close_sent.store(true, Ordering::Release);
+            }
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
 }
@@ -480,6 +683,43 @@ mod tests {
             out.get(..10),
             Some(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70][..])
         );
+    }
+
+    #[test]
+    fn pongs_acknowledge_what_was_written_before_their_ping() {
+        let cursor = Cursor::new(0);
+        let receipts = Receipts::default();
+        let mark = |end: u64| (cursor.clone(), end, 0usize);
+        // Before the client answered any ping nothing is tracked.
+        assert_eq!(receipts.first_ping(), Some(0));
+        assert_eq!(receipts.writing(&[mark(1)]), Some(1));
+        assert_eq!(cursor.unread.load(Ordering::Acquire), NONE_UNREAD);
+        // Bogus pongs change nothing.
+        receipts.pong(&7u64.to_be_bytes());
+        receipts.pong(b"abc");
+        assert!(!receipts.ledger.lock().answering);
+        receipts.pong(&0u64.to_be_bytes());
+        assert!(receipts.ledger.lock().answering);
+        // Frame at position 1 (end 2) and 2 (end 3): unread from 1.
+        assert_eq!(receipts.writing(&[mark(2), mark(3)]), Some(2));
+        assert_eq!(cursor.unread.load(Ordering::Acquire), 1);
+        assert_eq!(receipts.writing(&[mark(4)]), Some(3));
+        // Ping 1 covered end 1, ping 2 end 3; frame at 3 (end 4) is still unread.
+        receipts.pong(&2u64.to_be_bytes());
+        assert_eq!(cursor.unread.load(Ordering::Acquire), 3);
+        receipts.pong(&3u64.to_be_bytes());
+        assert_eq!(cursor.unread.load(Ordering::Acquire), NONE_UNREAD);
+        // A close answer counts only once our close frame was written.
+        assert_eq!(receipts.writing(&[mark(5)]), Some(4));
+        receipts.peer_closed();
+        assert_eq!(cursor.unread.load(Ordering::Acquire), 4);
+        receipts.close_sent.store(true, Ordering::Release);
+        receipts.peer_closed();
+        assert_eq!(cursor.unread.load(Ordering::Acquire), NONE_UNREAD);
+        // The resume position is the first unread change, never past what was written.
+        assert_eq!(receipts.writing(&[mark(6)]), Some(5));
+        cursor.next.store(6, Ordering::Release);
+        assert_eq!(cursor.resume_position(), 5);
     }
 
     #[test]

@@ -56,7 +56,7 @@ enum Position {
 impl Position {
     fn seq(&self) -> Seq {
         match self {
-            Position::Live(cursor) => cursor.done(),
+            Position::Live(cursor) => cursor.resume_position(),
             Position::Stored(seq) => *seq,
         }
     }

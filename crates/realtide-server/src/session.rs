@@ -168,6 +168,44 @@ impl Assembler {
     }
 }
 
+/// Why [`Session::serve`] returned.
+enum Ending {
+    /// The server is shutting down; the sessions sent their closing frames.
+    Server,
+    /// A slow consumer was cut.
+    Cut,
+    /// The client closed, the socket failed, or a protocol or idle close.
+    Other,
+}
+
+/// How long a closing server waits for each client to answer its close frame.
+const SERVER_CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// The slow-consumer grace without a database (no change stall timeout configured).
+const CUT_GRACE: Duration = Duration::from_secs(10);
+
+/// After the server closed a socket: reads the client's last pongs and its answering close
+/// frame (which acknowledges everything written before ours), for up to `limit`.
+async fn read_receipts<R: AsyncRead>(
+    reader: &mut FrameReader<ReadHalf<R>>,
+    receipts: &outbox::Receipts,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, reader.next()).await {
+            Ok(Ok(frame)) => match frame.opcode {
+                Opcode::Pong => receipts.pong(&frame.payload),
+                Opcode::Close => {
+                    receipts.peer_closed();
+                    return;
+                }
+                _ => {}
+            },
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
 /// Runs a connection until it closes.
 pub async fn run<S>(app: Arc<App>, stream: S, vsn: Vsn, socket_token: String, headers: Arc<str>)
 where
@@ -176,9 +214,20 @@ where
     let (read_half, write_half) = tokio::io::split(stream);
     let (outbox, queue) = outbox::outbox(app.config.outbox, app.metrics.clone());
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = tokio::spawn(outbox::run_writer(write_half, queue, app.metrics.clone()));
+    // A slow consumer's socket stays open this long for it to read what it was already sent.
+    let grace = app
+        .config
+        .database
+        .as_ref()
+        .map_or(CUT_GRACE, |database| database.changes.stall_timeout);
+    let writer = tokio::spawn(outbox::run_writer(
+        write_half,
+        queue,
+        app.metrics.clone(),
+        grace,
+    ));
 
-    let reader = FrameReader::new(read_half, app.config.max_frame_size);
+    let mut reader = FrameReader::new(read_half, app.config.max_frame_size);
 
     let mut session = Session {
         app: app.clone(),
@@ -190,8 +239,18 @@ where
         counted_user: false,
         channels: HashMap::new(),
     };
-    session.serve(reader, control_rx).await;
+    let ending = session.serve(&mut reader, control_rx).await;
+    // Departures first, so that a quick rejoin finds them; their positions keep moving while
+    // the client's last pongs arrive.
     session.leave_all();
+    let linger = match ending {
+        Ending::Server => Some(SERVER_CLOSE_LINGER),
+        Ending::Cut => Some(grace),
+        Ending::Other => None,
+    };
+    if let Some(limit) = linger {
+        read_receipts(&mut reader, outbox.receipts(), limit).await;
+    }
     drop(session);
     drop(outbox);
     let _ = writer.await;
@@ -200,9 +259,9 @@ where
 impl Session {
     async fn serve(
         &mut self,
-        mut reader: FrameReader<ReadHalf<impl AsyncRead + Send + 'static>>,
+        reader: &mut FrameReader<ReadHalf<impl AsyncRead + Send + 'static>>,
         mut control: tokio::sync::mpsc::UnboundedReceiver<ChannelControl>,
-    ) {
+    ) -> Ending {
         let app = self.app.clone();
         let idle = app.config.idle_timeout;
         // One idle timer per idle period: frames only record their arrival time, and the timer
@@ -222,10 +281,10 @@ impl Session {
                 biased;
                 () = app.disconnect.cancelled() => {
                     self.server_disconnect();
-                    return;
+                    return Ending::Server;
                 }
                 // A slow consumer is being closed by its writer; stop reading for it.
-                () = self.outbox.overflowed().cancelled() => return,
+                () = self.outbox.overflowed().cancelled() => return Ending::Cut,
                 // Rate-limit shutdowns of this socket's channels, decided by other fan-outs.
                 Some(order) = control.recv() => {
                     self.on_control(order);
@@ -239,7 +298,7 @@ impl Session {
                     }
                     tracing::debug!("closing idle socket");
                     self.outbox.push(OutFrame::Close(CLOSE_GOING_AWAY, "idle timeout"));
-                    return;
+                    return Ending::Other;
                 }
                 () = tokio::time::sleep_until(token_check.unwrap_or(last_frame + idle)),
                     if token_check.is_some() => {
@@ -252,16 +311,16 @@ impl Session {
                         Ok(frame) => frame,
                         Err(ReadError::TooLarge) => {
                             self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
-                            return;
+                            return Ending::Other;
                         }
                         Err(ReadError::Protocol(reason)) => {
                             tracing::debug!(reason, "closing socket on a framing error");
                             self.outbox.push(OutFrame::Close(CLOSE_PROTOCOL, "protocol error"));
-                            return;
+                            return Ending::Other;
                         }
                         Err(error) => {
                             tracing::debug!(%error, "socket read ended");
-                            return;
+                            return Ending::Other;
                         }
                     };
                     last_frame = Instant::now();
@@ -274,7 +333,10 @@ impl Session {
                             self.outbox.push(OutFrame::Pong(frame.payload));
                             Flow::Continue
                         }
-                        Opcode::Pong => Flow::Continue,
+                        Opcode::Pong => {
+                            self.outbox.receipts().pong(&frame.payload);
+                            Flow::Continue
+                        }
                         _ => match assembler.push(frame.fin, frame.opcode, frame.payload) {
                             // Boxed: the join/authorization futures are large and rare; they
                             // must not inflate every idle session's future.
@@ -293,7 +355,7 @@ impl Session {
                         },
                     };
                     if let Flow::Stop = flow {
-                        return;
+                        return Ending::Other;
                     }
                 }
             }

@@ -178,6 +178,12 @@ function recordingTransport(log) {
       super(url, protocols)
       log.urls.push(String(url))
       this.on('message', (data, isBinary) => {
+        // `log.skip(head)` (optional) drops text frames from the record by their first bytes
+        // (streams of many changes would otherwise be kept whole); they are only counted.
+        if (!isBinary && log.skip && log.skip(Buffer.from(data).subarray(0, 200).toString('utf8'))) {
+          log.skipped = (log.skipped || 0) + 1
+          return
+        }
         log.frames.push(
           isBinary
             ? { dir: 'S→C', binary: true, hex: Buffer.from(data).toString('hex') }
@@ -200,10 +206,15 @@ function recordingTransport(log) {
 /**
  * A real supabase-js client for `server` with serializer `vsn`. Returns
  * { name, supabase, realtime, log, anonKey }. `accessToken` (async fn) is
- * passed through to createClient when given.
+ * passed through to createClient when given. `skipFrame(head)`, when given,
+ * keeps received text frames whose first 200 bytes it accepts out of
+ * `log.frames` (counted in `log.skipped`).
  */
-function makeClient(server, { vsn = '2.0.0', name = `client-${vsn}`, anonKey = token(), accessToken, realtime = {} } = {}) {
-  const log = { name, frames: [], urls: [] }
+function makeClient(
+  server,
+  { vsn = '2.0.0', name = `client-${vsn}`, anonKey = token(), accessToken, realtime = {}, skipFrame } = {}
+) {
+  const log = { name, frames: [], urls: [], skip: skipFrame }
   const options = {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     realtime: { transport: recordingTransport(log), vsn, ...realtime },
