@@ -191,6 +191,8 @@ function recordingTransport(log) {
         )
       })
       this.on('close', (code, reason) => log.frames.push({ dir: 'CLOSE', code, reason: String(reason) }))
+      // Why a socket ended abnormally (an invalid frame, a reset); realtime-js has its own handler.
+      this.on('error', (error) => log.frames.push({ dir: 'ERROR', text: String(error && error.message) }))
     }
     send(data, ...rest) {
       log.frames.push(
