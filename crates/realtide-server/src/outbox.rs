@@ -112,6 +112,14 @@ impl CursorGate<'_> {
     }
 }
 
+/// Change frames are queued only while a connection's queue holds less than this many frames
+/// and bytes: enough to keep a socket busy between two feed passes, small enough that 1,000
+/// subscribers catching up at once hold tens of megabytes of frames, not gigabytes (the changes
+/// themselves wait in the journal).
+const CHANGE_WINDOW_FRAMES: usize = 1024;
+/// See [`CHANGE_WINDOW_FRAMES`].
+const CHANGE_WINDOW_BYTES: usize = 256 * 1024;
+
 /// [`Cursor::unread`] when nothing written is unacknowledged.
 const NONE_UNREAD: u64 = u64::MAX;
 
@@ -428,11 +436,13 @@ impl Outbox {
         }
     }
 
-    /// Whether change frames may be queued now (the queue is less than half full).
+    /// Whether change frames may be queued now: the queue is less than half full, and holds
+    /// less than [`CHANGE_WINDOW_FRAMES`] frames and [`CHANGE_WINDOW_BYTES`] bytes.
     pub fn has_room(&self) -> bool {
         let queued = self.shared.max_messages - self.tx.capacity();
-        queued < self.shared.max_messages / 2
-            && self.shared.queued_bytes.load(Ordering::Relaxed) < self.shared.max_bytes / 2
+        queued < (self.shared.max_messages / 2).min(CHANGE_WINDOW_FRAMES)
+            && self.shared.queued_bytes.load(Ordering::Relaxed)
+                < (self.shared.max_bytes / 2).min(CHANGE_WINDOW_BYTES)
     }
 
     /// Whether the connection is gone.
