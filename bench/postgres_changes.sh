@@ -94,9 +94,13 @@ pg_ticks() {
   echo "$total"
 }
 
+# Each run gets its own replication slot and change journal (CHANGES_DIR), so that no run
+# resumes the previous run's subscribers (same users, topic and bindings) or inherits its
+# undelivered changes; the slot is dropped after the run.
 start_server() {
-  local log="$1"
+  local log="$1" slot="$2"
   PORT=0 HOST=127.0.0.1 DB_URL="$DB_URL" JWT_SECRET="$JWT_SECRET" \
+    SLOT_NAME="$slot" CHANGES_DIR="$work/changes" \
     DB_POOL_SIZE="${DB_POOL_SIZE:-4}" RUST_LOG="${SERVER_RUST_LOG:-warn}" \
     "$server_bin" >"$log" 2>&1 &
   server_pid=$!
@@ -125,8 +129,9 @@ runs=()
 run_one() {
   local name="$1" kind="$2" rls="$3" rate="$4"
   local out="$work/$name.json" slog="$work/$name.server.log" tlog="$work/$name.time"
+  local slot="bench_${name//-/_}"
   echo "== $name: rls=$rls rate=$rate inserts/s, $USERS users, ${DURATION}s" >&2
-  start_server "$slog"
+  start_server "$slog" "$slot"
   local s0 p0 t0 t1
   s0="$(proc_ticks "$server_pid")"
   p0="$(pg_ticks)"
@@ -143,10 +148,20 @@ run_one() {
   p1="$(pg_ticks)"
   rss="$(awk '/^VmHWM:/ {print $2}' "/proc/$server_pid/status" 2>/dev/null || echo 0)"
   stop_server
+  psql -X -q "$DB_URL" -c "select pg_drop_replication_slot('$slot')" >/dev/null 2>&1 || true
   if [ ! -s "$out" ]; then
     echo "loadgen failed (exit $rc); server log tail:" >&2
     tail -20 "$slog" >&2
     return
+  fi
+  # Server warnings and errors go into the run's JSON (and to the terminal).
+  local log_warn log_err log_lines
+  log_warn="$(grep -c 'WARN' "$slog" || true)"
+  log_err="$(grep -c 'ERROR' "$slog" || true)"
+  log_lines="$({ grep -E 'WARN|ERROR' "$slog" || true; } | head -50 | jq -R . | jq -s .)"
+  if [ "${log_warn:-0}" != 0 ] || [ "${log_err:-0}" != 0 ]; then
+    echo "   server log: $log_warn warnings, $log_err errors:" >&2
+    grep -E 'WARN|ERROR' "$slog" | head -10 | sed 's/^/     /' >&2 || true
   fi
   local lg_user lg_sys lg_rss
   lg_user="$(awk -F': ' '/User time/ {print $2}' "$tlog")"
@@ -159,13 +174,16 @@ run_one() {
      --argjson lg_cpu "$(echo "$lg_user + $lg_sys" | bc -l)" \
      --argjson lg_rss "${lg_rss:-0}" \
      --argjson wall "$(echo "$t1 - $t0" | bc -l)" \
+     --argjson log_warn "${log_warn:-0}" --argjson log_err "${log_err:-0}" \
+     --argjson log_lines "$log_lines" \
      '. + {kind: $kind, loadgen_exit: ($exit | tonumber),
            wall_s: $wall,
            server: {cpu_s: $server_cpu, peak_rss_kb: $server_rss,
                     cpu_us_per_delivery: (if .deliveries.delivered > 0
                        then ($server_cpu * 1e6 / .deliveries.delivered) else null end)},
            postgres: {cpu_s: $pg_cpu},
-           loadgen: {cpu_s: $lg_cpu, peak_rss_kb: $lg_rss}}' "$out" >"$out.tmp"
+           loadgen: {cpu_s: $lg_cpu, peak_rss_kb: $lg_rss},
+           server_log: {warn: $log_warn, error: $log_err, lines: $log_lines}}' "$out" >"$out.tmp"
   mv "$out.tmp" "$out"
   jq -r '"   -> \(.deliveries.delivered)/\(.deliveries.expected) delivered, \(.deliveries.per_s)/s, p95 \(.latency_ms.p95_ms) ms, wrong \(.deliveries.wrong), kept up \(.kept_up), server cpu \(.server.cpu_s|.*100|round/100) s"' "$out" >&2
   runs+=("$out")
