@@ -198,8 +198,9 @@ impl Catalog {
             .collect())
     }
 
-    /// Which columns of `table` (by index) `role` may SELECT. A role that does not exist may
-    /// select nothing.
+    /// Which columns of `table` (by index) `role` may SELECT: column (or table) privilege and
+    /// USAGE on the table's schema, as PostgreSQL itself requires for a read. A role that does
+    /// not exist may select nothing.
     pub async fn selectable(&self, role: &str, table: &Table) -> Result<ColumnMask, DbError> {
         let key = (role.to_owned(), table.oid);
         if let Some((mask, at)) = self.privileges.lock().get(&key)
@@ -217,8 +218,10 @@ impl Catalog {
         if exists {
             let rows = client
                 .query(
-                    "select a.attnum from pg_attribute a where a.attrelid = $2 and a.attnum > 0 \
-                     and not a.attisdropped and has_column_privilege($1, a.attrelid, a.attnum, 'SELECT')",
+                    "select a.attnum from pg_attribute a join pg_class c on c.oid = a.attrelid \
+                     where a.attrelid = $2 and a.attnum > 0 and not a.attisdropped \
+                     and has_schema_privilege($1, c.relnamespace, 'USAGE') \
+                     and has_column_privilege($1, a.attrelid, a.attnum, 'SELECT')",
                     &[&role, &table.oid],
                 )
                 .await

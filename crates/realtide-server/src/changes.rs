@@ -1,7 +1,7 @@
 //! `postgres_changes` subscriptions: parsing a join's bindings, checking them against the
 //! database, and the registry the replication pipeline matches changes against.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
@@ -264,6 +264,8 @@ pub struct ClaimsGroup {
     pub role: String,
     /// The `sub` claim.
     pub sub: Option<String>,
+    /// The `exp` claim (unix seconds): past it, nothing is delivered under these claims.
+    pub exp: i64,
 }
 
 impl ClaimsGroup {
@@ -273,8 +275,23 @@ impl ClaimsGroup {
             claims: Value::Object(claims.all.clone()).to_string(),
             role: claims.role.clone(),
             sub: claims.sub.clone(),
+            exp: claims.exp,
         }
     }
+
+    /// Whether the token these claims came from has expired at `now_unix` (the reference's
+    /// `confirm_token` rule: no seconds left).
+    pub fn expired(&self, now_unix: i64) -> bool {
+        self.exp.saturating_sub(now_unix) <= 0
+    }
+}
+
+/// Seconds since the Unix epoch (token expiry is judged in whole seconds, as `exp` is).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A channel's postgres_changes subscriptions.
@@ -300,7 +317,9 @@ pub struct ChannelChanges {
 #[derive(Debug)]
 pub struct Subscriptions {
     channels: RwLock<IndexMap<ChannelId, Arc<ChannelChanges>>>,
-    open: Mutex<HashSet<ChannelId>>,
+    /// Open channels with the claims currently in force on them (replaced on `access_token`),
+    /// registered or not: a subscription is registered only under its channel's current claims.
+    open: Mutex<HashMap<ChannelId, Arc<ClaimsGroup>>>,
     /// Departed subscribers (see [`crate::resume`]).
     book: Mutex<ResumeBook>,
     /// Woken when a subscription is registered (the delivery task may have work).
@@ -312,7 +331,7 @@ impl Subscriptions {
     pub fn new(book: ResumeBook) -> Subscriptions {
         Subscriptions {
             channels: RwLock::new(IndexMap::new()),
-            open: Mutex::new(HashSet::new()),
+            open: Mutex::new(HashMap::new()),
             book: Mutex::new(book),
             registered: tokio::sync::Notify::new(),
         }
@@ -337,14 +356,19 @@ impl Subscriptions {
         self.channels.read().values().map(|c| c.cursor.done()).min()
     }
 
-    /// Marks a channel as open: its subscriptions may be registered.
-    pub fn open(&self, id: ChannelId) {
-        self.open.lock().insert(id);
+    /// Marks a channel as open under `claims`: its subscriptions may be registered.
+    pub fn open(&self, id: ChannelId, claims: Arc<ClaimsGroup>) {
+        self.open.lock().insert(id, claims);
+    }
+
+    /// The claims in force on an open channel (`None` once it closed).
+    pub fn current_claims(&self, id: ChannelId) -> Option<Arc<ClaimsGroup>> {
+        self.open.lock().get(&id).cloned()
     }
 
     /// Whether a channel is still open.
     pub fn is_open(&self, id: ChannelId) -> bool {
-        self.open.lock().contains(&id)
+        self.open.lock().contains_key(&id)
     }
 
     /// Removes a channel and its subscriptions. Unless it left on purpose (`depart` false),
@@ -362,18 +386,24 @@ impl Subscriptions {
         }
     }
 
-    /// Registers a channel's subscriptions if the channel is still open; delivery starts where
-    /// a departed subscriber of the same identity stopped, else at the journal's head.
+    /// Registers a channel's subscriptions if the channel is still open and `changes` was
+    /// prepared under the claims in force on it now; delivery starts where a departed
+    /// subscriber of the same identity stopped, else at the journal's head.
     pub fn register(
         &self,
         id: ChannelId,
         mut changes: ChannelChanges,
         journal: &Journal,
         announce: impl FnOnce(&Resume),
-    ) -> Option<Resume> {
+    ) -> Registered {
         let open = self.open.lock();
-        if !open.contains(&id) {
-            return None;
+        let Some(current) = open.get(&id) else {
+            return Registered::Closed;
+        };
+        // A token switch while the bindings were being checked: they must be checked again
+        // under the new role and identity, never registered under the old ones.
+        if !Arc::ptr_eq(current, &changes.claims.read()) {
+            return Registered::Stale;
         }
         let resume = self.book.lock().take(changes.identity, journal.first());
         let start = match resume {
@@ -386,11 +416,18 @@ impl Subscriptions {
         self.channels.write().insert(id, Arc::new(changes));
         drop(open);
         self.registered.notify_one();
-        Some(resume)
+        Registered::Live(resume)
     }
 
-    /// New claims for a channel (token refresh).
+    /// New claims for a channel (token refresh), for a registered subscription and for one
+    /// still being prepared alike. Under the open lock, so a registration in flight either
+    /// sees them or is refused as stale.
     pub fn update_claims(&self, id: ChannelId, claims: Arc<ClaimsGroup>) {
+        let mut open = self.open.lock();
+        let Some(current) = open.get_mut(&id) else {
+            return;
+        };
+        *current = claims.clone();
         if let Some(channel) = self.channels.read().get(&id) {
             *channel.claims.write() = claims;
         }
@@ -405,6 +442,17 @@ impl Subscriptions {
     pub fn is_empty(&self) -> bool {
         self.channels.read().is_empty()
     }
+}
+
+/// Outcome of [`Subscriptions::register`].
+#[derive(Debug)]
+pub enum Registered {
+    /// Registered; where delivery starts.
+    Live(Resume),
+    /// The channel closed meanwhile.
+    Closed,
+    /// The channel's claims changed since the bindings were checked: check them again.
+    Stale,
 }
 
 /// Outcome of subscribing a join's bindings, as the `system` message text.

@@ -130,8 +130,14 @@ pub async fn deliver(
 ) -> Result<usize, DbError> {
     // 1. Match: (change index, channel, matched binding ids).
     let mut candidates: Vec<Candidate> = Vec::new();
+    // Channels that can take nothing more now, with the position they stopped at.
+    let mut stopped: HashMap<usize, u64> = HashMap::new();
+    let now = crate::changes::unix_now();
     for (ci, change) in changes.iter().enumerate() {
         for channel in channels {
+            if stopped.contains_key(&channel_key(channel)) {
+                continue;
+            }
             let mut ids: Vec<u32> = Vec::new();
             for binding in &channel.bindings {
                 if !binding.targets(&change.table, change.action) {
@@ -149,13 +155,20 @@ pub async fn deliver(
                 }
             }
             if !ids.is_empty() {
+                // The claims in force now decide, not those of the join: a token that expired
+                // gets nothing more (its session is closing the channel; the position stays
+                // here, so a rejoin with a fresh token resumes from it).
                 let claims = channel.claims.read().clone();
+                if claims.expired(now) {
+                    stopped.insert(channel_key(channel), change.seq);
+                    continue;
+                }
                 candidates.push((ci, channel.clone(), claims, ids));
             }
         }
     }
     if candidates.is_empty() {
-        advance(channels, &HashMap::new(), end);
+        advance(channels, &stopped, end);
         return Ok(0);
     }
 
@@ -242,14 +255,12 @@ pub async fn deliver(
     let mut data_cache: HashMap<(usize, Vec<bool>), Arc<str>> = HashMap::new();
     let mut frame_cache: HashMap<FrameKey, Bytes> = HashMap::new();
     let mut delivered = 0;
-    // Channels that could take no more, with the position they stopped at.
-    let mut stopped: HashMap<*const ChannelChanges, u64> = HashMap::new();
     for (ci, channel, claims, ids) in &candidates {
         let ci = *ci;
         let Some(change) = changes.get(ci) else {
             continue;
         };
-        if stopped.contains_key(&Arc::as_ptr(channel)) {
+        if stopped.contains_key(&channel_key(channel)) {
             continue;
         }
         let selectable = selectable_for(claims, change);
@@ -300,11 +311,11 @@ pub async fn deliver(
         match offered {
             Some(Offer::Queued) => delivered += 1,
             Some(Offer::Full) => {
-                stopped.insert(Arc::as_ptr(channel), change.seq);
+                stopped.insert(channel_key(channel), change.seq);
             }
             // Gone: nothing more for it (a resume continues from what reached its socket).
             Some(Offer::Closed) | None => {
-                stopped.insert(Arc::as_ptr(channel), change.seq);
+                stopped.insert(channel_key(channel), change.seq);
             }
         }
     }
@@ -314,14 +325,16 @@ pub async fn deliver(
     Ok(delivered)
 }
 
+/// A channel's key in the `stopped` map: its address (a plain number, so the map may be held
+/// across the checks' awaits).
+fn channel_key(channel: &Arc<ChannelChanges>) -> usize {
+    Arc::as_ptr(channel) as usize
+}
+
 /// Moves every channel's cursor to `end`, or to where it stopped.
-fn advance(
-    channels: &[Arc<ChannelChanges>],
-    stopped: &HashMap<*const ChannelChanges, u64>,
-    end: u64,
-) {
+fn advance(channels: &[Arc<ChannelChanges>], stopped: &HashMap<usize, u64>, end: u64) {
     for channel in channels {
-        let next = stopped.get(&Arc::as_ptr(channel)).copied().unwrap_or(end);
+        let next = stopped.get(&channel_key(channel)).copied().unwrap_or(end);
         channel.cursor.with_gate(|gate| gate.advance(next));
     }
 }

@@ -71,6 +71,10 @@ pub struct Reads {
     /// Broadcast-read granted (a channel joined with presence-read only receives no
     /// broadcasts); changed by `access_token` re-evaluation.
     pub broadcast: AtomicBool,
+    /// Presence-read granted: without it no `presence_diff` is delivered, as no
+    /// `presence_state` is; changed by `access_token` re-evaluation and by the presence-read
+    /// check of a first track.
+    pub presence: AtomicBool,
     /// Ids of the messages replayed at join: their live copies are not delivered again.
     pub replayed: HashSet<Box<str>>,
 }
@@ -78,8 +82,8 @@ pub struct Reads {
 /// Who a fan-out reaches (and which rate counter it is accounted to).
 #[derive(Debug, Clone, Copy)]
 pub enum Audience<'a> {
-    /// Every subscriber: presence diffs.
-    Everyone,
+    /// Subscribers allowed to read presence: presence diffs.
+    Presence,
     /// Subscribers allowed to read broadcasts; `id` is the message id, when it has one.
     Broadcast {
         /// Message id (`meta.id`).
@@ -90,7 +94,8 @@ pub enum Audience<'a> {
 impl Audience<'_> {
     fn admits(&self, subscriber: &Subscriber) -> bool {
         match (self, &subscriber.reads) {
-            (Audience::Everyone, _) | (Audience::Broadcast { .. }, None) => true,
+            (Audience::Presence | Audience::Broadcast { .. }, None) => true,
+            (Audience::Presence, Some(reads)) => reads.presence.load(Ordering::Relaxed),
             (Audience::Broadcast { id }, Some(reads)) => {
                 reads.broadcast.load(Ordering::Relaxed)
                     && id.is_none_or(|id| !reads.replayed.contains(id))
@@ -182,7 +187,7 @@ impl Registry {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
             if let Some(diff) = presence.untrack(id) {
-                topic.fanout(Audience::Everyone, None, &|vsn| {
+                topic.fanout(Audience::Presence, None, &|vsn| {
                     topic.diff_frame(vsn, &diff)
                 });
             }
@@ -215,7 +220,7 @@ impl Topic {
         encode: &dyn Fn(Vsn) -> Option<OutFrame>,
     ) -> usize {
         let (counter, reason) = match audience {
-            Audience::Everyone => (&self.limits.presence, TOO_MANY_PRESENCE),
+            Audience::Presence => (&self.limits.presence, TOO_MANY_PRESENCE),
             Audience::Broadcast { .. } => (&self.limits.events, TOO_MANY_MESSAGES),
         };
         let tripped = counter.tripped();
@@ -246,7 +251,7 @@ impl Topic {
         counter.add(delivered as u64);
         self.metrics.events_out(delivered as u64);
         self.metrics.frames_queued(delivered as i64);
-        if matches!(audience, Audience::Everyone) {
+        if matches!(audience, Audience::Presence) {
             self.metrics.presence_events(delivered as u64);
         }
         delivered
@@ -274,7 +279,7 @@ impl Topic {
     ) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.track(id, key, meta) {
-            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff));
+            self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
         }
     }
 
@@ -282,7 +287,7 @@ impl Topic {
     pub fn untrack(&self, id: ChannelId) {
         let mut presence = self.presence.lock();
         if let Some(diff) = presence.untrack(id) {
-            self.fanout(Audience::Everyone, None, &|vsn| self.diff_frame(vsn, &diff));
+            self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::authorization::{
     AuthzError, Extension, Grant, Policies, Requester, lost_read_message, no_read_message,
 };
 use crate::broadcast::{self, Body, StoredMessage};
-use crate::changes::{self, ChannelChanges, ClaimsGroup};
+use crate::changes::{self, ChannelChanges, ClaimsGroup, Registered, unix_now};
 use crate::error::{JoinError, token_shutdown_message};
 use crate::frames::{FrameReader, Opcode, ReadError};
 use crate::limits::PresenceWindow;
@@ -96,13 +96,6 @@ fn verify_channel_token(app: &App, token: &str) -> Result<Claims, realtide_auth:
     let claims = app.config.jwt.verify_at(token, now)?;
     claims.confirm_expiry(now)?;
     Ok(claims)
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A connection's state.
@@ -591,6 +584,7 @@ impl Session {
             // Replayed ids are fixed at join; later live copies are suppressed.
             Arc::new(Reads {
                 broadcast: AtomicBool::new(p.policies.broadcast_read.granted()),
+                presence: AtomicBool::new(p.policies.presence_read.granted()),
                 replayed: replayed.iter().map(|m| m.id.as_str().into()).collect(),
             })
         });
@@ -679,12 +673,13 @@ impl Session {
                     self.channel_push(&channel, topic, "system", &payload);
                 }
                 Some(postgres) => {
-                    postgres.subscriptions.open(id);
+                    postgres
+                        .subscriptions
+                        .open(id, Arc::new(ClaimsGroup::new(&claims)));
                     let task = SubscribeTask {
                         postgres: postgres.clone(),
                         channel: id,
                         entries: request.postgres_changes,
-                        claims: Arc::new(ClaimsGroup::new(&claims)),
                         vsn,
                         outbox: self.outbox.clone(),
                         topic: topic.clone(),
@@ -868,6 +863,7 @@ impl Session {
             } else {
                 Grant::Denied
             };
+            private.reads.presence.store(granted, Ordering::Relaxed);
         }
     }
 
@@ -1042,6 +1038,10 @@ impl Session {
                 .reads
                 .broadcast
                 .store(new.broadcast_read.granted(), Ordering::Relaxed);
+            private
+                .reads
+                .presence
+                .store(new.presence_read.granted(), Ordering::Relaxed);
             private.claims = group.clone();
         }
         if let Some(postgres) = &self.app.postgres {
@@ -1165,12 +1165,12 @@ impl Session {
 
 /// Creates a channel's postgres_changes subscriptions after its join reply, then reports the
 /// outcome with a `system` message. Database errors are retried every 5-10 s while the channel
-/// stays open, as the reference does; parameter errors are final.
+/// stays open, as the reference does; parameter errors are final. The claims are those in force
+/// on the channel at each attempt (an `access_token` may replace them at any moment).
 struct SubscribeTask {
     postgres: Arc<Postgres>,
     channel: ChannelId,
     entries: Vec<serde_json::Map<String, Value>>,
-    claims: Arc<ClaimsGroup>,
     vsn: Vsn,
     outbox: Outbox,
     topic: Topic,
@@ -1195,17 +1195,20 @@ impl SubscribeTask {
     async fn run(self) {
         let postgres = &self.postgres;
         loop {
+            let Some(claims) = postgres.subscriptions.current_claims(self.channel) else {
+                return;
+            };
             let outcome = changes::prepare(
                 &postgres.catalog,
                 &postgres.config.publication,
-                &self.claims.role,
+                &claims.role,
                 &self.entries,
             )
             .await;
             match outcome {
                 Ok(Ok(bindings)) => {
                     let ids: Vec<u32> = bindings.iter().map(|b| b.id).collect();
-                    let subject = self.claims.sub.as_deref().unwrap_or(&self.claims.role);
+                    let subject = claims.sub.as_deref().unwrap_or(&claims.role);
                     let identity = resume::identity(self.topic.as_str(), subject, &ids);
                     let registered = postgres.subscriptions.register(
                         self.channel,
@@ -1214,7 +1217,7 @@ impl SubscribeTask {
                             outbox: self.outbox.clone(),
                             topic: Arc::from(self.topic.as_str()),
                             bindings,
-                            claims: parking_lot::RwLock::new(self.claims.clone()),
+                            claims: parking_lot::RwLock::new(claims.clone()),
                             cursor: Cursor::new(0),
                             identity,
                         },
@@ -1229,8 +1232,13 @@ impl SubscribeTask {
                             }
                         },
                     );
-                    if let Some(Resume::From(seq)) = registered {
-                        tracing::debug!(from = seq, "postgres_changes subscription resumed");
+                    match registered {
+                        Registered::Live(Resume::From(seq)) => {
+                            tracing::debug!(from = seq, "postgres_changes subscription resumed");
+                        }
+                        Registered::Live(_) | Registered::Closed => {}
+                        // The token changed meanwhile: check the bindings again under it.
+                        Registered::Stale => continue,
                     }
                     return;
                 }
