@@ -82,6 +82,30 @@ pub fn text_frame(
     out
 }
 
+/// A text frame split around its payload: `head + payload + tail` equals [`text_frame`] with
+/// that payload. Lets a large payload (a topic's `presence_state`) be shared by many frames
+/// that differ only in their refs.
+pub fn text_frame_parts(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    reference: Option<&str>,
+    topic: &str,
+    event: &str,
+) -> (String, String) {
+    let mut head = text_frame(vsn, join_ref, reference, topic, event, "");
+    let tail = match vsn {
+        Vsn::V1 => {
+            let mut tail = String::from(",\"ref\":");
+            push_opt_str(&mut tail, reference);
+            tail.push('}');
+            tail
+        }
+        Vsn::V2 => String::from("]"),
+    };
+    head.truncate(head.len().saturating_sub(tail.len()));
+    (head, tail)
+}
+
 /// Reply status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -168,6 +192,28 @@ pub fn user_broadcast_json(event: &str, body: &str, meta: Option<&str>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_parts_surround_the_payload() {
+        for vsn in [Vsn::V1, Vsn::V2] {
+            for (join_ref, reference) in [(None, None), (Some("1"), Some("2\"x"))] {
+                let (head, tail) =
+                    text_frame_parts(vsn, join_ref, reference, "realtime:a", "presence_state");
+                let payload = "{\"k\":[1]}";
+                assert_eq!(
+                    format!("{head}{payload}{tail}"),
+                    text_frame(
+                        vsn,
+                        join_ref,
+                        reference,
+                        "realtime:a",
+                        "presence_state",
+                        payload
+                    )
+                );
+            }
+        }
+    }
 
     #[test]
     fn heartbeat_replies() {

@@ -52,6 +52,9 @@ fn limits() -> Arc<Limits> {
         presence_calls: 0,
         presence_window: Duration::from_secs(30),
         private_only: false,
+        outbound_total_bytes: usize::MAX,
+        presence_state_bytes: usize::MAX,
+        presence_total_bytes: usize::MAX,
         tick: Duration::from_secs(5),
     }))
 }
@@ -59,7 +62,8 @@ fn limits() -> Arc<Limits> {
 /// A topic with `n` subscribers; the receivers are kept so that queues stay open.
 fn topic(n: usize) -> (Arc<registry::Topic>, Vec<OutboxReceiver>) {
     let metrics = Arc::new(Metrics::default());
-    let registry = Registry::new(metrics.clone(), limits());
+    let limits = limits();
+    let registry = Registry::new(metrics.clone(), limits.clone());
     let key = TopicKey {
         private: false,
         sub_topic: "bench".into(),
@@ -74,6 +78,7 @@ fn topic(n: usize) -> (Arc<registry::Topic>, Vec<OutboxReceiver>) {
                 bytes: 1 << 30,
             },
             metrics.clone(),
+            limits.outbound.clone(),
         );
         receivers.push(rx);
         let vsn = if i % 4 == 0 { Vsn::V1 } else { Vsn::V2 };
@@ -122,19 +127,26 @@ fn fanout(c: &mut Criterion) {
 }
 
 fn presence(c: &mut Criterion) {
+    let limits = limits();
+    let limits = &*limits;
     c.bench_function("presence track among 1000 members (diff rendered)", |b| {
         let mut state = presence::Presence::default();
         for i in 0..1000u64 {
             let mut meta = serde_json::Map::new();
             meta.insert("i".into(), serde_json::Value::from(i));
-            let _ = state.track(ChannelId(i), &format!("member-{i}"), meta);
+            let _ = state.track(ChannelId(i), &format!("member-{i}"), meta, limits);
         }
         let mut n = 0u64;
         b.iter(|| {
             n += 1;
             let mut meta = serde_json::Map::new();
             meta.insert("n".into(), serde_json::Value::from(n));
-            state.track(ChannelId(n % 1000), &format!("member-{}", n % 1000), meta)
+            state.track(
+                ChannelId(n % 1000),
+                &format!("member-{}", n % 1000),
+                meta,
+                limits,
+            )
         })
     });
     c.bench_function("presence state of 1000 members rendered", |b| {
@@ -142,7 +154,7 @@ fn presence(c: &mut Criterion) {
         for i in 0..1000u64 {
             let mut meta = serde_json::Map::new();
             meta.insert("i".into(), serde_json::Value::from(i));
-            let _ = state.track(ChannelId(i), &format!("member-{i}"), meta);
+            let _ = state.track(ChannelId(i), &format!("member-{i}"), meta, limits);
         }
         b.iter(|| state.render_state())
     });

@@ -43,6 +43,8 @@ pub struct App {
     pub postgres: Option<Arc<Postgres>>,
     /// Prometheus exporter behind `GET /metrics`.
     pub exporter: Exporter,
+    /// Accepted sockets, counted from accept.
+    pub sockets: Arc<crate::listener::Sockets>,
 }
 
 impl App {
@@ -51,6 +53,8 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let exporter = Exporter::new(config.database.is_some());
+        let (config_limits_connections, handshake_timeout) =
+            (config.limits.connections, config.handshake_timeout);
         let postgres = config
             .database
             .clone()
@@ -66,6 +70,7 @@ impl App {
             shutdown: CancellationToken::new(),
             disconnect: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            sockets: crate::listener::Sockets::new(config_limits_connections, handshake_timeout),
         }))
     }
 }
@@ -92,12 +97,14 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         Some(postgres) => Some(postgres.ping().await),
         None => None,
     };
-    let snapshot = app.metrics.snapshot();
+    let mut snapshot = app.metrics.snapshot();
+    snapshot.outbound_held_bytes = app.limits.outbound.held() as u64;
     Json(serde_json::json!({
         "status": "ok",
         "database_configured": app.config.database.is_some(),
         "database_connected": database_connected,
         "connections": snapshot.connections,
+        "sockets": app.sockets.open(),
         "channels": snapshot.channels,
         "replication_lag_seconds": app.postgres.as_ref().map(|_| snapshot.replication_lag_seconds),
         "replication_connected": app.postgres.as_ref().is_some_and(|p| p.replication_connected.load(std::sync::atomic::Ordering::Relaxed)),
@@ -130,11 +137,11 @@ async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             .load(std::sync::atomic::Ordering::Relaxed),
         lag_bytes: p.lag_bytes(),
     });
-    let body = app.exporter.render(
-        app.metrics.snapshot(),
-        app.registry.topic_count(),
-        replication,
-    );
+    let mut snapshot = app.metrics.snapshot();
+    snapshot.outbound_held_bytes = app.limits.outbound.held() as u64;
+    let body = app
+        .exporter
+        .render(snapshot, app.registry.topic_count(), replication);
     (
         [(
             header::CONTENT_TYPE,
@@ -150,15 +157,24 @@ async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
 pub async fn serve(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = app.shutdown.clone();
     let stop = async move { shutdown.cancelled().await };
+    let routes =
+        router(app.clone()).layer(axum::middleware::from_fn(crate::listener::request_deadline));
+    let connected = routes.into_make_service_with_connect_info::<crate::listener::Connection>();
     match app.config.tls.clone() {
         None => {
-            axum::serve(listener, router(app.clone()))
+            let listener = crate::listener::GuardedListener::new(listener, app.sockets.clone());
+            axum::serve(listener, connected)
                 .with_graceful_shutdown(stop)
                 .await?
         }
         Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls.acceptor)?;
-            axum::serve(listener, router(app.clone()))
+            let listener = crate::tls::TlsListener::new(
+                listener,
+                tls.acceptor,
+                app.sockets.clone(),
+                app.config.handshake_timeout,
+            )?;
+            axum::serve(listener, connected)
                 .with_graceful_shutdown(stop)
                 .await?
         }

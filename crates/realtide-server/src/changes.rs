@@ -9,7 +9,7 @@ use parking_lot::{Mutex, RwLock};
 use realtide_protocol::Vsn;
 use realtide_protocol::message::binding_id;
 use realtide_replication::filter::{
-    CompiledFilter, Filter, inspect, inspect_string, inspect_strings, parse_filters, validate,
+    CompiledFilter, Filter, Op, inspect, inspect_string, inspect_strings, parse_filters, validate,
 };
 use serde_json::{Map, Value};
 
@@ -464,12 +464,27 @@ pub async fn prepare(
     publication: &str,
     role: &str,
     entries: &[Map<String, Value>],
+    limits: SubscribeLimits,
 ) -> Result<SubscribeOutcome, DbError> {
+    if entries.len() > limits.bindings {
+        return Ok(Err(format!(
+            "Too many postgres_changes bindings on one channel. Maximum {}",
+            limits.bindings
+        )));
+    }
     let mut bindings = Vec::with_capacity(entries.len());
     for entry in entries {
         match parse_binding(entry) {
             Ok(binding) => bindings.push(binding),
             Err(message) => return Ok(Err(message)),
+        }
+    }
+    for binding in &bindings {
+        if let Some(exception) = check_patterns(binding, limits.pattern_chars) {
+            return Ok(Err(format!(
+                "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: {exception}",
+                binding.params_text()
+            )));
         }
     }
     let published = catalog.published_tables(publication).await?;
@@ -501,6 +516,30 @@ pub async fn prepare(
         }
     }
     Ok(Ok(bindings))
+}
+
+/// Bounds on what one join may ask of postgres_changes: they bound the matching work one
+/// subscriber adds to every change (bindings x pattern length x value length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeLimits {
+    /// `MAX_BINDINGS_PER_CHANNEL`.
+    pub bindings: usize,
+    /// `FILTER_PATTERN_MAX_CHARS`.
+    pub pattern_chars: usize,
+}
+
+/// A pattern filter (`like`, `ilike`, `match`, `imatch`) longer than `max` characters, as an
+/// exception text in the style of the reference's `in` list bound.
+fn check_patterns(binding: &Binding, max: usize) -> Option<String> {
+    binding.filters.iter().find_map(|filter| {
+        let pattern = matches!(filter.op, Op::Like | Op::Ilike | Op::Match | Op::Imatch);
+        (pattern && filter.raw_value.chars().count() > max).then(|| {
+            format!(
+                "ERROR P0001 (raise_exception) pattern too long for `{}` filter. Maximum {max}",
+                filter.op
+            )
+        })
+    })
 }
 
 /// The subscription-time checks of the reference's `subscription_check_filters` trigger;

@@ -178,6 +178,30 @@ pub struct ServeArgs {
     /// Outbound queue bound per connection, in bytes.
     #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub outbound_queue_bytes: usize,
+    /// Bytes of broadcast and presence frames held for all connections together (queued or
+    /// being written; a frame shared by many connections counts once). Past it, a connection
+    /// with more than 64 KiB still queued is closed as a slow consumer at its next frame.
+    #[arg(long, env = "OUTBOUND_TOTAL_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub outbound_total_bytes: usize,
+    /// Bytes of rendered presence metas one topic may hold; tracks past it are refused.
+    #[arg(long, env = "PRESENCE_MAX_STATE_BYTES", default_value_t = 10_000_000)]
+    pub presence_max_state_bytes: usize,
+    /// Bytes of rendered presence metas all topics together may hold; tracks past it are
+    /// refused.
+    #[arg(long, env = "PRESENCE_MAX_TOTAL_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub presence_max_total_bytes: usize,
+    /// postgres_changes bindings one channel may ask for; a join with more gets a `system`
+    /// error and no subscription.
+    #[arg(long, env = "MAX_BINDINGS_PER_CHANNEL", default_value_t = 100)]
+    pub max_bindings_per_channel: usize,
+    /// Longest `like`/`ilike`/`match`/`imatch` filter pattern, in characters.
+    #[arg(long, env = "FILTER_PATTERN_MAX_CHARS", default_value_t = 256)]
+    pub filter_pattern_max_chars: usize,
+    /// Time a TCP connection has to send a complete HTTP request (headers and body) or
+    /// WebSocket upgrade, in milliseconds, and at most between two requests; slower or silent
+    /// connections are closed.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -216,6 +240,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Outbound queue bounds.
     pub outbox: crate::outbox::OutboxLimits,
+    /// Bounds on what one join may ask of postgres_changes.
+    pub subscribe: crate::changes::SubscribeLimits,
+    /// `HANDSHAKE_TIMEOUT_MS`.
+    pub handshake_timeout: Duration,
     /// Emit JSON logs.
     pub json_logs: bool,
     /// Verifier guarding `GET /metrics`, when `METRICS_JWT_SECRET` is set.
@@ -535,6 +563,24 @@ impl ServeArgs {
             self.outbound_queue_messages as u64,
         )?;
         positive("OUTBOUND_QUEUE_BYTES", self.outbound_queue_bytes as u64)?;
+        positive("OUTBOUND_TOTAL_BYTES", self.outbound_total_bytes as u64)?;
+        positive(
+            "PRESENCE_MAX_STATE_BYTES",
+            self.presence_max_state_bytes as u64,
+        )?;
+        positive(
+            "PRESENCE_MAX_TOTAL_BYTES",
+            self.presence_max_total_bytes as u64,
+        )?;
+        positive(
+            "MAX_BINDINGS_PER_CHANNEL",
+            self.max_bindings_per_channel as u64,
+        )?;
+        positive(
+            "FILTER_PATTERN_MAX_CHARS",
+            self.filter_pattern_max_chars as u64,
+        )?;
+        positive("HANDSHAKE_TIMEOUT_MS", self.handshake_timeout_ms)?;
         let json_logs = match self.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -641,6 +687,11 @@ impl ServeArgs {
                 messages: self.outbound_queue_messages,
                 bytes: self.outbound_queue_bytes,
             },
+            subscribe: crate::changes::SubscribeLimits {
+                bindings: self.max_bindings_per_channel,
+                pattern_chars: self.filter_pattern_max_chars,
+            },
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             json_logs,
             metrics_jwt,
             tls,
@@ -656,6 +707,9 @@ impl ServeArgs {
                     self.client_presence_window_ms,
                 )?),
                 private_only: self.private_only,
+                outbound_total_bytes: self.outbound_total_bytes,
+                presence_state_bytes: self.presence_max_state_bytes,
+                presence_total_bytes: self.presence_max_total_bytes,
                 tick: Duration::from_millis(positive(
                     "RATE_COUNTER_TICK_MS",
                     self.rate_counter_tick_ms,

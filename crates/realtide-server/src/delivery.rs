@@ -133,10 +133,19 @@ pub async fn deliver(
     // Channels that can take nothing more now, with the position they stopped at.
     let mut stopped: HashMap<usize, u64> = HashMap::new();
     let now = crate::changes::unix_now();
+    let mut evaluated = 0usize;
     for (ci, change) in changes.iter().enumerate() {
         for channel in channels {
             if stopped.contains_key(&channel_key(channel)) {
                 continue;
+            }
+            // Matching is bounded per binding (pattern length, bindings per channel) but a
+            // batch may hold many; let the worker serve other tasks (heartbeats, other
+            // sockets) between slices of it.
+            evaluated += channel.bindings.len();
+            if evaluated >= MATCH_SLICE {
+                evaluated = 0;
+                tokio::task::yield_now().await;
             }
             let mut ids: Vec<u32> = Vec::new();
             for binding in &channel.bindings {
@@ -324,6 +333,9 @@ pub async fn deliver(
     metrics.events_out(delivered as u64);
     Ok(delivered)
 }
+
+/// Bindings matched between two yields to the runtime.
+const MATCH_SLICE: usize = 4096;
 
 /// A channel's key in the `stopped` map: its address (a plain number, so the map may be held
 /// across the checks' awaits).

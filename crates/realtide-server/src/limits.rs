@@ -94,8 +94,35 @@ pub struct LimitSettings {
     pub presence_window: Duration,
     /// `PRIVATE_ONLY`.
     pub private_only: bool,
+    /// `OUTBOUND_TOTAL_BYTES`.
+    pub outbound_total_bytes: usize,
+    /// `PRESENCE_MAX_STATE_BYTES` (per topic).
+    pub presence_state_bytes: usize,
+    /// `PRESENCE_MAX_TOTAL_BYTES`.
+    pub presence_total_bytes: usize,
     /// `RATE_COUNTER_TICK_MS`.
     pub tick: Duration,
+}
+
+#[cfg(test)]
+impl LimitSettings {
+    /// No limits (for unit tests).
+    pub fn unlimited() -> LimitSettings {
+        LimitSettings {
+            events_per_second: 0,
+            joins_per_second: 0,
+            presence_events_per_second: 0,
+            concurrent_users: 0,
+            connections: 0,
+            presence_calls: 0,
+            presence_window: Duration::from_secs(30),
+            private_only: false,
+            outbound_total_bytes: usize::MAX,
+            presence_state_bytes: usize::MAX,
+            presence_total_bytes: usize::MAX,
+            tick: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The process's limit state.
@@ -111,6 +138,10 @@ pub struct Limits {
     pub presence: RateCounter,
     /// postgres_changes deliveries (capped by the events limit, as the reference).
     pub db_events: RateCounter,
+    /// Broadcast and presence frames held for all connections.
+    pub outbound: std::sync::Arc<OutboundBudget>,
+    /// Rendered presence metas held by all topics.
+    presence_bytes: AtomicUsize,
     users: AtomicUsize,
     connections: AtomicUsize,
 }
@@ -124,6 +155,11 @@ impl Limits {
             joins: RateCounter::new(settings.joins_per_second),
             presence: RateCounter::new(settings.presence_events_per_second),
             db_events: RateCounter::new(settings.events_per_second),
+            outbound: std::sync::Arc::new(OutboundBudget {
+                held: AtomicUsize::new(0),
+                limit: settings.outbound_total_bytes,
+            }),
+            presence_bytes: AtomicUsize::new(0),
             users: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
         }
@@ -162,6 +198,22 @@ impl Limits {
         self.users.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Reserves `bytes` of presence metas process-wide; `false` (nothing reserved) past
+    /// `PRESENCE_MAX_TOTAL_BYTES`.
+    pub fn reserve_presence(&self, bytes: usize) -> bool {
+        let before = self.presence_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.settings.presence_total_bytes {
+            self.presence_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Releases presence bytes reserved with [`Limits::reserve_presence`].
+    pub fn release_presence(&self, bytes: usize) {
+        self.presence_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     /// Takes a connection slot; `None` when `MAX_CONNECTIONS` are open.
     pub fn connection(self: &std::sync::Arc<Self>) -> Option<ConnectionSlot> {
         let max = self.settings.connections;
@@ -173,6 +225,56 @@ impl Limits {
         Some(ConnectionSlot {
             limits: self.clone(),
         })
+    }
+}
+
+/// The bytes of broadcast and presence frames alive for all connections (in queues or being
+/// written). Frames are counted once however many connections share them: a fan-out's frame
+/// is wrapped by [`OutboundBudget::hold`] and uncounted when its last copy is dropped.
+#[derive(Debug)]
+pub struct OutboundBudget {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl OutboundBudget {
+    /// Counts `bytes` until its last clone is dropped.
+    pub fn hold(self: &std::sync::Arc<Self>, bytes: bytes::Bytes) -> bytes::Bytes {
+        self.held.fetch_add(bytes.len(), Ordering::Relaxed);
+        bytes::Bytes::from_owner(HeldBytes {
+            bytes,
+            budget: self.clone(),
+        })
+    }
+
+    /// Whether more than `OUTBOUND_TOTAL_BYTES` are held.
+    pub fn exceeded(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.limit
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// A frame counted in an [`OutboundBudget`].
+struct HeldBytes {
+    bytes: bytes::Bytes,
+    budget: std::sync::Arc<OutboundBudget>,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.budget
+            .held
+            .fetch_sub(self.bytes.len(), Ordering::Relaxed);
     }
 }
 

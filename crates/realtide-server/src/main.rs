@@ -28,6 +28,11 @@
 //! - [`tls`]: native TLS for the listener (`TLS_CERT`, `TLS_KEY`).
 //! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
 
+/// mimalloc returns freed memory to the system within milliseconds (glibc's malloc keeps most of
+/// a burst's peak in its per-thread arenas), so the memory a client burst takes is given back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod api;
 mod app;
 mod authorization;
@@ -43,6 +48,7 @@ mod feed;
 mod frames;
 mod journal;
 mod limits;
+mod listener;
 mod metrics;
 mod outbox;
 mod postgres;

@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub bytes_in: u64,
     /// Frames waiting in outbound queues.
     pub outbound_queue_frames: u64,
+    /// Bytes of broadcast and presence frames held for all connections (set by the caller
+    /// from the outbound budget).
+    pub outbound_held_bytes: u64,
     /// Seconds between the commit of the last delivered transaction and its delivery.
     pub replication_lag_seconds: f64,
 }
@@ -134,6 +137,7 @@ impl Metrics {
                 .load(Ordering::Relaxed)
                 .max(0)
                 .unsigned_abs(),
+            outbound_held_bytes: 0,
             replication_lag_seconds: self.replication_delay_micros.load(Ordering::Relaxed) as f64
                 / 1e6,
         }
@@ -174,6 +178,7 @@ pub struct Exporter {
     bytes_in: metrics::Counter,
     presence_events: metrics::Counter,
     outbound_queue_frames: metrics::Gauge,
+    outbound_held_bytes: metrics::Gauge,
     authorization: metrics::Histogram,
     replication: Option<(metrics::Gauge, metrics::Gauge, metrics::Gauge)>,
 }
@@ -233,6 +238,11 @@ impl Exporter {
                 "realtide_outbound_queue_frames",
                 "Frames waiting in the connections' outbound queues."
             );
+            describe_gauge!(
+                "realtide_outbound_held_bytes",
+                Unit::Bytes,
+                "Bytes of broadcast and presence frames held for all connections (bounded by OUTBOUND_TOTAL_BYTES)."
+            );
             describe_histogram!(
                 AUTHORIZATION_SECONDS,
                 Unit::Seconds,
@@ -273,6 +283,7 @@ impl Exporter {
                 bytes_in: counter!("realtide_bytes_in_total"),
                 presence_events: counter!("realtide_presence_events_total"),
                 outbound_queue_frames: gauge!("realtide_outbound_queue_frames"),
+                outbound_held_bytes: gauge!("realtide_outbound_held_bytes"),
                 authorization: histogram!(AUTHORIZATION_SECONDS),
                 replication,
             }
@@ -305,6 +316,8 @@ impl Exporter {
         self.presence_events.absolute(snapshot.presence_events);
         self.outbound_queue_frames
             .set(snapshot.outbound_queue_frames as f64);
+        self.outbound_held_bytes
+            .set(snapshot.outbound_held_bytes as f64);
         if let (Some((connected, lag, seconds)), Some(sample)) = (&self.replication, replication) {
             connected.set(if sample.connected { 1.0 } else { 0.0 });
             lag.set(sample.lag_bytes as f64);

@@ -14,6 +14,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::OutboundBudget;
 use crate::metrics::Metrics;
 
 /// Close code sent to a slow consumer (1008, policy violation).
@@ -286,6 +287,16 @@ pub enum OutFrame {
         /// One past its journal position.
         end: u64,
     },
+    /// A text frame made of a head and tail of its own around a shared body (a topic's
+    /// `presence_state` payload, identical for every joiner but for the refs around it).
+    Framed {
+        /// Text before the body.
+        head: Bytes,
+        /// The shared body.
+        body: Bytes,
+        /// Text after the body.
+        tail: Bytes,
+    },
     /// A binary frame (V2 kind 4).
     Binary(Bytes),
     /// A pong answering a ping.
@@ -297,6 +308,20 @@ pub enum OutFrame {
 }
 
 impl OutFrame {
+    /// The frame with its payload counted in `budget` while any copy of it lives.
+    pub fn held(self, budget: &Arc<OutboundBudget>) -> OutFrame {
+        match self {
+            OutFrame::Text(b) => OutFrame::Text(budget.hold(b)),
+            OutFrame::Binary(b) => OutFrame::Binary(budget.hold(b)),
+            OutFrame::Framed { head, body, tail } => OutFrame::Framed {
+                head,
+                body: budget.hold(body),
+                tail,
+            },
+            other => other,
+        }
+    }
+
     fn cost(&self) -> usize {
         match self {
             OutFrame::Text(b)
@@ -304,6 +329,7 @@ impl OutFrame {
             | OutFrame::Binary(b)
             | OutFrame::Pong(b)
             | OutFrame::CloseEcho(b) => b.len(),
+            OutFrame::Framed { head, body, tail } => head.len() + body.len() + tail.len(),
             OutFrame::Close(_, reason) => reason.len() + 2,
         }
     }
@@ -329,6 +355,8 @@ struct Shared {
     writes: AtomicU64,
     overflowed: CancellationToken,
     receipts: Receipts,
+    /// The process-wide budget of held broadcast and presence frames.
+    budget: Arc<OutboundBudget>,
 }
 
 /// Sending side of a connection's outbound queue; cheap to clone.
@@ -346,7 +374,11 @@ pub struct OutboxReceiver {
 }
 
 /// Creates a bounded outbound queue.
-pub fn outbox(limits: OutboxLimits, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
+pub fn outbox(
+    limits: OutboxLimits,
+    metrics: Arc<Metrics>,
+    budget: Arc<OutboundBudget>,
+) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(limits.messages.max(1));
     let shared = Arc::new(Shared {
         metrics,
@@ -356,6 +388,7 @@ pub fn outbox(limits: OutboxLimits, metrics: Arc<Metrics>) -> (Outbox, OutboxRec
         writes: AtomicU64::new(0),
         overflowed: CancellationToken::new(),
         receipts: Receipts::default(),
+        budget,
     });
     (
         Outbox {
@@ -382,6 +415,14 @@ impl Outbox {
     /// counter once per subscriber.
     pub fn push_uncounted(&self, frame: OutFrame) -> bool {
         if self.shared.overflowed.is_cancelled() {
+            return false;
+        }
+        // Past the process-wide budget, connections that are behind are the ones holding the
+        // frames alive: they are cut, which drops what they hold.
+        if self.shared.budget.exceeded()
+            && self.shared.queued_bytes.load(Ordering::Relaxed) > WRITE_BATCH
+        {
+            self.shared.overflowed.cancel();
             return false;
         }
         let cost = frame.cost();
@@ -478,8 +519,13 @@ impl Outbox {
 
 /// Appends an unmasked server frame (RFC 6455 §5.2) to `out`.
 fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    push_header(out, opcode, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends the header of an unmasked server frame with a payload of `len` bytes.
+fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
     out.push(0x80 | opcode);
-    let len = payload.len();
     if len < 126 {
         out.push(len as u8);
     } else if let Ok(len) = u16::try_from(len) {
@@ -489,7 +535,89 @@ fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
         out.push(127);
         out.extend_from_slice(&(len as u64).to_be_bytes());
     }
-    out.extend_from_slice(payload);
+}
+
+/// Payloads from this size on are written from their shared buffer instead of being copied
+/// into the batch: a large broadcast to many slow readers is then held once, not once per
+/// writer.
+const SHARED_PAYLOAD: usize = 16 * 1024;
+
+/// One write's worth of frames: small frames and every header copied into `own`, large
+/// payloads kept as the shared buffers the fan-out handed out, in stream order.
+#[derive(Debug, Default)]
+struct Batch {
+    own: Vec<u8>,
+    /// (offset in `own` the payload follows, payload).
+    shared: Vec<(usize, Bytes)>,
+    /// Bytes in the batch: `own` plus the shared payloads.
+    len: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends a frame, sharing a large payload instead of copying it.
+    fn frame(&mut self, opcode: u8, payload: &Bytes) {
+        self.framed(opcode, &[], payload, &[]);
+    }
+
+    /// Appends a frame whose payload is `head + body + tail`, sharing a large body.
+    fn framed(&mut self, opcode: u8, head: &[u8], body: &Bytes, tail: &[u8]) {
+        let before = self.own.len();
+        push_header(&mut self.own, opcode, head.len() + body.len() + tail.len());
+        self.own.extend_from_slice(head);
+        if body.len() < SHARED_PAYLOAD {
+            self.own.extend_from_slice(body);
+        } else {
+            self.shared.push((self.own.len(), body.clone()));
+            self.len += body.len();
+        }
+        self.own.extend_from_slice(tail);
+        self.len += self.own.len() - before;
+    }
+
+    /// Appends a small frame built from a slice.
+    fn small(&mut self, opcode: u8, payload: &[u8]) {
+        let before = self.own.len();
+        push_frame(&mut self.own, opcode, payload);
+        self.len += self.own.len() - before;
+    }
+
+    /// The bytes from stream offset `at` to the end of the piece that holds it.
+    fn rest(&self, at: usize) -> &[u8] {
+        // Walk the pieces: own bytes up to each shared payload, the payload, ... own tail.
+        let (mut stream, mut own) = (0usize, 0usize);
+        for (offset, payload) in &self.shared {
+            let piece = self.own.get(own..*offset).unwrap_or_default();
+            if at < stream + piece.len() {
+                return piece.get(at - stream..).unwrap_or_default();
+            }
+            stream += piece.len();
+            if at < stream + payload.len() {
+                return payload.get(at - stream..).unwrap_or_default();
+            }
+            stream += payload.len();
+            own = *offset;
+        }
+        let tail = self.own.get(own..).unwrap_or_default();
+        tail.get(at.saturating_sub(stream)..).unwrap_or_default()
+    }
+
+    fn clear(&mut self) {
+        self.own.clear();
+        self.shared.clear();
+        self.len = 0;
+        if self.own.capacity() > WRITE_BATCH * 2 {
+            // Do not keep a large buffer alive on an idle connection.
+            self.own = Vec::new();
+        }
+    }
 }
 
 const OP_TEXT: u8 = 0x1;
@@ -519,9 +647,9 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
         tokio::time::sleep(grace).await;
     };
     tokio::pin!(cut_expired);
-    let mut batch = Vec::new();
+    let mut batch = Batch::default();
     if let Some(number) = receipts.first_ping() {
-        push_frame(&mut batch, OP_PING, &number.to_be_bytes());
+        batch.small(OP_PING, &number.to_be_bytes());
     }
     // Change frames in the batch (cursor, position, offset of the frame's end in the batch):
     // their cursors move once the socket took the frame.
@@ -555,7 +683,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
                 && !closing
                 && let Some(number) = receipts.writing(&marks)
             {
-                push_frame(&mut batch, OP_PING, &number.to_be_bytes());
+                batch.small(OP_PING, &number.to_be_bytes());
             }
         }
         // Written piece by piece, so that change frames count as written as soon as the
@@ -566,7 +694,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             if sent >= batch.len() {
                 break Ok(());
             }
-            let rest = batch.get(sent..).unwrap_or_default();
+            let rest = batch.rest(sent);
             let result = tokio::select! {
                 biased;
                 () = &mut cut_expired => {
@@ -597,10 +725,6 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
         // at what was written.
         marks.clear();
         batch.clear();
-        if batch.capacity() > WRITE_BATCH * 2 {
-            // Do not keep a large buffer alive on an idle connection.
-            batch = Vec::new();
-        }
         if written.is_err() {
             break;
         }
@@ -647,7 +771,7 @@ fn push_close(out: &mut Vec<u8>, code: u16, reason: &str) {
 
 /// Encodes one queued frame; returns true for close frames.
 fn encode_into(
-    batch: &mut Vec<u8>,
+    batch: &mut Batch,
     frame: &OutFrame,
     shared: &Shared,
     marks: &mut Vec<(Arc<Cursor>, u64, usize)>,
@@ -656,19 +780,23 @@ fn encode_into(
         .queued_bytes
         .fetch_sub(frame.cost(), Ordering::Relaxed);
     match frame {
-        OutFrame::Text(b) => push_frame(batch, OP_TEXT, b),
+        OutFrame::Text(b) => batch.frame(OP_TEXT, b),
         OutFrame::Change { frame, cursor, end } => {
-            push_frame(batch, OP_TEXT, frame);
+            batch.frame(OP_TEXT, frame);
             marks.push((cursor.clone(), *end, batch.len()));
         }
-        OutFrame::Binary(b) => push_frame(batch, OP_BINARY, b),
-        OutFrame::Pong(b) => push_frame(batch, OP_PONG, b),
+        OutFrame::Framed { head, body, tail } => batch.framed(OP_TEXT, head, body, tail),
+        OutFrame::Binary(b) => batch.frame(OP_BINARY, b),
+        OutFrame::Pong(b) => batch.small(OP_PONG, b),
         OutFrame::Close(code, reason) => {
-            push_close(batch, *code, reason);
+            let mut close = Vec::new();
+            push_close(&mut close, *code, reason);
+            batch.own.extend_from_slice(&close);
+            batch.len += close.len();
             return true;
         }
         OutFrame::CloseEcho(b) => {
-            push_frame(batch, OP_CLOSE, b);
+            batch.small(OP_CLOSE, b);
             return true;
         }
     }
@@ -693,6 +821,41 @@ mod tests {
             out.get(..10),
             Some(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70][..])
         );
+    }
+
+    #[test]
+    fn batches_share_large_payloads_and_write_the_same_bytes() {
+        let small = Bytes::from_static(b"{\"a\":1}");
+        let large = Bytes::from(vec![b'x'; SHARED_PAYLOAD + 5]);
+        let mut batch = Batch::default();
+        let mut expected = Vec::new();
+        for (opcode, payload) in [
+            (OP_TEXT, &small),
+            (OP_TEXT, &large),
+            (OP_BINARY, &large),
+            (OP_TEXT, &small),
+        ] {
+            batch.frame(opcode, payload);
+            push_frame(&mut expected, opcode, payload);
+        }
+        batch.small(OP_PING, &7u64.to_be_bytes());
+        push_frame(&mut expected, OP_PING, &7u64.to_be_bytes());
+        assert_eq!(batch.len(), expected.len());
+        // Two large payloads are referenced, not copied.
+        assert_eq!(batch.shared.len(), 2);
+        assert!(batch.own.len() < 100);
+        // Reading piece by piece from every offset yields the stream.
+        let mut written = Vec::new();
+        while written.len() < batch.len() {
+            let rest = batch.rest(written.len());
+            assert!(!rest.is_empty());
+            // Take at most 1000 bytes at a time, as a partial socket write would.
+            written.extend_from_slice(&rest[..rest.len().min(1000)]);
+        }
+        assert_eq!(written, expected);
+        for at in [0, 1, 9, 10, 11, SHARED_PAYLOAD, expected.len() - 1] {
+            assert_eq!(batch.rest(at).first(), expected.get(at));
+        }
     }
 
     #[test]
@@ -741,6 +904,7 @@ mod tests {
                 bytes: 10,
             },
             metrics.clone(),
+            unlimited(),
         );
         assert!(outbox.push(OutFrame::Text(Bytes::from_static(b"12345"))));
         assert!(!outbox.push(OutFrame::Text(Bytes::from_static(b"123456"))));
@@ -751,11 +915,55 @@ mod tests {
                 bytes: 1000,
             },
             metrics.clone(),
+            unlimited(),
         );
         assert!(outbox.push(OutFrame::Text(Bytes::from_static(b"a"))));
         assert!(!outbox.push(OutFrame::Text(Bytes::from_static(b"b"))));
         assert!(outbox.overflowed().is_cancelled());
         // Two frames were queued in all (none written).
         assert_eq!(metrics.snapshot().outbound_queue_frames, 2);
+    }
+
+    fn unlimited() -> Arc<OutboundBudget> {
+        crate::limits::Limits::new(crate::limits::LimitSettings::unlimited())
+            .outbound
+            .clone()
+    }
+
+    #[test]
+    fn past_the_total_budget_connections_that_are_behind_are_cut() {
+        let metrics = Arc::new(Metrics::default());
+        let limits = crate::limits::Limits::new(crate::limits::LimitSettings {
+            outbound_total_bytes: 100_000,
+            ..crate::limits::LimitSettings::unlimited()
+        });
+        let budget = limits.outbound.clone();
+        let queue = OutboxLimits {
+            messages: 100,
+            bytes: 10_000_000,
+        };
+        let (behind, _behind_rx) = outbox(queue, metrics.clone(), budget.clone());
+        let (current, mut current_rx) = outbox(queue, metrics.clone(), budget.clone());
+        // One 70 kB frame shared by both: counted once.
+        let frame = OutFrame::Text(Bytes::from(vec![b'x'; 70_000])).held(&budget);
+        assert!(behind.push(frame.clone()));
+        assert!(current.push(frame.clone()));
+        drop(frame);
+        assert_eq!(budget.held(), 70_000);
+        // `current` reads its frame; `behind` does not.
+        let read = current_rx.rx.try_recv();
+        assert!(read.is_ok());
+        // (What the writer does when it takes a frame.)
+        current
+            .shared
+            .queued_bytes
+            .fetch_sub(70_000, Ordering::Relaxed);
+        let second = OutFrame::Text(Bytes::from(vec![b'y'; 40_000])).held(&budget);
+        assert!(budget.exceeded());
+        // Over the budget: the connection with 70 kB queued is cut, the other one is served.
+        assert!(!behind.push(second.clone()));
+        assert!(behind.overflowed().is_cancelled());
+        assert!(current.push(second));
+        assert!(!current.overflowed().is_cancelled());
     }
 }

@@ -9,6 +9,9 @@ use indexmap::IndexMap;
 use realtide_protocol::presence::{Group, render_diff, render_meta, render_state};
 use serde_json::{Map, Value};
 
+use bytes::Bytes;
+
+use crate::limits::Limits;
 use crate::registry::ChannelId;
 
 #[derive(Debug)]
@@ -19,12 +22,33 @@ struct Tracked {
     rendered: String,
 }
 
+impl Tracked {
+    /// Memory it holds, as counted against the presence bounds: the rendered meta and the
+    /// parsed one (taken to be the same size again).
+    fn cost(&self) -> usize {
+        self.rendered.len().saturating_mul(2)
+    }
+}
+
+/// A track refused because it would exceed a presence memory bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceFull {
+    /// `PRESENCE_MAX_STATE_BYTES` of this topic.
+    Topic,
+    /// `PRESENCE_MAX_TOTAL_BYTES` of the process.
+    Process,
+}
+
 /// Presences of one topic, grouped by key in first-tracked order.
 #[derive(Debug, Default)]
 pub struct Presence {
     by_key: IndexMap<String, Vec<Tracked>>,
     /// Key each tracked channel uses, for untrack.
     keys: IndexMap<ChannelId, String>,
+    /// Sum of the tracked presences' costs.
+    bytes: usize,
+    /// The rendered `presence_state` payload, shared by every join until presence changes.
+    state: Option<Bytes>,
 }
 
 static NEXT_REF: AtomicU64 = AtomicU64::new(1);
@@ -48,7 +72,18 @@ impl Presence {
         self.keys.is_empty()
     }
 
-    /// The `presence_state` payload.
+    /// The `presence_state` payload, rendered once per change of the presences and shared.
+    /// It counts in the outbound budget while joiners' queues hold it.
+    pub fn state(&mut self, limits: &Limits) -> Bytes {
+        if let Some(state) = &self.state {
+            return state.clone();
+        }
+        let state = limits.outbound.hold(Bytes::from(self.render_state()));
+        self.state = Some(state.clone());
+        state
+    }
+
+    /// The `presence_state` payload, rendered.
     pub fn render_state(&self) -> String {
         let group: Group<'_> = self
             .by_key
@@ -64,19 +99,42 @@ impl Presence {
     }
 
     /// Tracks `meta` for `channel` under `key`; returns the diff to fan out, or `None` for a
-    /// no-op (same meta as last time).
+    /// no-op (same meta as last time). Refused, changing nothing, when the topic's or the
+    /// process's presence bytes would pass their bound.
     pub fn track(
         &mut self,
         channel: ChannelId,
         key: &str,
         meta: Map<String, Value>,
-    ) -> Option<String> {
-        let list = self.by_key.entry(key.to_owned()).or_default();
+        limits: &Limits,
+    ) -> Result<Option<String>, PresenceFull> {
         let phx_ref = new_phx_ref();
-        match list.iter_mut().find(|t| t.channel == channel) {
-            Some(existing) if existing.meta == meta => None,
+        let existing = self
+            .by_key
+            .get(key)
+            .and_then(|list| list.iter().find(|t| t.channel == channel));
+        if existing.is_some_and(|t| t.meta == meta) {
+            return Ok(None);
+        }
+        let rendered = render_meta(&meta, &phx_ref, existing.map(|t| t.phx_ref.as_str()));
+        let old_cost = existing.map_or(0, Tracked::cost);
+        let new_cost = rendered.len().saturating_mul(2);
+        let bytes = self.bytes - old_cost + new_cost;
+        if new_cost > old_cost {
+            if bytes > limits.settings.presence_state_bytes {
+                return Err(PresenceFull::Topic);
+            }
+            if !limits.reserve_presence(new_cost - old_cost) {
+                return Err(PresenceFull::Process);
+            }
+        } else {
+            limits.release_presence(old_cost - new_cost);
+        }
+        self.bytes = bytes;
+        self.state = None;
+        let list = self.by_key.entry(key.to_owned()).or_default();
+        Ok(match list.iter_mut().find(|t| t.channel == channel) {
             Some(existing) => {
-                let rendered = render_meta(&meta, &phx_ref, Some(&existing.phx_ref));
                 let old = std::mem::replace(
                     existing,
                     Tracked {
@@ -91,7 +149,6 @@ impl Presence {
                 Some(render_diff(&joins, &leaves))
             }
             None => {
-                let rendered = render_meta(&meta, &phx_ref, None);
                 let diff = render_diff(&vec![(key, vec![rendered.as_str()])], &vec![]);
                 list.push(Tracked {
                     channel,
@@ -102,15 +159,18 @@ impl Presence {
                 self.keys.insert(channel, key.to_owned());
                 Some(diff)
             }
-        }
+        })
     }
 
     /// Removes `channel`'s presence; returns the leave diff when it was tracked.
-    pub fn untrack(&mut self, channel: ChannelId) -> Option<String> {
+    pub fn untrack(&mut self, channel: ChannelId, limits: &Limits) -> Option<String> {
         let key = self.keys.swap_remove(&channel)?;
         let list = self.by_key.get_mut(&key)?;
         let position = list.iter().position(|t| t.channel == channel)?;
         let old = list.remove(position);
+        self.bytes = self.bytes.saturating_sub(old.cost());
+        limits.release_presence(old.cost());
+        self.state = None;
         if list.is_empty() {
             self.by_key.shift_remove(&key);
         }
@@ -125,6 +185,7 @@ impl Presence {
 #[expect(clippy::indexing_slicing, reason = "test assertions on known shapes")]
 mod tests {
     use super::*;
+    use crate::limits::LimitSettings;
     use serde_json::json;
 
     fn meta(v: Value) -> Map<String, Value> {
@@ -133,32 +194,82 @@ mod tests {
 
     #[test]
     fn track_update_noop_untrack() {
+        let limits = Limits::new(LimitSettings::unlimited());
         let mut p = Presence::default();
         let a = ChannelId(1);
-        let diff = p.track(a, "u1", meta(json!({"n": 1}))).unwrap_or_default();
+        let diff = p
+            .track(a, "u1", meta(json!({"n": 1})), &limits)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         assert!(
             diff.starts_with(r#"{"joins":{"u1":{"metas":[{"phx_ref":"F"#),
             "{diff}"
         );
         assert!(diff.ends_with(r#","n":1}]}},"leaves":{}}"#), "{diff}");
-        assert_eq!(p.track(a, "u1", meta(json!({"n": 1}))), None);
-        let update = p.track(a, "u1", meta(json!({"n": 2}))).unwrap_or_default();
+        assert_eq!(
+            p.track(a, "u1", meta(json!({"n": 1})), &limits)
+                .ok()
+                .flatten(),
+            None
+        );
+        let update = p
+            .track(a, "u1", meta(json!({"n": 2})), &limits)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         assert!(update.contains("phx_ref_prev"), "{update}");
         assert!(
             update.contains(r#""leaves":{"u1":{"metas":[{"phx_ref":"#),
             "{update}"
         );
-        p.track(ChannelId(2), "u1", meta(json!({"n": 3})));
+        p.track(ChannelId(2), "u1", meta(json!({"n": 3})), &limits)
+            .ok()
+            .flatten();
         let state: Value = serde_json::from_str(&p.render_state()).unwrap_or_default();
         assert_eq!(state["u1"]["metas"].as_array().map(Vec::len), Some(2));
-        let leave = p.untrack(a).unwrap_or_default();
+        let leave = p.untrack(a, &limits).unwrap_or_default();
         assert!(
             leave.starts_with(r#"{"joins":{},"leaves":{"u1""#),
             "{leave}"
         );
-        assert_eq!(p.untrack(a), None);
-        p.untrack(ChannelId(2));
+        assert_eq!(p.untrack(a, &limits), None);
+        p.untrack(ChannelId(2), &limits);
         assert!(p.is_empty());
         assert_eq!(p.render_state(), "{}");
+    }
+
+    #[test]
+    fn tracks_past_the_bounds_are_refused_and_leaves_release() {
+        let limits = Limits::new(LimitSettings {
+            presence_state_bytes: 400,
+            presence_total_bytes: 500,
+            ..LimitSettings::unlimited()
+        });
+        let big = |n: usize| meta(json!({ "pad": "x".repeat(n) }));
+        let mut topic = Presence::default();
+        let mut other = Presence::default();
+        assert!(matches!(
+            topic.track(ChannelId(1), "a", big(100), &limits),
+            Ok(Some(_))
+        ));
+        // The same topic past 400 bytes.
+        assert_eq!(
+            topic.track(ChannelId(2), "b", big(100), &limits),
+            Err(PresenceFull::Topic)
+        );
+        // Another topic: the process total (500) is reached first.
+        assert_eq!(
+            other.track(ChannelId(3), "c", big(150), &limits),
+            Err(PresenceFull::Process)
+        );
+        // A leave releases its bytes; the state is rendered again.
+        let before = topic.state(&limits);
+        assert!(topic.untrack(ChannelId(1), &limits).is_some());
+        assert_ne!(topic.state(&limits), before);
+        assert!(matches!(
+            other.track(ChannelId(3), "c", big(150), &limits),
+            Ok(Some(_))
+        ));
     }
 }

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
@@ -24,7 +25,7 @@ pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 /// Shutdown reason of a channel while the presence events limit is tripped.
 pub const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
 use crate::outbox::{OutFrame, Outbox};
-use crate::presence::Presence;
+use crate::presence::{Presence, PresenceFull};
 
 /// Identifies one joined channel (one socket's membership of one topic) process-wide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,7 +154,7 @@ impl Registry {
         key: &TopicKey,
         id: ChannelId,
         subscriber: Subscriber,
-        on_joined: impl FnOnce(&mut dyn FnMut() -> String),
+        on_joined: impl FnOnce(&mut dyn FnMut() -> Bytes),
     ) -> Arc<Topic> {
         let shard_entry = self.topics.entry(key.clone()).or_insert_with(|| {
             Arc::new(Topic {
@@ -167,9 +168,9 @@ impl Registry {
         let topic = shard_entry.value().clone();
         // The shard lock is still held: a concurrent `release` cannot drop this topic between
         // creation and subscription.
-        let presence = topic.presence.lock();
+        let mut presence = topic.presence.lock();
         topic.subscribers.write().insert(id, subscriber);
-        on_joined(&mut || presence.render_state());
+        on_joined(&mut || presence.state(&topic.limits));
         drop(presence);
         drop(shard_entry);
         topic
@@ -186,7 +187,7 @@ impl Registry {
         {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
-            if let Some(diff) = presence.untrack(id) {
+            if let Some(diff) = presence.untrack(id, &topic.limits) {
                 topic.fanout(Audience::Presence, None, &|vsn| {
                     topic.diff_frame(vsn, &diff)
                 });
@@ -241,8 +242,11 @@ impl Topic {
             let Some(cell) = cache.get(subscriber.vsn.index()) else {
                 continue;
             };
-            if let Some(frame) = cell.get_or_init(|| encode(subscriber.vsn))
-                && subscriber.outbox.push_uncounted(frame.clone())
+            // Counted in the process's outbound budget until the last copy is written or
+            // dropped.
+            if let Some(frame) = cell.get_or_init(|| {
+                encode(subscriber.vsn).map(|frame| frame.held(&self.limits.outbound))
+            }) && subscriber.outbox.push_uncounted(frame.clone())
             {
                 delivered += 1;
             }
@@ -270,23 +274,29 @@ impl Topic {
     }
 
     /// Tracks (or updates) a channel's presence and fans the diff out to every subscriber,
-    /// the tracker included. Identical re-tracks are no-ops.
+    /// the tracker included. Identical re-tracks are no-ops; tracks past the presence memory
+    /// bounds are refused and change nothing. `accepted` runs once the track is taken, before
+    /// its diff goes out (the tracker's reply comes first).
     pub fn track(
         &self,
         id: ChannelId,
         key: &str,
         meta: serde_json::Map<String, serde_json::Value>,
-    ) {
+        accepted: impl FnOnce(),
+    ) -> Result<(), PresenceFull> {
         let mut presence = self.presence.lock();
-        if let Some(diff) = presence.track(id, key, meta) {
+        let diff = presence.track(id, key, meta, &self.limits)?;
+        accepted();
+        if let Some(diff) = diff {
             self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
         }
+        Ok(())
     }
 
     /// Removes a channel's presence, fanning out the leave.
     pub fn untrack(&self, id: ChannelId) {
         let mut presence = self.presence.lock();
-        if let Some(diff) = presence.untrack(id) {
+        if let Some(diff) = presence.untrack(id, &self.limits) {
             self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
         }
     }

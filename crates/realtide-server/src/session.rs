@@ -205,7 +205,11 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (outbox, queue) = outbox::outbox(app.config.outbox, app.metrics.clone());
+    let (outbox, queue) = outbox::outbox(
+        app.config.outbox,
+        app.metrics.clone(),
+        app.limits.outbound.clone(),
+    );
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     // A slow consumer's socket stays open this long for it to read what it was already sent.
     let grace = app
@@ -630,15 +634,20 @@ impl Session {
                 // diff can overtake them.
                 outbox.text(reply);
                 if request.presence_enabled && presence_visible {
-                    let frame = encode::text_frame(
+                    // The state is the topic's shared rendering; only the refs around it are
+                    // this joiner's.
+                    let (head, tail) = encode::text_frame_parts(
                         vsn,
                         join_ref.as_ref().map(JoinRef::as_str),
                         None,
                         topic.as_str(),
                         "presence_state",
-                        &state(),
                     );
-                    outbox.text(frame);
+                    outbox.push(OutFrame::Framed {
+                        head: head.into(),
+                        body: state(),
+                        tail: tail.into(),
+                    });
                 }
                 let join_ref = join_ref.as_ref().map(JoinRef::as_str);
                 for message in &replayed {
@@ -680,6 +689,7 @@ impl Session {
                         postgres: postgres.clone(),
                         channel: id,
                         entries: request.postgres_changes,
+                        limits: self.app.config.subscribe,
                         vsn,
                         outbox: self.outbox.clone(),
                         topic: topic.clone(),
@@ -902,8 +912,22 @@ impl Session {
                     self.shutdown_channel(topic, "Track message size exceeded");
                     return;
                 }
-                self.channel_reply(topic, reference, Status::Ok, "{}");
-                channel.topic.track(channel.id, &channel.presence_key, meta);
+                let accepted = || self.channel_reply(topic, reference, Status::Ok, "{}");
+                match channel
+                    .topic
+                    .track(channel.id, &channel.presence_key, meta, accepted)
+                {
+                    Ok(()) => {}
+                    Err(full) => {
+                        tracing::info!(?full, "presence track refused: presence memory bound");
+                        self.channel_reply(
+                            topic,
+                            reference,
+                            Status::Error,
+                            &encode::reason(PRESENCE_FULL),
+                        );
+                    }
+                }
             }
             PresencePush::Track(_) => {
                 self.channel_reply(
@@ -1171,6 +1195,7 @@ struct SubscribeTask {
     postgres: Arc<Postgres>,
     channel: ChannelId,
     entries: Vec<serde_json::Map<String, Value>>,
+    limits: changes::SubscribeLimits,
     vsn: Vsn,
     outbox: Outbox,
     topic: Topic,
@@ -1203,6 +1228,7 @@ impl SubscribeTask {
                 &postgres.config.publication,
                 &claims.role,
                 &self.entries,
+                self.limits,
             )
             .await;
             match outcome {
@@ -1297,6 +1323,9 @@ fn replay_frame(
         }
     }
 }
+
+/// Reason of a track refused by `PRESENCE_MAX_STATE_BYTES` or `PRESENCE_MAX_TOTAL_BYTES`.
+const PRESENCE_FULL: &str = "Presence state size exceeded";
 
 fn new_presence_key() -> String {
     // UUID v1, as the reference generates; the node id is random per key.

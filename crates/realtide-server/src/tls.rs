@@ -1,8 +1,9 @@
 //! Native TLS for the HTTP and WebSocket listener (`TLS_CERT`, `TLS_KEY`).
 //!
-//! TCP connections are accepted by one task; each TLS handshake runs in its own task (bounded by
-//! a timeout) so that a slow or hostile handshake never holds up the accept loop; finished
-//! streams are handed to axum through a channel.
+//! TCP connections are accepted by one task and counted and guarded at once
+//! ([`crate::listener`]); each TLS handshake runs in its own task (bounded by
+//! `HANDSHAKE_TIMEOUT_MS`) so that a slow or hostile handshake never holds up the accept loop;
+//! finished streams are handed to axum through a channel.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,8 +19,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 
-/// Longest a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::listener::{Guarded, Sockets};
+
 /// Handshakes finished but not yet taken by the server.
 const READY_QUEUE: usize = 1024;
 
@@ -79,13 +80,19 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 /// A listener yielding TLS streams whose handshake has completed.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<Guarded<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener`; stops when the returned listener is dropped.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
+    /// Starts accepting on `listener`; stops when the returned listener is dropped. Sockets are
+    /// counted and guarded from accept, before their TLS handshake.
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        sockets: Arc<Sockets>,
+        handshake_timeout: Duration,
+    ) -> io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
         tokio::spawn(async move {
@@ -104,10 +111,13 @@ impl TlsListener {
                     },
                 };
                 let _ = stream.set_nodelay(true);
+                let Some(stream) = sockets.admit(stream) else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
@@ -122,7 +132,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Guarded<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
