@@ -25,13 +25,9 @@
 //! - [`limits`]: rate counters, connection/user counts and the presence call window.
 //! - [`token`]: the `realtide token` command.
 //! - [`postgres_tls`]: TLS to PostgreSQL (`DB_SSL`).
+//! - [`listener`]: accepted sockets counted from accept and given `HANDSHAKE_TIMEOUT_MS`.
 //! - [`tls`]: native TLS for the listener (`TLS_CERT`, `TLS_KEY`).
 //! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
-
-/// mimalloc returns freed memory to the system within milliseconds (glibc's malloc keeps most of
-/// a burst's peak in its per-thread arenas), so the memory a client burst takes is given back.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod api;
 mod app;
