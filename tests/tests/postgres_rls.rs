@@ -1,6 +1,6 @@
 //! postgres_changes row level security against a real PostgreSQL (reference §10.6, issue 3
 //! point 4): every subscriber receives exactly the INSERT/UPDATE rows it may SELECT under its
-//! own JWT claims, DELETEs follow the reference, and policy changes and token refreshes take
+//! own JWT claims, DELETEs are judged on the old row where it exists (else follow the reference), and policy changes and token refreshes take
 //! effect without a restart. Absence is asserted with barriers (a later change the subscriber
 //! must see, delivered in commit order), never with long sleeps.
 // `Value[&str]` never panics (it yields null), and an out-of-range binding index in a test is
@@ -281,7 +281,8 @@ async fn anon_without_policy_gets_nothing_and_service_role_gets_everything() -> 
 }
 
 #[tokio::test]
-async fn deletes_on_rls_tables_reach_subscribers_with_keys_only() -> Result<()> {
+async fn deletes_with_the_old_row_reach_only_subscribers_whose_policies_admitted_it() -> Result<()>
+{
     let env = PgEnv::start(
         &[],
         &notes_setup("alter table public.notes replica identity full;"),
@@ -294,25 +295,126 @@ async fn deletes_on_rls_tables_reach_subscribers_with_keys_only() -> Result<()> 
         subs.push(Sub::new(&env, &format!("deleter{n}"), &token, bindings).await?);
     }
     env.exec(&format!(
-        "insert into notes values (1, '{a}', 'a'), (2, '{b}', 'b');
-         delete from notes where id = 1; delete from notes where id = 2;",
+        "insert into notes values (1, '{a}', 'a'), (2, '{b}', 'b'), (3, '{a}', 'a'), (4, '{b}', 'b');
+         delete from notes where id = 1; delete from notes where id = 2;
+         delete from notes where id = 3; delete from notes where id = 4;",
         a = USERS[0],
         b = USERS[1]
     ))
     .await?;
-    for sub in &mut subs {
-        for id in [1, 2] {
+    // Each owner gets its own deletes only (the later one is the barrier: commit order), with
+    // the key only, as the reference's DELETE on an RLS table.
+    for (sub, own) in subs.iter_mut().zip([[1, 3], [2, 4]]) {
+        for id in own {
             let data = sub.next().await?;
             ensure!(
                 data["type"] == "DELETE"
                     && data["old_record"] == json!({"id": id})
                     && data.get("record").is_none()
                     && data["errors"].is_null(),
+                "{}: expected its own delete {id} with only the key: {data}",
+                sub.name
+            );
+        }
+        sub.client.assert_no_frame(QUIET).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn deletes_without_the_old_row_keep_the_reference_rule() -> Result<()> {
+    let env = PgEnv::start(&[], &notes_setup("")).await?;
+    let mut subs = Vec::new();
+    for (n, user) in USERS.iter().take(2).enumerate() {
+        let token = user_token("authenticated", user);
+        let bindings = json!([{"event": "DELETE", "schema": "public", "table": "notes"}]);
+        subs.push(Sub::new(&env, &format!("keyed{n}"), &token, bindings).await?);
+    }
+    env.exec(&format!(
+        "insert into notes values (1, '{a}', 'a'), (2, '{b}', 'b');
+         delete from notes where id = 1; delete from notes where id = 2;",
+        a = USERS[0],
+        b = USERS[1]
+    ))
+    .await?;
+    // Without REPLICA IDENTITY FULL there is no old row to judge: every subscriber gets every
+    // delete, with the key only.
+    for sub in &mut subs {
+        for id in [1, 2] {
+            let data = sub.next().await?;
+            ensure!(
+                data["type"] == "DELETE" && data["old_record"] == json!({"id": id}),
                 "{}: delete {id} must carry only the primary key: {data}",
                 sub.name
             );
         }
         sub.client.assert_no_frame(QUIET).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleted_rows_are_judged_by_membership_and_restrictive_policies() -> Result<()> {
+    let env = PgEnv::start(
+        &[],
+        &format!(
+            "create table public.members (team int4, member uuid);
+             grant select on public.members to authenticated;
+             insert into public.members values (1, '{a}'), (2, '{b}');
+             create table public.docs (id int8 primary key, team int4 not null, status text not null, secret text);
+             alter table public.docs replica identity full;
+             alter table public.docs enable row level security;
+             create policy team_reads on public.docs for select to authenticated
+               using (team in (select m.team from public.members m where m.member = auth.uid()));
+             create policy no_drafts on public.docs as restrictive for select to authenticated
+               using (docs.status <> 'draft');
+             grant select (id, team, status) on public.docs to authenticated;
+             grant select on public.docs to service_role;
+             alter publication {TEST_PUBLICATION} add table public.docs;",
+            a = USERS[0],
+            b = USERS[1]
+        ),
+    )
+    .await?;
+    let bindings = json!([{"event": "DELETE", "schema": "public", "table": "docs"}]);
+    let mut subs = Vec::new();
+    for (n, user) in USERS.iter().take(2).enumerate() {
+        let token = user_token("authenticated", user);
+        subs.push(Sub::new(&env, &format!("team{n}"), &token, bindings.clone()).await?);
+    }
+    let service = user_token("service_role", USERS[2]);
+    let mut service = Sub::new(&env, "service", &service, bindings).await?;
+    env.exec(
+        "insert into docs values (1, 1, 'open', 's1'), (2, 2, 'open', 's2'), (3, 1, 'draft', 's3'),
+                                 (4, 1, 'open', 's4'), (5, 2, 'open', 's5');
+         delete from docs where id = 1; delete from docs where id = 2; delete from docs where id = 3;
+         delete from docs where id = 4; delete from docs where id = 5;",
+    )
+    .await?;
+    // Team 1's member: 1 and 4 (3 is a draft, refused by the restrictive policy); team 2's: 2, 5.
+    for (sub, own) in subs.iter_mut().zip([[1, 4], [2, 5]]) {
+        for id in own {
+            let data = sub.next().await?;
+            ensure!(
+                data["type"] == "DELETE" && data["old_record"]["id"] == json!(id),
+                "{}: expected delete {id}: {data}",
+                sub.name
+            );
+            ensure!(
+                data["old_record"].get("secret").is_none(),
+                "{}: a column without SELECT was sent: {data}",
+                sub.name
+            );
+        }
+        sub.client.assert_no_frame(QUIET).await?;
+    }
+    // BYPASSRLS: every delete.
+    for id in 1..=5 {
+        let data = service.next().await?;
+        ensure!(
+            data["old_record"]["id"] == json!(id),
+            "service: expected delete {id}: {data}"
+        );
     }
     Ok(())
 }

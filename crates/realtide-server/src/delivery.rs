@@ -383,17 +383,30 @@ async fn ensure_visible(pool: &Pool, xids: &[u32]) -> Result<(), DbError> {
 }
 
 /// RLS applies to INSERT/UPDATE on tables with row level security and a primary key the role
-/// may select. Without a key (`Error 400`) or without SELECT on it (`Error 401`) the subscriber
-/// gets the reference's error row, which carries no row data, instead.
+/// may select, and to DELETE where the old row came whole (`REPLICA IDENTITY FULL`): it is
+/// then judged on that image ([`old_image_visible`]). A DELETE with only the key keeps the
+/// reference's rule (every subscriber gets the key). Without a key (`Error 400`) or without
+/// SELECT on it (`Error 401`) the subscriber gets the reference's error row, which carries no
+/// row data, instead.
 fn needs_rls(change: &Change, selectable: &[bool]) -> bool {
     let table = &change.table;
     table.rls
-        && change.action != Action::Delete
+        && (change.action != Action::Delete || has_old_image(change))
         && !table.primary_key.is_empty()
         && table
             .primary_key
             .iter()
             .all(|i| selectable.get(*i).copied().unwrap_or(false))
+}
+
+/// A DELETE whose old row came whole, every value present.
+fn has_old_image(change: &Change) -> bool {
+    change.action == Action::Delete
+        && !change.old_key_only
+        && change
+            .old
+            .as_ref()
+            .is_some_and(|old| !old.iter().any(|cell| matches!(cell, Cell::Toast)))
 }
 
 /// Columns a channel sees: selectable by its role, and within its `select` lists (plus keys).
@@ -457,6 +470,30 @@ async fn check_chunk(
     changes: &[Arc<Change>],
     groups: Vec<GroupCheck>,
 ) -> Result<Vec<(Arc<ClaimsGroup>, Vec<usize>)>, DbError> {
+    // Deleted rows are judged on their old image; the rest by key against the table.
+    let is_image = |ci: &usize| changes.get(*ci).is_some_and(|c| has_old_image(c));
+    if groups.iter().any(|g| g.indices.iter().any(is_image)) {
+        let (mut imaged, mut keyed) = (Vec::new(), Vec::new());
+        for group in groups {
+            let (images, keys): (Vec<usize>, Vec<usize>) =
+                group.indices.iter().partition(|ci| is_image(ci));
+            imaged.push(GroupCheck {
+                claims: group.claims.clone(),
+                indices: images,
+            });
+            keyed.push(GroupCheck {
+                claims: group.claims,
+                indices: keys,
+            });
+        }
+        let mut results = old_images_visible(pool, slot, role, &table, changes, &imaged).await?;
+        keyed.retain(|g| !g.indices.is_empty());
+        if !keyed.is_empty() {
+            let by_key = Box::pin(check_chunk(pool, slot, role, table, changes, keyed)).await?;
+            results.extend(by_key);
+        }
+        return Ok(results);
+    }
     let looped = match rls_visible_looped(pool, slot, role, &table, changes, &groups).await {
         Ok(allowed) => Ok(allowed),
         Err(error) if error.is_transient() => return Err(error),
@@ -681,6 +718,152 @@ async fn rls_visible_looped(
 }
 
 type SqlParam<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// How a role's SELECT policies apply to a table, as PostgreSQL would apply them: whether row
+/// level security applies to the role at all (not for superusers, `BYPASSRLS` roles and the
+/// owner unless `FORCE ROW LEVEL SECURITY`), and the policies' `USING` expressions for that
+/// role, deparsed: permissive ones OR'ed (none: nothing is visible), restrictive ones AND'ed.
+const POLICIES_SQL: &str = "\
+    with target as (select c.oid, c.relrowsecurity, c.relforcerowsecurity, c.relowner \
+                    from pg_class c where c.oid = $1), \
+         applicable as (select p.polpermissive, pg_get_expr(p.polqual, p.polrelid) as qual \
+                    from pg_policy p join target t on p.polrelid = t.oid \
+                    where p.polcmd in ('r', '*') and p.polqual is not null \
+                      and (0::oid = any(p.polroles) or exists (select 1 from unnest(p.polroles) r \
+                           where r <> 0 and pg_has_role($2, r, 'MEMBER')))) \
+    select t.relrowsecurity and not coalesce((select rolsuper or rolbypassrls from pg_roles \
+                                              where rolname = $2), false) \
+             and (t.relforcerowsecurity or not pg_has_role($2, t.relowner, 'USAGE')), \
+           coalesce((select string_agg('(' || qual || ')', ' or ') from applicable \
+                     where polpermissive), 'false'), \
+           coalesce((select string_agg('(' || qual || ')', ' and ') from applicable \
+                     where not polpermissive), 'true') \
+    from target t";
+
+/// Checks deleted rows on their old image: under each group's role and claims, the table's
+/// SELECT policies are evaluated on a row built from the old values (cast to the columns'
+/// types, under the table's name, so the policies' column references resolve), never by
+/// writing to the table. Returns, per group, the changes whose old row the group could read.
+async fn old_images_visible(
+    pool: &Pool,
+    slot: usize,
+    role: &str,
+    table: &Table,
+    changes: &[Arc<Change>],
+    groups: &[GroupCheck],
+) -> Result<Vec<(Arc<ClaimsGroup>, Vec<usize>)>, DbError> {
+    let conn = pool.client_at(slot).await?;
+    let policies = conn.prepared(POLICIES_SQL).await?;
+    let row = conn
+        .query(&policies, &[&table.oid, &role])
+        .await
+        .map_err(DbError::query("row level security policies"))?;
+    let Some(row) = row.first() else {
+        // The table is gone: nothing can be judged, nothing is delivered.
+        return Ok(groups
+            .iter()
+            .map(|g| (g.claims.clone(), Vec::new()))
+            .collect());
+    };
+    let applies: bool = row.get(0);
+    if !applies {
+        return Ok(groups
+            .iter()
+            .map(|g| (g.claims.clone(), g.indices.clone()))
+            .collect());
+    }
+    let permissive: String = row.get(1);
+    let restrictive: String = row.get(2);
+    let width = table.columns.len();
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            format!(
+                "($1::text[])[(__realtide_s.__realtide_n - 1) * {width} + {}]::{} as {}",
+                i + 1,
+                column.type_sql,
+                quote_ident(&column.name)
+            )
+        })
+        .collect();
+    let sql = format!(
+        "select (__realtide_s.__realtide_n - 1)::int4 \
+         from generate_series(1, $2::int4) as __realtide_s(__realtide_n), \
+         lateral (select {}) as {} where ({permissive}) and ({restrictive})",
+        columns.join(", "),
+        quote_ident(&table.name),
+    );
+    let visible = conn.prepared(&sql).await?;
+    let begin = conn.prepared("begin").await?;
+    let set_role = conn
+        .prepared(
+            "select set_config('role', $1, true), set_config('request.jwt.claim.role', $1, true)",
+        )
+        .await?;
+    let set_claims = conn
+        .prepared(
+            "select set_config('request.jwt.claims', $1, true), set_config('request.jwt.claim.sub', $2, true)",
+        )
+        .await?;
+    let rollback = conn.prepared("rollback").await?;
+    let mut results = Vec::with_capacity(groups.len());
+    for group in groups {
+        if group.indices.is_empty() {
+            results.push((group.claims.clone(), Vec::new()));
+            continue;
+        }
+        let mut values: Vec<Option<&str>> = Vec::with_capacity(group.indices.len() * width);
+        for ci in &group.indices {
+            let old = changes.get(*ci).and_then(|c| c.old.as_ref());
+            for i in 0..width {
+                values.push(match old.and_then(|o| o.get(i)) {
+                    Some(Cell::Text(text)) => Some(text.as_str()),
+                    _ => None,
+                });
+            }
+        }
+        let count = i32::try_from(group.indices.len()).unwrap_or(i32::MAX);
+        let sub = group.claims.sub.clone().unwrap_or_default();
+        let role_param: [SqlParam<'_>; 1] = [&role];
+        let claim_params: [SqlParam<'_>; 2] = [&group.claims.claims, &sub];
+        let query_params: [SqlParam<'_>; 2] = [&values, &count];
+        let (began, set, claimed, rows, ended) = tokio::join!(
+            conn.execute(&begin, &[]),
+            conn.execute(&set_role, &role_param),
+            conn.execute(&set_claims, &claim_params),
+            conn.query(&visible, &query_params),
+            conn.execute(&rollback, &[]),
+        );
+        began.map_err(DbError::query("rls begin"))?;
+        ended.map_err(DbError::query("rls rollback"))?;
+        let allowed = match (set, claimed, rows) {
+            (Ok(_), Ok(_), Ok(rows)) => rows
+                .iter()
+                .filter_map(|row| usize::try_from(row.get::<_, i32>(0)).ok())
+                .filter_map(|n| group.indices.get(n).copied())
+                .collect(),
+            (set, claimed, rows) => {
+                let error = [set.err(), claimed.err(), rows.err()]
+                    .into_iter()
+                    .flatten()
+                    .next();
+                if let Some(error) = error {
+                    let error = DbError::query("rls old row")(error);
+                    if error.is_transient() {
+                        return Err(error);
+                    }
+                    // Never deliver a row we could not check.
+                    tracing::warn!(%error, role, "row level security check of a deleted row failed");
+                }
+                Vec::new()
+            }
+        };
+        results.push((group.claims.clone(), allowed));
+    }
+    Ok(results)
+}
 
 /// Polls futures in order (each sends its request on its first poll, so they reach the
 /// connection in this order) and collects their outputs.
