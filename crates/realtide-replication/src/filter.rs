@@ -1171,9 +1171,30 @@ struct LikeMatcher<T> {
     one: Vec<u64>,
     /// Per literal, the states whose token is that literal; sorted by literal.
     literals: Vec<(T, Vec<u64>)>,
+    /// For single-byte symbols (bytes, ASCII characters): 1 + the literal's index in
+    /// `literals`, or 0; saves the search on the common path.
+    small: Box<[u8; 256]>,
 }
 
-impl<T: Copy + Ord> LikeMatcher<T> {
+/// A pattern symbol: characters (`like`, `ilike`) or bytes (`bytea`).
+trait LikeSymbol: Copy + Ord {
+    /// The symbol as one byte, when it is one (a byte, an ASCII character).
+    fn small(self) -> Option<u8>;
+}
+
+impl LikeSymbol for char {
+    fn small(self) -> Option<u8> {
+        u8::try_from(self).ok().filter(u8::is_ascii)
+    }
+}
+
+impl LikeSymbol for u8 {
+    fn small(self) -> Option<u8> {
+        Some(self)
+    }
+}
+
+impl<T: LikeSymbol> LikeMatcher<T> {
     fn new(tokens: &[LikeTok<T>]) -> LikeMatcher<T> {
         let states = tokens.len() + 1;
         let words = states.div_ceil(64);
@@ -1203,16 +1224,61 @@ impl<T: Copy + Ord> LikeMatcher<T> {
                 },
             }
         }
+        let mut small = Box::new([0u8; 256]);
+        for (at, (literal, _)) in literals.iter().enumerate() {
+            if let (Some(byte), Ok(slot)) = (literal.small(), u8::try_from(at + 1))
+                && let Some(entry) = small.get_mut(usize::from(byte))
+            {
+                *entry = slot;
+            }
+        }
         LikeMatcher {
             states,
             any,
             one,
             literals,
+            small,
         }
+    }
+
+    /// The states whose token is the literal `c`.
+    fn literal(&self, c: T) -> Option<&[u64]> {
+        let at = match c.small() {
+            Some(byte) => match self.small.get(usize::from(byte)).copied().unwrap_or(0) {
+                0 if self.literals.len() < 255 => return None,
+                0 => self.literals.binary_search_by(|(l, _)| l.cmp(&c)).ok()?,
+                slot => usize::from(slot) - 1,
+            },
+            None => self.literals.binary_search_by(|(l, _)| l.cmp(&c)).ok()?,
+        };
+        self.literals.get(at).map(|(_, mask)| mask.as_slice())
+    }
+
+    /// [`LikeMatcher::matches`] for patterns of at most 64 states: one machine word.
+    fn matches_word(&self, text: impl IntoIterator<Item = T>) -> bool {
+        let any = self.any.first().copied().unwrap_or(0);
+        let one = self.one.first().copied().unwrap_or(0);
+        let close = |a: u64| a | ((a & any) << 1);
+        let mut active = close(1);
+        for c in text {
+            let literal = self
+                .literal(c)
+                .and_then(|m| m.first())
+                .copied()
+                .unwrap_or(0);
+            active = close(((active & (one | literal)) << 1) | (active & any));
+            if active == 0 {
+                return false;
+            }
+        }
+        active & (1 << (self.states - 1)) != 0
     }
 
     /// Whether the whole of `text` matches.
     fn matches(&self, text: impl IntoIterator<Item = T>) -> bool {
+        if self.states <= 64 {
+            return self.matches_word(text);
+        }
         let words = self.any.len();
         let mut active = vec![0u64; words];
         if let Some(first) = active.first_mut() {
@@ -1221,12 +1287,7 @@ impl<T: Copy + Ord> LikeMatcher<T> {
         self.close(&mut active);
         let mut next = vec![0u64; words];
         for c in text {
-            let literal = self
-                .literals
-                .binary_search_by(|(l, _)| l.cmp(&c))
-                .ok()
-                .and_then(|at| self.literals.get(at))
-                .map(|(_, mask)| mask.as_slice());
+            let literal = self.literal(c);
             // next = ((active & (one | literal)) << 1) | (active & any)
             let mut carry = 0u64;
             let mut alive = false;
