@@ -475,6 +475,12 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Checks that `url` is a connection URL this client can use (`postgres://...`), without
+/// connecting; the error never repeats the password.
+pub fn check_url(url: &str) -> Result<(), StreamError> {
+    ConnUrl::parse(url).map(|_| ())
+}
+
 /// The parts of a libpq URL this client uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ConnUrl {

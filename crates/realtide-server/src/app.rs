@@ -99,6 +99,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     };
     let mut snapshot = app.metrics.snapshot();
     snapshot.outbound_held_bytes = app.limits.outbound.held() as u64;
+    snapshot.log_lines_dropped = crate::logs::lost_lines();
     Json(serde_json::json!({
         "status": "ok",
         "database_configured": app.config.database.is_some(),
@@ -139,6 +140,7 @@ async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     });
     let mut snapshot = app.metrics.snapshot();
     snapshot.outbound_held_bytes = app.limits.outbound.held() as u64;
+    snapshot.log_lines_dropped = crate::logs::lost_lines();
     let body = app
         .exporter
         .render(snapshot, app.registry.topic_count(), replication);

@@ -55,7 +55,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DB_NAME", default_value = "postgres")]
     pub db_name: String,
     /// Require TLS to PostgreSQL (query and replication connections).
-    #[arg(long, env = "DB_SSL", default_value_t = false)]
+    #[arg(long, env = "DB_SSL", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub db_ssl: bool,
     /// PEM CA certificate(s) to verify PostgreSQL's certificate and host name; without it TLS
     /// encrypts but does not verify (libpq's sslmode=require).
@@ -69,7 +69,7 @@ pub struct ServeArgs {
     pub slot_name: String,
     /// Drop the replication slot on graceful shutdown (WAL is then not retained while realtide
     /// is down, and changes committed meanwhile are not delivered).
-    #[arg(long, env = "SLOT_DROP_ON_SHUTDOWN", default_value_t = false)]
+    #[arg(long, env = "SLOT_DROP_ON_SHUTDOWN", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub slot_drop_on_shutdown: bool,
     /// Directory of the change journal and the departed subscribers' positions (one
     /// subdirectory per slot; must survive restarts for a resume across them).
@@ -161,7 +161,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIENT_PRESENCE_WINDOW_MS", default_value_t = 30_000)]
     pub client_presence_window_ms: u64,
     /// Refuse public channels (`PrivateOnly: This project only allows private channels`).
-    #[arg(long, env = "PRIVATE_ONLY", default_value_t = false)]
+    #[arg(long, env = "PRIVATE_ONLY", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub private_only: bool,
     /// Period of the rate counters' window buckets, in milliseconds (12 buckets).
     #[arg(long, env = "RATE_COUNTER_TICK_MS", default_value_t = 5000)]
@@ -202,6 +202,10 @@ pub struct ServeArgs {
     /// connections are closed.
     #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
+    /// Longest a graceful shutdown may take, in milliseconds: past it (or at a second
+    /// SIGTERM/SIGINT) the process exits at once, whatever it was waiting on.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -246,6 +250,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Emit JSON logs.
     pub json_logs: bool,
+    /// `SHUTDOWN_TIMEOUT_MS`.
+    pub shutdown_timeout: Duration,
     /// Verifier guarding `GET /metrics`, when `METRICS_JWT_SECRET` is set.
     pub metrics_jwt: Option<JwtVerifier>,
     /// Rate and count limits.
@@ -338,9 +344,63 @@ pub enum ConfigError {
     /// The certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A JWT secret is too short to be safe.
+    #[error(
+        "{name} must be at least {MIN_SECRET_BYTES} bytes (it has {len}); generate one with `openssl rand -hex 32`"
+    )]
+    ShortSecret {
+        /// The setting.
+        name: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// DB_URL is not a usable connection URL.
+    #[error(
+        "DB_URL is not a usable PostgreSQL URL (postgres://user:password@host:port/database): {reason}"
+    )]
+    DbUrl {
+        /// What is wrong (never the password).
+        reason: String,
+    },
     /// LOG_FORMAT is not text or json.
     #[error("LOG_FORMAT must be `text` or `json`")]
     LogFormat,
+}
+
+/// HS256 keys shorter than the hash output (32 bytes) are below the strength the algorithm
+/// assumes (RFC 7518 section 3.2); Supabase asks for at least 32 characters too.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+fn check_secret(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::ShortSecret {
+            name,
+            len: value.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The URL must parse for both the query client and the replication client, and name a host.
+fn db_url(url: &str) -> Result<(), ConfigError> {
+    realtide_replication::stream::check_url(url).map_err(|e| ConfigError::DbUrl {
+        reason: e
+            .to_string()
+            .trim_start_matches("replication config: ")
+            .trim_start_matches("connection URL: ")
+            .to_owned(),
+    })?;
+    let parsed: tokio_postgres::Config =
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| ConfigError::DbUrl {
+                reason: e.to_string(),
+            })?;
+    if parsed.get_hosts().is_empty() {
+        return Err(ConfigError::DbUrl {
+            reason: "no host".into(),
+        });
+    }
+    Ok(())
 }
 
 fn nonempty(name: &'static str, value: String) -> Result<String, ConfigError> {
@@ -528,13 +588,108 @@ pub fn apply_file(
     Ok(command)
 }
 
+/// One line for a command-line error: the setting by its environment name and flag, where
+/// the bad value came from (flag, environment or configuration file), and the accepted values.
+pub fn describe_args_error(
+    command: &clap::Command,
+    error: &clap::Error,
+    file: Option<&ConfigFile>,
+) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match error.get(kind) {
+        Some(ContextValue::String(s)) => vec![s.clone()],
+        Some(ContextValue::Strings(v)) => v.clone(),
+        _ => Vec::new(),
+    };
+    let args = context(ContextKind::InvalidArg);
+    let names: Vec<String> = args
+        .iter()
+        .map(|arg| setting_name(command, arg, file))
+        .collect();
+    let value = context(ContextKind::InvalidValue).into_iter().next();
+    let valid = context(ContextKind::ValidValue);
+    match (error.kind(), names.first(), value) {
+        (ErrorKind::MissingRequiredArgument, _, _) if !names.is_empty() => {
+            format!("missing setting: {}", names.join(", "))
+        }
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(name), Some(value)) => {
+            let mut line = format!("invalid value '{value}' for {name}");
+            if !valid.is_empty() {
+                line.push_str(&format!("; accepted values: {}", valid.join(", ")));
+            } else if let Some(reason) = std::error::Error::source(error) {
+                if reason.to_string() == "value was not a boolean" {
+                    // BoolishValueParser's list.
+                    line.push_str("; accepted values: true, false, yes, no, on, off, 1, 0");
+                } else {
+                    line.push_str(&format!(": {reason}"));
+                }
+            }
+            line
+        }
+        _ => {
+            let text = error.to_string();
+            text.lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_owned()
+        }
+    }
+}
+
+/// `PORT (--port, from /etc/realtide.toml)` for clap's `--port <PORT>`.
+fn setting_name(command: &clap::Command, arg: &str, file: Option<&ConfigFile>) -> String {
+    fn find<'a>(command: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
+        command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .or_else(|| command.get_subcommands().find_map(|c| find(c, long)))
+    }
+    let long = arg
+        .trim_start_matches("--")
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default();
+    let Some(found) = find(command, long) else {
+        return format!("'{arg}'");
+    };
+    let Some(env) = found.get_env().map(|e| e.to_string_lossy().into_owned()) else {
+        return format!("--{long}");
+    };
+    let from_file = file.and_then(|f| f.pairs.iter().any(|(k, _)| *k == env).then_some(&f.path));
+    let source = if std::env::args()
+        .any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+    {
+        "from the command line".to_owned()
+    } else if std::env::var_os(&env).is_some() {
+        "from the environment".to_owned()
+    } else if let Some(path) = from_file {
+        format!("from {path}")
+    } else {
+        return format!("{env} (--{long})");
+    };
+    format!("{env} (--{long}, {source})")
+}
+
 impl ServeArgs {
     /// Validates the settings into a [`Config`].
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let secret = self
-            .jwt_secret
-            .or(self.api_jwt_secret)
-            .filter(|s| !s.is_empty());
+        let secret = match (
+            self.jwt_secret.filter(|s| !s.is_empty()),
+            self.api_jwt_secret.filter(|s| !s.is_empty()),
+        ) {
+            (Some(value), _) => {
+                check_secret("JWT_SECRET", &value)?;
+                Some(value)
+            }
+            (None, Some(value)) => {
+                check_secret("API_JWT_SECRET", &value)?;
+                Some(value)
+            }
+            (None, None) => None,
+        };
+        // Checked whether or not a database is configured, so that a typo shows at once.
+        let slot = slot_name(self.slot_name.clone())?;
         let jwks = self.jwt_jwks.filter(|s| !s.trim().is_empty());
         if secret.is_none() && jwks.is_none() {
             return Err(ConfigError::MissingJwt);
@@ -588,8 +743,9 @@ impl ServeArgs {
         };
         let metrics_jwt = match self.metrics_jwt_secret.filter(|s| !s.is_empty()) {
             None => None,
-            Some(secret) => {
-                Some(JwtVerifier::new(Some(&secret), None, None).map_err(ConfigError::MetricsJwt)?)
+            Some(value) => {
+                check_secret("METRICS_JWT_SECRET", &value)?;
+                Some(JwtVerifier::new(Some(&value), None, None).map_err(ConfigError::MetricsJwt)?)
             }
         };
         let tls = match (self.tls_cert, self.tls_key) {
@@ -633,9 +789,12 @@ impl ServeArgs {
                     } else {
                         None
                     },
-                    url,
+                    url: {
+                        db_url(&url)?;
+                        url
+                    },
                     publication: nonempty("PUBLICATION", self.publication)?,
-                    slot: slot_name(self.slot_name.clone())?,
+                    slot: slot.clone(),
                     pool_size: positive("DB_POOL_SIZE", self.db_pool_size as u64)? as usize,
                     max_record_bytes: positive(
                         "POSTGRES_CHANGES_MAX_RECORD_BYTES",
@@ -693,6 +852,10 @@ impl ServeArgs {
             },
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             json_logs,
+            shutdown_timeout: Duration::from_millis(positive(
+                "SHUTDOWN_TIMEOUT_MS",
+                self.shutdown_timeout_ms,
+            )?),
             metrics_jwt,
             tls,
             limits: crate::limits::LimitSettings {

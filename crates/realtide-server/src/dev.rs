@@ -3,8 +3,11 @@
 //! Finds the system's PostgreSQL binaries, creates (or reuses) a cluster in the data directory
 //! with `wal_level=logical`, starts it on a free local port (as the `postgres` OS user when run
 //! as root), installs Supabase-like roles, `auth.*` helpers and a demo table with an owner-only
-//! policy in the publication, then serves realtide against it and prints the URL, keys and a
-//! supabase-js snippet. The cluster is stopped when realtide stops (Ctrl-C).
+//! policy in the publication, then serves realtide against it and prints the URL, keys, a user
+//! token, the psql command and supabase-js snippets. The cluster is stopped when realtide stops
+//! (Ctrl-C). The database port is kept across starts (`pg_port` in the data directory) while it
+//! is free; realtide listens on 127.0.0.1 unless `--host`/`HOST` says otherwise; a second
+//! `realtide dev` on the same data directory is refused with the PID holding it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,12 +22,16 @@ use crate::config::ServeArgs;
 const SUPABASE_SQL: &str = include_str!("../sql/supabase.sql");
 /// The demo table.
 const DEMO_SQL: &str = include_str!("../sql/dev-demo.sql");
+/// The user the banner's user token is for.
+pub const DEMO_USER: &str = "11111111-1111-4111-8111-111111111111";
+/// The default data directory (also where `realtide token` looks for the dev secret).
+pub const DEFAULT_DATA_DIR: &str = ".realtide/dev";
 
 /// Arguments of `realtide dev`.
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
     /// Where the cluster and the generated secret live.
-    #[arg(long, default_value = ".realtide/dev")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// Delete the data directory first.
     #[arg(long)]
@@ -47,13 +54,68 @@ impl Drop for Cluster {
             .arg(&self.data)
             .args(["-m", "fast", "-w", "stop"]);
         match stop.output() {
-            Ok(out) if out.status.success() => eprintln!("realtide dev: PostgreSQL stopped"),
-            _ => eprintln!(
+            Ok(out) if out.status.success() => {
+                crate::logs::complain("realtide dev: PostgreSQL stopped");
+            }
+            _ => crate::logs::complain(&format!(
                 "realtide dev: could not stop PostgreSQL in {}",
                 self.data.display()
-            ),
+            )),
         }
     }
+}
+
+impl Cluster {
+    /// A way to stop the cluster from the signal thread, when the process ends without
+    /// finishing its drain.
+    fn stopper(&self) -> crate::shutdown::ForcedExit {
+        let (bin, data, as_postgres) = (self.bin.clone(), self.data.clone(), self.as_postgres);
+        Box::new(move || {
+            let mut stop = pg_command(&bin.join("pg_ctl"), as_postgres);
+            stop.arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "stop"]);
+            let _ = stop.output();
+        })
+    }
+}
+
+/// Whether a process with this PID exists (Linux `/proc`; elsewhere assumed alive).
+fn alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Claims the data directory for this process: refuses when another live `realtide dev` holds
+/// it (naming its PID and log), and stops a PostgreSQL left running by one that was killed.
+fn claim(dir: &Path) -> anyhow::Result<()> {
+    let owner = dir.join("realtide.pid");
+    if let Some(pid) = read_pid(&owner)
+        && pid != std::process::id()
+        && alive(pid)
+    {
+        bail!(
+            "another `realtide dev` (PID {pid}) is using {}; stop it (kill {pid}) or pass --data-dir (its PostgreSQL log: {})",
+            dir.display(),
+            dir.join("postgres.log").display()
+        );
+    }
+    std::fs::write(&owner, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", owner.display()))?;
+    Ok(())
 }
 
 fn running_as_root() -> bool {
@@ -114,9 +176,28 @@ fn find_bindir() -> anyhow::Result<PathBuf> {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("no free local port")?;
-    Ok(listener.local_addr()?.port())
+/// The port of the last start when it is free (a saved psql URL keeps working), else a free
+/// one; remembered in `pg_port`.
+fn dev_port(dir: &Path) -> anyhow::Result<u16> {
+    let file = dir.join("pg_port");
+    let last = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .filter(|port| *port != 0 && TcpListener::bind(("127.0.0.1", *port)).is_ok());
+    let port = match last {
+        Some(port) => port,
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0").context("no free local port")?;
+            listener.local_addr()?.port()
+        }
+    };
+    std::fs::write(&file, format!("{port}\n"))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(port)
+}
+
+fn eprintln_dev(text: &str) {
+    crate::logs::complain(&format!("realtide dev: {text}"));
 }
 
 fn check(mut command: Command, what: &str) -> anyhow::Result<()> {
@@ -159,7 +240,19 @@ fn start_cluster(dir: &Path) -> anyhow::Result<(Cluster, u16)> {
         ]);
         check(initdb, "initdb")?;
     }
-    let port = free_port()?;
+    let postmaster = data.join("postmaster.pid");
+    if let Some(pid) = read_pid(&postmaster)
+        && alive(pid)
+    {
+        // Its realtide dev is gone (claim() checked): a kill -9 left PostgreSQL running.
+        eprintln_dev(&format!(
+            "stopping PostgreSQL (PID {pid}) left running by an earlier realtide dev"
+        ));
+        let mut stop = pg_command(&bin.join("pg_ctl"), as_postgres);
+        stop.arg("-D").arg(&data).args(["-m", "fast", "-w", "stop"]);
+        check(stop, "pg_ctl stop of the earlier PostgreSQL")?;
+    }
+    let port = dev_port(dir)?;
     let options = format!(
         "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c wal_level=logical -c timezone=UTC",
         dir.display()
@@ -201,27 +294,57 @@ fn dev_secret(dir: &Path, configured: Option<String>) -> anyhow::Result<String> 
     Ok(secret)
 }
 
-fn key(role: &str, secret: &str) -> String {
+fn key(role: &str, secret: &str, sub: Option<&str>, lifetime_secs: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let claims = serde_json::json!({ "role": role, "iat": now, "exp": now + 10 * 365 * 24 * 3600 });
+    let mut claims =
+        serde_json::json!({ "role": role, "iat": now, "exp": now.saturating_add(lifetime_secs) });
+    if let (Some(sub), Some(map)) = (sub, claims.as_object_mut()) {
+        map.insert("sub".into(), sub.into());
+    }
     realtide_auth::sign_hs256(&claims, secret)
 }
 
+/// What the banner shows.
+struct Banner<'a> {
+    url: &'a str,
+    db_url: &'a str,
+    anon: &'a str,
+    service: &'a str,
+    user: &'a str,
+    dir: &'a Path,
+    /// `--data-dir` when not the default, for the printed commands.
+    data_dir_flag: String,
+}
+
 /// What `realtide dev` prints once it serves.
-fn banner(url: &str, db_url: &str, anon: &str, service: &str, dir: &Path) -> String {
+fn banner(b: &Banner<'_>) -> String {
+    let Banner {
+        url,
+        db_url,
+        anon,
+        service,
+        user,
+        ..
+    } = b;
+    let dir = b.dir.display();
+    let flag = &b.data_dir_flag;
     format!(
         "
 realtide dev is running
   URL:          {url}
   database:     {db_url}
+  psql:         psql {db_url}
   anon key:     {anon}
   service key:  {service}
+  user token:   {user}
+                (role authenticated, sub {DEMO_USER}, valid 30 days;
+                 more: realtide token{flag} --role authenticated --sub <uuid> --exp 1h)
   data:         {dir}
 
-supabase-js (Node 20: npm install @supabase/supabase-js ws):
+supabase-js 2.119.1 on Node 20 or newer (npm install @supabase/supabase-js@2.119.1 ws):
 
 const {{ createClient }} = require('@supabase/supabase-js')
 const supabase = createClient('{url}', '{anon}', {{ realtime: {{ transport: require('ws') }} }})
@@ -232,25 +355,37 @@ room
     if (status === 'SUBSCRIBED') room.send({{ type: 'broadcast', event: 'hello', payload: {{ at: Date.now() }} }})
   }})
 
-Demo table public.todos: owner-only row level security, in the supabase_realtime publication.
+Demo table public.todos: each user reads only their own rows (row level security), and it is in
+the supabase_realtime publication. The anon key may not read it (its changes would arrive as
+`Error 401: Unauthorized`): subscribe with the user token.
+
+const user = createClient('{url}', '{anon}', {{
+  realtime: {{ transport: require('ws') }},
+  accessToken: async () => '{user}',
+}})
+user.channel('todos')
+  .on('postgres_changes', {{ event: '*', schema: 'public', table: 'todos' }}, (change) => console.log(change))
+  .subscribe()
+
+psql {db_url} -c \"insert into public.todos(owner, title) values ('{DEMO_USER}', 'hello')\"
+
 Ctrl-C stops realtide and PostgreSQL.
-",
-        dir = dir.display()
+"
     )
 }
 
 /// Runs `realtide dev` to completion.
-pub fn run(args: DevArgs) -> ExitCode {
-    match dev(args) {
+pub fn run(args: DevArgs, host_given: bool) -> ExitCode {
+    match dev(args, host_given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("realtide dev: {error:#}");
+            eprintln_dev(&format!("{error:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
-fn dev(args: DevArgs) -> anyhow::Result<()> {
+fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
     let DevArgs {
         data_dir,
         fresh,
@@ -263,6 +398,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let dir = std::fs::canonicalize(&data_dir)?;
+    claim(&dir)?;
     let secret = dev_secret(
         &dir,
         serve.jwt_secret.take().or(serve.api_jwt_secret.take()),
@@ -271,8 +407,12 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
     let db_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
     serve.jwt_secret = Some(secret.clone());
     serve.db_url = Some(db_url.clone());
+    if !host_given {
+        // What the banner prints, and nothing more reachable than that.
+        serve.host = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    }
     let config = serve.into_config().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::init_logs(config.json_logs);
+    let logs = crate::logs::init(config.json_logs);
     crate::raise_open_files();
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
@@ -285,13 +425,40 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
             .batch_execute(DEMO_SQL)
             .await
             .context("installing the demo table")?;
-        let anon = key("anon", &secret);
-        let service = key("service_role", &secret);
+        const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+        let anon = key("anon", &secret, None, TEN_YEARS);
+        let service = key("service_role", &secret, None, TEN_YEARS);
+        let user = key("authenticated", &secret, Some(DEMO_USER), 30 * 24 * 3600);
         let (listener, local) = crate::bind(&config).await?;
-        let url = format!("http://127.0.0.1:{}", local.port());
-        println!("{}", banner(&url, &db_url, &anon, &service, &dir));
-        crate::serve_on(config, listener, local).await
+        let host = match local.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let url = format!("http://{host}:{}", local.port());
+        let data_dir_flag = if data_dir == Path::new(DEFAULT_DATA_DIR) {
+            String::new()
+        } else {
+            format!(" --data-dir {}", data_dir.display())
+        };
+        crate::logs::say(&banner(&Banner {
+            url: &url,
+            db_url: &db_url,
+            anon: &anon,
+            service: &service,
+            user: &user,
+            dir: &dir,
+            data_dir_flag,
+        }));
+        let process = crate::Process {
+            logs: logs.clone(),
+            forced_exit: Some(cluster.stopper()),
+        };
+        crate::serve_on(config, listener, local, process).await
     });
+    runtime.shutdown_background();
+    logs.flush(std::time::Duration::from_millis(500));
     drop(cluster);
+    let _ = std::fs::remove_file(dir.join("realtide.pid"));
     result
 }

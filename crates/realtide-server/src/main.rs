@@ -28,6 +28,8 @@
 //! - [`listener`]: accepted sockets counted from accept and given `HANDSHAKE_TIMEOUT_MS`.
 //! - [`tls`]: native TLS for the listener (`TLS_CERT`, `TLS_KEY`).
 //! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
+//! - [`logs`]: the log output (a bounded queue to one writer thread; never blocks a task).
+//! - [`shutdown`]: the signal thread and the bound on the drain (`SHUTDOWN_TIMEOUT_MS`).
 
 mod api;
 mod app;
@@ -45,6 +47,7 @@ mod frames;
 mod journal;
 mod limits;
 mod listener;
+mod logs;
 mod metrics;
 mod outbox;
 mod postgres;
@@ -56,6 +59,7 @@ mod replication;
 mod resume;
 mod schema;
 mod session;
+mod shutdown;
 mod socket;
 mod tls;
 mod token;
@@ -97,74 +101,106 @@ enum Command {
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut command = <Cli as clap::CommandFactory>::command();
-    match config::config_file(&args) {
-        Ok(None) => {}
-        Ok(Some(file)) => {
-            command = match config::apply_file(command, &file) {
-                Ok(command) => command,
-                Err(error) => {
-                    eprintln!("realtide: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-        }
+    let file = match config::config_file(&args) {
+        Ok(file) => file,
         Err(error) => {
-            eprintln!("realtide: {error}");
+            logs::complain(&format!("realtide: {error}"));
             return ExitCode::from(2);
         }
+    };
+    if let Some(file) = &file {
+        command = match config::apply_file(command, file) {
+            Ok(command) => command,
+            Err(error) => {
+                logs::complain(&format!("realtide: {error}"));
+                return ExitCode::from(2);
+            }
+        };
     }
     let parsed = command
+        .clone()
         .try_get_matches_from(&args)
-        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
-    let cli = match parsed {
-        Ok(cli) => cli,
+        .and_then(|matches| {
+            let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+            // `realtide dev` binds loopback unless an address was asked for.
+            let host_given = matches.subcommand_matches("dev").is_some_and(|dev| {
+                matches!(
+                    dev.value_source("host"),
+                    Some(
+                        clap::parser::ValueSource::CommandLine
+                            | clap::parser::ValueSource::EnvVariable
+                    )
+                )
+            });
+            Ok((cli, host_given))
+        });
+    let (cli, host_given) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) if !error.use_stderr() => {
             // --help / --version
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            // One line naming the setting, not clap's usage block.
-            let text = error.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("realtide: {}", line.trim_start_matches("error: "));
+            // One line naming the setting and where its value came from, not clap's usage
+            // block.
+            logs::complain(&format!(
+                "realtide: {}",
+                config::describe_args_error(&command, &error, file.as_ref())
+            ));
             return ExitCode::from(2);
         }
     };
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Token(args)) => return token::print(args),
-        Some(Command::Dev(args)) => return dev::run(args),
+        Some(Command::Dev(args)) => return dev::run(args, host_given),
         None => cli.serve,
     };
     let config = match args.into_config() {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("realtide: {error}");
+            logs::complain(&format!("realtide: {error}"));
             return ExitCode::from(2);
         }
     };
-    init_logs(config.json_logs);
+    let logs = logs::init(config.json_logs);
     raise_open_files();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("realtide: cannot start the runtime: {error}");
+            logs::complain(&format!("realtide: cannot start the runtime: {error}"));
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let process = Process {
+        logs: logs.clone(),
+        forced_exit: None,
+    };
+    let result = runtime.block_on(run(config, process));
+    // Tasks still waiting on something are not waited for.
+    runtime.shutdown_background();
+    logs.flush(Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("realtide: {error:#}");
+            logs::complain(&format!("realtide: {error:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(config: config::Config) -> anyhow::Result<()> {
+/// What the serving code needs from the process around it.
+pub(crate) struct Process {
+    /// The log output (flushed before a forced exit).
+    pub logs: logs::LogOutput,
+    /// Runs before a forced exit.
+    pub forced_exit: Option<shutdown::ForcedExit>,
+}
+
+async fn run(config: config::Config, process: Process) -> anyhow::Result<()> {
     let (listener, local) = bind(&config).await?;
-    serve_on(config, listener, local).await
+    serve_on(config, listener, local, process).await
 }
 
 /// Binds the listen address.
@@ -183,9 +219,17 @@ pub(crate) async fn serve_on(
     config: config::Config,
     listener: tokio::net::TcpListener,
     local: std::net::SocketAddr,
+    process: Process,
 ) -> anyhow::Result<()> {
     let app = app::App::new(config)
         .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", replication::error_chain(&e)))?;
+    shutdown::watch(
+        app.shutdown.clone(),
+        app.config.shutdown_timeout,
+        process.logs,
+        process.forced_exit,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot watch for signals: {e}"))?;
     app.tasks
         .spawn(app.limits.clone().run(app.shutdown.clone()));
     // Shutdown runs in stages: the signal stops the accept loop and the replication stream;
@@ -231,14 +275,8 @@ pub(crate) async fn serve_on(
             disconnect.cancel();
         });
     }
-    let shutdown = app.shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
-        shutdown.cancel();
-    });
     // Tests and scripts read the actual port from this line.
-    println!("realtide listening on {local}");
+    logs::say(&format!("realtide listening on {local}"));
     tracing::info!(addr = %local, tls = app.config.tls.is_some(), "listening");
     app::serve(app, listener).await?;
     // Every session closed: confirm the slot and save positions.
@@ -254,29 +292,6 @@ pub(crate) async fn serve_on(
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 /// Every connection is a file descriptor: raise the soft limit to the hard one (and the hard
 /// one too when privileged) so that MAX_CONNECTIONS, not the default 1024, bounds them.
 pub(crate) fn raise_open_files() {
@@ -289,18 +304,5 @@ pub(crate) fn raise_open_files() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
-    }
-}
-
-pub(crate) fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -50,6 +50,9 @@ pub struct Snapshot {
     /// Bytes of broadcast and presence frames held for all connections (set by the caller
     /// from the outbound budget).
     pub outbound_held_bytes: u64,
+    /// Log lines dropped because the log destination was full, slow or closed (set by the
+    /// caller from the log output).
+    pub log_lines_dropped: u64,
     /// Seconds between the commit of the last delivered transaction and its delivery.
     pub replication_lag_seconds: f64,
 }
@@ -138,6 +141,7 @@ impl Metrics {
                 .max(0)
                 .unsigned_abs(),
             outbound_held_bytes: 0,
+            log_lines_dropped: 0,
             replication_lag_seconds: self.replication_delay_micros.load(Ordering::Relaxed) as f64
                 / 1e6,
         }
@@ -179,6 +183,7 @@ pub struct Exporter {
     presence_events: metrics::Counter,
     outbound_queue_frames: metrics::Gauge,
     outbound_held_bytes: metrics::Gauge,
+    log_lines_dropped: metrics::Counter,
     authorization: metrics::Histogram,
     replication: Option<(metrics::Gauge, metrics::Gauge, metrics::Gauge)>,
 }
@@ -243,6 +248,10 @@ impl Exporter {
                 Unit::Bytes,
                 "Bytes of broadcast and presence frames held for all connections (bounded by OUTBOUND_TOTAL_BYTES)."
             );
+            describe_counter!(
+                "realtide_log_lines_dropped_total",
+                "Log lines dropped because the log output was full, slow or closed."
+            );
             describe_histogram!(
                 AUTHORIZATION_SECONDS,
                 Unit::Seconds,
@@ -284,6 +293,7 @@ impl Exporter {
                 presence_events: counter!("realtide_presence_events_total"),
                 outbound_queue_frames: gauge!("realtide_outbound_queue_frames"),
                 outbound_held_bytes: gauge!("realtide_outbound_held_bytes"),
+                log_lines_dropped: counter!("realtide_log_lines_dropped_total"),
                 authorization: histogram!(AUTHORIZATION_SECONDS),
                 replication,
             }
@@ -318,6 +328,7 @@ impl Exporter {
             .set(snapshot.outbound_queue_frames as f64);
         self.outbound_held_bytes
             .set(snapshot.outbound_held_bytes as f64);
+        self.log_lines_dropped.absolute(snapshot.log_lines_dropped);
         if let (Some((connected, lag, seconds)), Some(sample)) = (&self.replication, replication) {
             connected.set(if sample.connected { 1.0 } else { 0.0 });
             lag.set(sample.lag_bytes as f64);

@@ -1,4 +1,6 @@
-//! `realtide token`: prints a signed JWT for local development and tests.
+//! `realtide token`: prints a signed JWT for local development and tests. The secret is
+//! `JWT_SECRET` (or `--jwt-secret`); without one, the secret `realtide dev` generated in its data
+//! directory (`.realtide/dev` unless `--data-dir`).
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,9 +19,27 @@ pub struct TokenArgs {
     /// Lifetime: a number with a unit `s`, `m`, `h` or `d` (e.g. `1h`, `30m`, `3600s`).
     #[arg(long, default_value = "1h", value_parser = parse_lifetime)]
     exp: Duration,
-    /// Signing secret (the server's JWT_SECRET).
+    /// Signing secret (the server's JWT_SECRET); default: the secret of `realtide dev`.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    jwt_secret: Option<String>,
+    /// The data directory of `realtide dev` whose secret signs when JWT_SECRET is not set.
+    #[arg(long, default_value = crate::dev::DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+}
+
+/// The configured secret, else the dev server's.
+fn signing_secret(args: &TokenArgs) -> Result<String, String> {
+    if let Some(secret) = args.jwt_secret.as_ref().filter(|s| !s.is_empty()) {
+        return Ok(secret.clone());
+    }
+    let path = args.data_dir.join("jwt_secret");
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_owned()),
+        _ => Err(format!(
+            "no signing secret: set JWT_SECRET (or --jwt-secret), or run `realtide dev` in this directory first (it keeps its secret in {})",
+            path.display()
+        )),
+    }
 }
 
 fn parse_lifetime(value: &str) -> Result<Duration, String> {
@@ -42,6 +62,13 @@ fn parse_lifetime(value: &str) -> Result<Duration, String> {
 
 /// Prints the token to stdout.
 pub fn print(args: TokenArgs) -> ExitCode {
+    let secret = match signing_secret(&args) {
+        Ok(secret) => secret,
+        Err(message) => {
+            crate::logs::complain(&format!("realtide token: {message}"));
+            return ExitCode::from(2);
+        }
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -54,7 +81,7 @@ pub fn print(args: TokenArgs) -> ExitCode {
     if let (Some(sub), Some(map)) = (args.sub, claims.as_object_mut()) {
         map.insert("sub".into(), sub.into());
     }
-    println!("{}", realtide_auth::sign_hs256(&claims, &args.jwt_secret));
+    crate::logs::say(&realtide_auth::sign_hs256(&claims, &secret));
     ExitCode::SUCCESS
 }
 
