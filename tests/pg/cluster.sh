@@ -5,6 +5,7 @@
 #   DB_URL=postgres://postgres@127.0.0.1:<port>/postgres
 #   PG_DIR=<directory>
 # `cluster.sh stop <directory>` stops it and removes the directory.
+# PG_EXTRA_OPTS adds server options after the defaults (e.g. `-c wal_level=replica`).
 # For fault tests, on a cluster made by `start` (its server options are kept in <directory>/pg_opts):
 #   `cluster.sh restart <directory>`     pg_ctl restart -m fast (same port and options; waits
 #                                        PG_CTL_TIMEOUT seconds, default 60)
@@ -70,7 +71,7 @@ HBA
       port="$(free_port)"
       opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical \
          -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=300 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC $ssl_opts"
+         -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC $ssl_opts ${PG_EXTRA_OPTS:-}"
       if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o "$opts" >/dev/null 2>&1; then
         break
       fi

@@ -1247,22 +1247,28 @@ pub struct PgCluster {
 impl PgCluster {
     /// Starts a new cluster.
     pub async fn start() -> Result<PgCluster> {
-        PgCluster::start_with(false).await
+        PgCluster::start_with(false, "").await
+    }
+
+    /// Starts a new cluster with extra server options after the defaults (`-c name=value`).
+    pub async fn start_opts(extra: &str) -> Result<PgCluster> {
+        PgCluster::start_with(false, extra).await
     }
 
     /// Starts a cluster that accepts TCP connections only over TLS (certificate for
     /// `127.0.0.1` signed by the test CA `<dir>/ca.crt`).
     pub async fn start_ssl() -> Result<PgCluster> {
-        PgCluster::start_with(true).await
+        PgCluster::start_with(true, "").await
     }
 
-    async fn start_with(ssl: bool) -> Result<PgCluster> {
+    async fn start_with(ssl: bool, extra: &str) -> Result<PgCluster> {
         let script = cluster_script()?;
         reap_orphan_clusters(&script);
         let output = Command::new("bash")
             .arg(&script)
             .arg("start")
             .env("PG_SSL", if ssl { "1" } else { "0" })
+            .env("PG_EXTRA_OPTS", extra)
             .stdin(Stdio::null())
             .output()
             .await

@@ -140,8 +140,21 @@ async fn bad_files_stop_the_start_with_one_line_naming_the_setting() -> Result<(
     let (_file, path) = write_file("websocket_idle_timeout_ms = \"soon\"\n")?;
     let (code, stderr) = run_failing(&[("REALTIDE_CONFIG", &path)], &[]).await?;
     ensure!(code == Some(2), "exit {code:?}");
+    // The file's key, the flag, and the file are named.
     ensure!(
-        stderr.trim().lines().count() == 1 && stderr.contains("--idle-timeout-ms"),
+        stderr.trim().lines().count() == 1
+            && stderr.contains("WEBSOCKET_IDLE_TIMEOUT_MS (--idle-timeout-ms, from ")
+            && stderr.contains(&path),
+        "{stderr:?}"
+    );
+    // A boolean lists what it accepts.
+    let (_file, path) = write_file("private_only = \"maybe\"\n")?;
+    let (code, stderr) = run_failing(&[("REALTIDE_CONFIG", &path)], &[]).await?;
+    ensure!(code == Some(2), "exit {code:?}");
+    ensure!(
+        stderr.trim().lines().count() == 1
+            && stderr.contains("PRIVATE_ONLY (--private-only, from ")
+            && stderr.contains("accepted values: true, false"),
         "{stderr:?}"
     );
     let (_file, path) = write_file("port = [1]\n")?;

@@ -91,28 +91,51 @@ async fn healthcheck() -> &'static str {
     "ok"
 }
 
-/// `GET /api/health`: counters as JSON.
-async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+/// `GET /api/health`: 200 `ok`, or 503 `degraded` while a configured database cannot be
+/// reached or replication cannot run (the readiness probe of the deploy files).
+async fn health(State(app): State<Arc<App>>) -> Response {
     let database_connected = match &app.postgres {
         Some(postgres) => Some(postgres.ping().await),
         None => None,
     };
+    let replication = app
+        .postgres
+        .as_ref()
+        .map(|p| p.replication.borrow().clone());
+    let problem = match &replication {
+        Some(crate::replication::ReplicationStatus::Down { problem, .. }) => {
+            Some(problem.to_string())
+        }
+        Some(crate::replication::ReplicationStatus::Starting) => {
+            Some("replication is starting".to_owned())
+        }
+        _ if database_connected == Some(false) => Some("the database does not answer".to_owned()),
+        _ => None,
+    };
     let mut snapshot = app.metrics.snapshot();
     snapshot.outbound_held_bytes = app.limits.outbound.held() as u64;
     snapshot.log_lines_dropped = crate::logs::lost_lines();
-    Json(serde_json::json!({
-        "status": "ok",
+    let code = if problem.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = Json(serde_json::json!({
+        "status": if problem.is_some() { "degraded" } else { "ok" },
+        "problem": problem,
+        "replication": replication.as_ref().map(crate::replication::ReplicationStatus::name),
         "database_configured": app.config.database.is_some(),
         "database_connected": database_connected,
         "connections": snapshot.connections,
         "sockets": app.sockets.open(),
         "channels": snapshot.channels,
         "replication_lag_seconds": app.postgres.as_ref().map(|_| snapshot.replication_lag_seconds),
-        "replication_connected": app.postgres.as_ref().is_some_and(|p| p.replication_connected.load(std::sync::atomic::Ordering::Relaxed)),
+        "replication_connected": app.postgres.as_ref().is_some_and(|p| p.replication_streaming()),
         "replication_lag_bytes": app.postgres.as_ref().map(|p| p.lag_bytes()),
         "topics": app.registry.topic_count(),
         "metrics": snapshot,
-    }))
+    }));
+    (code, body).into_response()
 }
 
 /// `GET /metrics`: Prometheus text. With `METRICS_JWT_SECRET` set, a request without a valid
@@ -133,9 +156,7 @@ async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         }
     }
     let replication = app.postgres.as_ref().map(|p| ReplicationSample {
-        connected: p
-            .replication_connected
-            .load(std::sync::atomic::Ordering::Relaxed),
+        connected: p.replication_streaming(),
         lag_bytes: p.lag_bytes(),
     });
     let mut snapshot = app.metrics.snapshot();

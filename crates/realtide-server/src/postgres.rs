@@ -27,8 +27,8 @@ pub struct Postgres {
     pub authorizer: Authorizer,
     /// Whether this process has applied the `realtime` schema migrations.
     pub schema_ready: AtomicBool,
-    /// Whether the replication stream is currently connected.
-    pub replication_connected: AtomicBool,
+    /// Whether the replication stream is streaming, starting, or down and why.
+    pub replication: tokio::sync::watch::Sender<crate::replication::ReplicationStatus>,
     /// Last LSN confirmed to the slot.
     pub confirmed_lsn: AtomicU64,
     /// Latest WAL end the server reported.
@@ -66,11 +66,21 @@ impl Postgres {
             pool,
             config,
             subscriptions: Subscriptions::new(book),
-            replication_connected: AtomicBool::new(false),
+            replication: tokio::sync::watch::Sender::new(
+                crate::replication::ReplicationStatus::Starting,
+            ),
             confirmed_lsn: AtomicU64::new(0),
             server_lsn: AtomicU64::new(0),
             batch_commit_micros: std::sync::atomic::AtomicI64::new(0),
         }))
+    }
+
+    /// Whether the replication stream is connected.
+    pub fn replication_streaming(&self) -> bool {
+        matches!(
+            *self.replication.borrow(),
+            crate::replication::ReplicationStatus::Streaming
+        )
     }
 
     /// Whether a query connection answers `select 1` within two seconds.

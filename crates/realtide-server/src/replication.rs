@@ -82,18 +82,33 @@ pub async fn run(
         if let Err(error) = postgres.journal.abort() {
             tracing::warn!(error = %error_chain(&error), "could not cut an unfinished transaction from the change journal");
         }
-        postgres
-            .replication_connected
-            .store(false, Ordering::Relaxed);
         match result {
             Ok(()) => {
+                postgres
+                    .replication
+                    .send_replace(ReplicationStatus::Starting);
                 if postgres.config.drop_slot_on_shutdown {
                     drop_slot(&postgres).await;
                 }
                 return;
             }
             Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "replication stopped; reconnecting");
+                let problem = Problem::of(&error, &postgres.config.url);
+                let down = ReplicationStatus::Down {
+                    problem: Arc::from(problem.text.as_str()),
+                    configuration: problem.configuration,
+                };
+                let changed = *postgres.replication.borrow() != down;
+                if problem.configuration && changed {
+                    tracing::error!(
+                        problem = %problem.text,
+                        error = %error_chain(&error),
+                        "replication cannot run: postgres_changes and database broadcasts wait until this is fixed"
+                    );
+                } else {
+                    tracing::warn!(error = %error_chain(&error), "replication stopped; reconnecting");
+                }
+                postgres.replication.send_replace(down);
             }
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -108,6 +123,141 @@ pub async fn run(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Where the replication stream stands; subscribers and `/api/health` watch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationStatus {
+    /// Not connected yet, or stopping.
+    Starting,
+    /// Connected and streaming.
+    Streaming,
+    /// The last attempt failed; retried with backoff.
+    Down {
+        /// What is wrong, and what to do about it when known.
+        problem: Arc<str>,
+        /// Whether it is a setting or privilege to fix (else an outage).
+        configuration: bool,
+    },
+}
+
+impl ReplicationStatus {
+    /// The `system` error a postgres_changes subscriber gets while replication is down: the
+    /// fix for configuration problems, the reference's text for outages.
+    pub fn subscriber_message(&self) -> Option<String> {
+        match self {
+            ReplicationStatus::Down {
+                problem,
+                configuration: true,
+            } => Some(format!(
+                "Realtime was unable to start replication: {problem}"
+            )),
+            ReplicationStatus::Down { .. } => {
+                Some("Realtime was unable to connect to the project database".into())
+            }
+            ReplicationStatus::Starting | ReplicationStatus::Streaming => None,
+        }
+    }
+
+    /// `starting`, `streaming` or `down`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReplicationStatus::Starting => "starting",
+            ReplicationStatus::Streaming => "streaming",
+            ReplicationStatus::Down { .. } => "down",
+        }
+    }
+}
+
+/// What a failed replication attempt means for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// One line: what is wrong and how to fix it.
+    pub text: String,
+    /// A setting or privilege to fix (logged at error level), not an outage to wait out.
+    pub configuration: bool,
+}
+
+impl Problem {
+    /// Reads the SQLSTATE and message of the first database error in `error`'s chain.
+    pub fn of(error: &(dyn std::error::Error + 'static), url: &str) -> Problem {
+        let mut code: Option<String> = None;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(current) = source {
+            if code.is_none() {
+                if let Some(StreamError::Server { code: c, .. }) =
+                    current.downcast_ref::<StreamError>()
+                {
+                    code = Some(c.clone());
+                } else if let Some(db) = current
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .and_then(tokio_postgres::Error::as_db_error)
+                {
+                    code = Some(db.code().code().to_owned());
+                }
+            }
+            source = current.source();
+        }
+        let user = url
+            .parse::<tokio_postgres::Config>()
+            .ok()
+            .and_then(|c| c.get_user().map(str::to_owned))
+            .unwrap_or_else(|| "postgres".into());
+        Problem::classify(code.as_deref(), &error_chain(error), &user)
+    }
+
+    /// The fix for the known causes; the error text for the rest.
+    pub fn classify(code: Option<&str>, text: &str, user: &str) -> Problem {
+        let lower = text.to_ascii_lowercase();
+        let fix = |text: String| Problem {
+            text,
+            configuration: true,
+        };
+        if lower.contains("wal_level") {
+            return fix(
+                "wal_level must be logical: set wal_level = logical in postgresql.conf and restart PostgreSQL".into(),
+            );
+        }
+        if lower.contains("replication")
+            && (code == Some("42501")
+                || lower.contains("permission denied")
+                || lower.contains("must be superuser"))
+        {
+            return fix(format!(
+                "role {user} needs REPLICATION: ALTER ROLE \"{user}\" WITH REPLICATION"
+            ));
+        }
+        if code == Some("53400") || lower.contains("all replication slots are in use") {
+            return fix(
+                "max_replication_slots is reached: drop an unused slot (see pg_replication_slots) or raise max_replication_slots".into(),
+            );
+        }
+        if code == Some("53300") && lower.contains("wal_senders")
+            || lower.contains("max_wal_senders")
+        {
+            return fix("max_wal_senders is reached: raise max_wal_senders".into());
+        }
+        if lower.contains("pg_hba.conf") {
+            return fix(format!(
+                "pg_hba.conf does not let {user} connect for replication: add a `host replication {user} ...` line"
+            ));
+        }
+        if code == Some("28P01") || lower.contains("password authentication failed") {
+            return fix(format!("the password of {user} in DB_URL was refused"));
+        }
+        if code == Some("3D000") {
+            return fix("the database named in DB_URL does not exist".into());
+        }
+        if code == Some("42501") {
+            return fix(format!(
+                "role {user} lacks a privilege realtide needs: {text}"
+            ));
+        }
+        Problem {
+            text: format!("cannot stream from the database: {text}"),
+            configuration: false,
+        }
     }
 }
 
@@ -369,8 +519,8 @@ async fn session(
         tracing::warn!("the change journal belonged to another database cluster; it was emptied");
     }
     postgres
-        .replication_connected
-        .store(true, Ordering::Relaxed);
+        .replication
+        .send_replace(ReplicationStatus::Streaming);
     // What this process already confirmed. PostgreSQL 15 does not always persist a slot's
     // confirmed position across its own restart, so the slot may resend transactions we
     // confirmed (or journaled): those are skipped, and the position is confirmed again.

@@ -1217,9 +1217,46 @@ impl SubscribeTask {
         self.outbox.text(frame);
     }
 
+    /// Waits until the replication stream runs: `Subscribed to PostgreSQL` would otherwise
+    /// promise changes that cannot arrive. While it is down the subscriber gets a `system`
+    /// error saying why (once per distinct reason). False when the channel closed meanwhile.
+    async fn replication_running(&self) -> bool {
+        let mut status = self.postgres.replication.subscribe();
+        let mut told: Option<String> = None;
+        loop {
+            let current = status.borrow_and_update().clone();
+            match current.subscriber_message() {
+                None if current == crate::replication::ReplicationStatus::Streaming => {
+                    return true;
+                }
+                Some(message) if told.as_ref() != Some(&message) => {
+                    self.system(SystemStatus::Error, &message);
+                    told = Some(message);
+                }
+                None | Some(_) => {}
+            }
+            tokio::select! {
+                biased;
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                // The channel may close while nothing changes.
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if !self.postgres.subscriptions.is_open(self.channel) {
+                return false;
+            }
+        }
+    }
+
     async fn run(self) {
         let postgres = &self.postgres;
         loop {
+            if !self.replication_running().await {
+                return;
+            }
             let Some(claims) = postgres.subscriptions.current_claims(self.channel) else {
                 return;
             };
