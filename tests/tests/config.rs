@@ -76,7 +76,8 @@ const LONG_SECRET: &str = "a-secret-of-enough-length-for-the-test-0123456789";
 /// anything listens or connects.
 #[tokio::test]
 async fn each_bad_setting_fails_at_start_with_its_own_message() -> Result<()> {
-    let cases: &[(&[(&str, &str)], &[&str])] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case<'_>] = &[
         (
             &[("JWT_SECRET", LONG_SECRET), ("DB_URL", "not-a-url")],
             &["DB_URL is not a usable PostgreSQL URL"],
