@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# postgres_changes benchmark (issue 3 point 5, issue 6): realtide streaming one RLS table to
-# 1,000 subscribers (10 teams of 100 users; each insert reaches the 100 members of its team).
+# postgres_changes benchmark: realtide streaming one RLS table to 1,000 subscribers (10 teams
+# of 100 users; each insert reaches the 100 members of its team).
 #
 #   bench/postgres_changes.sh [--quick] [--no-docs]
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark suite (issue 6): fan-out (with the raw-socket ceiling and the Socket.IO 4
+# The benchmark suite: fan-out (with the raw-socket ceiling and the Socket.IO 4
 # peer), chat, connections (with the peer), presence, public and private joins, database
 # broadcast, and (full mode) postgres_changes.
 #

@@ -3,13 +3,16 @@
 
     python3 protocol-fixtures/generate.py [--reference DIR]
 
-DIR holds the protocol reference (`client-expectations.md`, `server-behaviour.md`; default
-/work/shared/reference). Every frame of `client-expectations.md` Appendix A (transcripts A.1-A.16)
-is copied verbatim; the frames of `server-behaviour.md` §2-§8 are written out below by hand.
+DIR is the directory of the Markdown file that holds the recorded wire transcripts A.1-A.16 (see
+README.md) under an "## Appendix A" heading; transcript_frames() below names the file. The
+default, /work/shared/reference, is the maintainers' copy and is not part of this repository.
+Every recorded frame is copied verbatim; the frames that pin the reference server's rules are
+written out below by hand.
 
-The expected values are computed here, in Python, from the rules written in the reference, as an
-oracle independent of the Rust codec; `crates/realtide-protocol/tests/fixtures.rs` then checks the
-codec against them. Output is deterministic: re-running this script must not change any file.
+The expected values are computed here, in Python, from the rules of the reference server
+(supabase/realtime and its Phoenix fork; README.md names the files), as an oracle independent of
+the Rust codec; `crates/realtide-protocol/tests/fixtures.rs` then checks the codec against them.
+Output is deterministic: re-running this script must not change any file.
 """
 
 from __future__ import annotations
@@ -41,14 +44,17 @@ def is_number(value) -> bool:
 
 
 def flexible_bool(value) -> bool:
-    """server-behaviour §4.2: JSON booleans, or "true"/"false" in any letter case."""
+    """The reference's flexible booleans (supabase/realtime
+    `lib/realtime_web/channels/payloads/flexible_boolean.ex`): JSON booleans, or "true"/"false"
+    in any letter case."""
     if isinstance(value, bool):
         return value
     return isinstance(value, str) and value.lower() == "true"
 
 
 # --------------------------------------------------------------------------------------------
-# Expected classification (server-behaviour §4.2, §5, §6.4, §7.1, §8.1)
+# Expected classification (as the reference's `realtime_channel.ex`, `broadcast_handler.ex` and
+# `presence_handler.ex` treat each event)
 
 
 def expect_join(payload) -> dict:
@@ -155,7 +161,7 @@ def opt_text(raw: bytes):
 
 
 def expect_binary(data: bytes) -> dict:
-    """server-behaviour §2.3 layouts for the client kinds 0 and 3."""
+    """The reference's V2 binary layouts (`v2_serializer.ex`) for the client kinds 0 and 3."""
     kind = data[0]
     if kind == 0:
         jr, rf, tp, ev = data[1:5]
@@ -224,7 +230,7 @@ def show(raw: bytes) -> str:
 
 
 def layout(data: bytes) -> str:
-    """The `a | b | c` notation of server-behaviour §2.3, for readers of the fixture."""
+    """A binary frame's fields in `a | b | c` notation, for readers of the fixture."""
     if not data:
         return "(empty)"
     kind = data[0]
@@ -267,7 +273,7 @@ def group_spec(group: dict) -> list:
 
 
 def system_order(payload: dict) -> dict:
-    """`system` payloads in the order the encoder writes them (§4.7; order is irrelevant)."""
+    """`system` payloads in the order the encoder writes them (key order is irrelevant)."""
     order = ["extension", "status", "message", "channel"]
     return {k: payload[k] for k in order if k in payload}
 
@@ -294,7 +300,7 @@ def payload_spec(event: str, payload) -> dict:
             }
         }
     if event == "broadcast" and isinstance(payload, dict) and "meta" in payload:
-        # A user broadcast converted to JSON for a V1 receiver (server-behaviour §2.1).
+        # A user broadcast converted to JSON for a V1 receiver, as the reference converts it.
         return {
             "encode": {
                 "fn": "user_broadcast_json",
@@ -337,7 +343,7 @@ def server_call(vsn: str, join_ref, ref, topic: str, event: str, payload) -> dic
 
 
 def expected_server_text(vsn: str, join_ref, ref, topic, event, payload) -> str:
-    """The exact text the encoders write (server-behaviour §2.1/§2.2)."""
+    """The exact text the encoders write (the reference's V1 object and V2 array forms)."""
     if event == "system":
         payload = system_order(payload)
     if vsn == V2:
@@ -362,12 +368,12 @@ def server_text_entry(name: str, recorded: str) -> dict:
         if vsn == V1 and "join_ref" in frame:
             notes.append(
                 "the logging server added join_ref; V1 server frames never carry it "
-                "(server-behaviour §2.1)"
+                "(Phoenix.Socket.V1.JSONSerializer)"
             )
         if event == "system" and list(payload) != list(system_order(payload)):
             notes.append(
                 "the logging server sorted system keys; the encoder writes "
-                "extension,status,message,channel (order is irrelevant, §4.7)"
+                "extension,status,message,channel (key order is irrelevant)"
             )
         assert notes, (name, recorded, text)
         entry["recorded"] = recorded
@@ -397,13 +403,14 @@ def kind4_fields(data: bytes) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Appendix A extraction
+# Transcript extraction
 
 LINE = re.compile(r"^(\d+)ms\s+(C→S|S→C)( BIN)?\s+(.*)$")
 
 
 def transcript_frames(reference: Path):
-    """Yields (section, time, direction, is_binary, frame, decoded_or_None) for Appendix A."""
+    """Yields (section, time, direction, is_binary, frame, decoded_or_None) for every recorded
+    transcript line (sections A.1-A.16)."""
     text = (reference / "client-expectations.md").read_text(encoding="utf-8")
     appendix = text[text.index("## Appendix A") :]
     section = None
@@ -539,7 +546,7 @@ def from_appendix(reference: Path):
 
 
 # --------------------------------------------------------------------------------------------
-# Frames written from server-behaviour.md §2-§8 (and client-expectations §3-§4 examples)
+# Frames written from the reference server's rules (and from what the clients send)
 
 CURSOR = b'{"x":10,"y":20}'
 ROOM = "realtime:room1"
@@ -547,65 +554,65 @@ ROOM = "realtime:room1"
 
 def spec_client_frames() -> list:
     text_frames = [
-        ("§2.2 V2 elements after the fifth are ignored", V2,
+        ("v2_serializer.ex: V2 elements after the fifth are ignored", V2,
          '["9","10","realtime:room1","broadcast",{"type":"broadcast","event":"cursor","payload":{"x":1}},"extra",7]'),
-        ("§2.2 V2 payload kept verbatim (number formatting, whitespace)", V2,
+        ("v2_serializer.ex: V2 payload kept verbatim (number formatting, whitespace)", V2,
          '["9","10","realtime:room1","broadcast", {"b":1.50, "a":[1e3,-0.0]} ]'),
-        ("§2.1 V1 join_ref is optional (JS vsn 1 heartbeat)", V1,
+        ("v1_json_serializer.ex: V1 join_ref is optional (JS vsn 1 heartbeat)", V1,
          '{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"14"}'),
-        ("§2.1 V1 keys in any order, extra keys ignored", V1,
+        ("v1_json_serializer.ex: V1 keys in any order, extra keys ignored", V1,
          '{"ref":"2","payload":{},"extra":true,"join_ref":"1","event":"phx_leave","topic":"realtime:room1"}'),
-        ("§3 heartbeat with null ref (Python)", V1,
+        ("phoenix/socket.ex: heartbeat with null ref (Python)", V1,
          '{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}'),
-        ("§3 V2 heartbeat with null ref", V2, '[null,null,"phoenix","heartbeat",{}]'),
-        ("§4.9 V1 phx_join without join_ref (Phoenix then uses ref)", V1,
+        ("phoenix/socket.ex: V2 heartbeat with null ref", V2, '[null,null,"phoenix","heartbeat",{}]'),
+        ("phoenix/socket.ex: V1 phx_join without join_ref (Phoenix then uses ref)", V1,
          '{"topic":"realtime:room1","event":"phx_join","payload":{"config":{}},"ref":"5"}'),
-        ("§4.1 topic with colons kept verbatim", V2,
+        ("realtime_channel.ex: topic with colons kept verbatim", V2,
          '["1","1","realtime:room:123","phx_join",{"config":{"private":false}}]'),
-        ("§4.2 legacy join without config", V2, '["1","1","realtime:public:messages","phx_join",{}]'),
-        ("§4.2 lenient join: flexible booleans, numeric presence key, null entries dropped", V2,
+        ("realtime_channel.ex: legacy join without config", V2, '["1","1","realtime:public:messages","phx_join",{}]'),
+        ("realtime_channel.ex: lenient join: flexible booleans, numeric presence key, null entries dropped", V2,
          '["1","1","realtime:room1","phx_join",{"config":{"broadcast":{"self":"TRUE","ack":"nope",'
          '"replication_ready":"True"},"presence":{"enabled":"true","key":42},'
          '"postgres_changes":[null,{"event":"*","schema":"public","select":["a"]}],"private":"False"},'
          '"user_token":"legacy-token"}]'),
-        ("§4.2 postgres_changes null behaves as []", V2,
+        ("realtime_channel.ex: postgres_changes null behaves as []", V2,
          '["1","1","realtime:room1","phx_join",{"config":{"postgres_changes":null}}]'),
-        ("§4.2 sb_ API key as channel token is ignored", V2,
+        ("realtime_channel.ex: sb_ API key as channel token is ignored", V2,
          '["1","1","realtime:room1","phx_join",{"config":{},"access_token":"sb_publishable_abc"}]'),
-        ("§4.2 access_token wins over user_token", V1,
+        ("realtime_channel.ex: access_token wins over user_token", V1,
          '{"topic":"realtime:room1","event":"phx_join","payload":{"config":{},"access_token":"a",'
          '"user_token":"u"},"ref":"1","join_ref":"1"}'),
-        ("§4.2 invalid config values fall back to defaults", V2,
+        ("realtime_channel.ex: invalid config values fall back to defaults", V2,
          '["1","1","realtime:room1","phx_join",{"config":{"broadcast":[],"presence":"x","private":1}}]'),
-        ("§4.2 join with a non-object payload", V2, '["1","1","realtime:room1","phx_join",[1,2]]'),
-        ("§6.4 access_token null is ignored", V2,
+        ("realtime_channel.ex: join with a non-object payload", V2, '["1","1","realtime:room1","phx_join",[1,2]]'),
+        ("realtime_channel.ex: access_token null is ignored", V2,
          '["1","3","realtime:room1","access_token",{"access_token":null}]'),
-        ("§6.4 access_token empty string is a token", V2,
+        ("realtime_channel.ex: access_token empty string is a token", V2,
          '["1","3","realtime:room1","access_token",{"access_token":""}]'),
-        ("§6.4 access_token not a string", V2,
+        ("realtime_channel.ex: access_token not a string", V2,
          '["1","3","realtime:room1","access_token",{"access_token":12}]'),
-        ("§7.1 broadcast non-map payload is relayed", V2, '["1","4","realtime:room1","broadcast","hello"]'),
-        ("§7.1 broadcast map payload without type is relayed", V2,
+        ("broadcast_handler.ex: broadcast non-map payload is relayed", V2, '["1","4","realtime:room1","broadcast","hello"]'),
+        ("broadcast_handler.ex: broadcast map payload without type is relayed", V2,
          '["1","4","realtime:room1","broadcast",{"a":1}]'),
-        ("§8.1 presence event is lower-cased", V2,
+        ("presence_handler.ex: presence event is lower-cased", V2,
          '["1","5","realtime:room1","presence",{"type":"presence","event":"TRACK","payload":{"a":1}}]'),
-        ("§8.1 presence track without payload tracks {}", V2,
+        ("presence_handler.ex: presence track without payload tracks {}", V2,
          '["1","5","realtime:room1","presence",{"event":"track"}]'),
-        ("§8.1 presence track with null payload tracks {}", V2,
+        ("presence_handler.ex: presence track with null payload tracks {}", V2,
          '["1","5","realtime:room1","presence",{"event":"track","payload":null}]'),
-        ("§8.1 presence track with a non-object meta (server replies error)", V2,
+        ("presence_handler.ex: presence track with a non-object meta (server replies error)", V2,
          '["1","5","realtime:room1","presence",{"event":"track","payload":[1]}]'),
-        ("§8.1 presence payload without event", V2, '["1","5","realtime:room1","presence",{"type":"presence"}]'),
-        ("§8.1 presence unknown event", V2, '["1","5","realtime:room1","presence",{"event":"dance"}]'),
-        ("§5 any other event is classified Other", V2, '["1","6","realtime:room1","custom_event",{}]'),
-        ("§5 heartbeat on a channel topic is not a heartbeat", V2, '["1","7","realtime:room1","heartbeat",{}]'),
+        ("presence_handler.ex: presence payload without event", V2, '["1","5","realtime:room1","presence",{"type":"presence"}]'),
+        ("presence_handler.ex: presence unknown event", V2, '["1","5","realtime:room1","presence",{"event":"dance"}]'),
+        ("realtime_channel.ex: any other event is classified Other", V2, '["1","6","realtime:room1","custom_event",{}]'),
+        ("realtime_channel.ex: heartbeat on a channel topic is not a heartbeat", V2, '["1","7","realtime:room1","heartbeat",{}]'),
         ("codec: numeric refs are accepted as text", V2, '[1,2,"phoenix","heartbeat",{}]'),
         ("codec: escaped topic and event are unescaped", V2,
          '["1","1","realtime:r\\u00e9sum\\u00e9 \\"q\\"","ph\\u0078_leave",{}]'),
     ]
     raw_payloads = {
-        "§2.2 V2 payload kept verbatim (number formatting, whitespace)": '{"b":1.50, "a":[1e3,-0.0]}',
-        "§7.1 broadcast non-map payload is relayed": '"hello"',
+        "v2_serializer.ex: V2 payload kept verbatim (number formatting, whitespace)": '{"b":1.50, "a":[1e3,-0.0]}',
+        "broadcast_handler.ex: broadcast non-map payload is relayed": '"hello"',
     }
     out = []
     for name, vsn, text in text_frames:
@@ -615,18 +622,18 @@ def spec_client_frames() -> list:
         out.append({"name": name, "vsn": vsn, "text": text, "expect": expect})
 
     binary_frames = [
-        ("§2.3 worked example: kind 3 cursor {x:10,y:20}, join_ref 9, ref 10",
+        ("v2_serializer.ex: worked example: kind 3 cursor {x:10,y:20}, join_ref 9, ref 10",
          bytes.fromhex("0301020e0600013931307265616c74696d653a726f6f6d31637572736f727b2278223a31302c2279223a32307d")),
-        ("§2.3 kind 0 push (client→server layout)",
+        ("v2_serializer.ex: kind 0 push (client→server layout)",
          kind0("9", "5", ROOM, "custom", b"\x00\xff\x10binary")),
-        ("§2.3 kind 0 push with empty join_ref/ref and no data", kind0("", "", "phoenix", "heartbeat", b"")),
-        ("§2.3 kind 3 encoding 0 = raw binary body", kind3("9", "11", ROOM, "blob", b"", 0, b"\x00\x01\xfe\xff")),
-        ("§2.3 kind 3 any non-zero encoding byte means JSON", kind3("9", "12", ROOM, "cursor", b"", 7, CURSOR)),
-        ("§2.3 kind 3 with metadata (persist, as client 2.119.1 sends it)",
+        ("v2_serializer.ex: kind 0 push with empty join_ref/ref and no data", kind0("", "", "phoenix", "heartbeat", b"")),
+        ("v2_serializer.ex: kind 3 encoding 0 = raw binary body", kind3("9", "11", ROOM, "blob", b"", 0, b"\x00\x01\xfe\xff")),
+        ("v2_serializer.ex: kind 3 any non-zero encoding byte means JSON", kind3("9", "12", ROOM, "cursor", b"", 7, CURSOR)),
+        ("v2_serializer.ex: kind 3 with metadata (persist, as client 2.119.1 sends it)",
          kind3("6", "7", "realtime:priv", "e", b'{"persist":{"ttl":60}}', 1, b'{"a":1}')),
-        ("§2.3 kind 3 with empty body", kind3("9", "13", ROOM, "ping", b"", 1, b"")),
-        ("§2.3 kind 3 with empty join_ref and ref", kind3("", "", ROOM, "cursor", b"", 1, CURSOR)),
-        ("§2.3 kind 3 with 255-byte fields", kind3("j" * 255, "r" * 255, "realtime:" + "t" * 246,
+        ("v2_serializer.ex: kind 3 with empty body", kind3("9", "13", ROOM, "ping", b"", 1, b"")),
+        ("v2_serializer.ex: kind 3 with empty join_ref and ref", kind3("", "", ROOM, "cursor", b"", 1, CURSOR)),
+        ("v2_serializer.ex: kind 3 with 255-byte fields", kind3("j" * 255, "r" * 255, "realtime:" + "t" * 246,
                                                      "e" * 255, b'{"k":"' + b"m" * 247 + b'"}', 1, CURSOR)),
     ]
     for name, data in binary_frames:
@@ -652,92 +659,92 @@ def spec_server_frames() -> list:
         return {"encode": {"fn": "reason", "text": text}}
 
     entries = [
-        ("§3 heartbeat reply V2", reply(V2, None, "14", "phoenix", "ok", {"json": {}}),
+        ("phoenix/socket.ex: heartbeat reply V2", reply(V2, None, "14", "phoenix", "ok", {"json": {}}),
          '[null,"14","phoenix","phx_reply",{"status":"ok","response":{}}]'),
-        ("§3 heartbeat reply V1", reply(V1, None, "14", "phoenix", "ok", {"json": {}}),
+        ("phoenix/socket.ex: heartbeat reply V1", reply(V1, None, "14", "phoenix", "ok", {"json": {}}),
          '{"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"14"}'),
-        ("§3 heartbeat reply V1 echoes a null ref", reply(V1, None, None, "phoenix", "ok", {"json": {}}),
+        ("phoenix/socket.ex: heartbeat reply V1 echoes a null ref", reply(V1, None, None, "phoenix", "ok", {"json": {}}),
          '{"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":null}'),
-        ("§3 heartbeat reply V2 echoes a null ref", reply(V2, None, None, "phoenix", "ok", {"json": {}}),
+        ("phoenix/socket.ex: heartbeat reply V2 echoes a null ref", reply(V2, None, None, "phoenix", "ok", {"json": {}}),
          '[null,null,"phoenix","phx_reply",{"status":"ok","response":{}}]'),
-        ("§2.1 V1 reply never carries join_ref", reply(V1, "1", "2", ROOM, "ok", {"json": {}}),
+        ("v1_json_serializer.ex: V1 reply never carries join_ref", reply(V1, "1", "2", ROOM, "ok", {"json": {}}),
          '{"topic":"realtime:room1","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"2"}'),
-        ("§4.4 join reply without postgres_changes",
+        ("realtime_channel.ex: join reply without postgres_changes",
          reply(V2, "1", "1", ROOM, "ok", {"json": {"postgres_changes": []}}),
          '["1","1","realtime:room1","phx_reply",{"status":"ok","response":{"postgres_changes":[]}}]'),
-        ("§4.4 join reply echoing a binding with its id",
+        ("realtime_channel.ex: join reply echoing a binding with its id",
          reply(V2, "1", "1", "realtime:chat", "ok", {"json": {"postgres_changes": [
              {"event": "*", "schema": "public", "table": "test", "id": 106243155}]}}),
          '["1","1","realtime:chat","phx_reply",{"status":"ok","response":{"postgres_changes":'
          '[{"event":"*","schema":"public","table":"test","id":106243155}]}}]'),
-        ("§4.5 join error reply (V2)",
+        ("realtime_channel.ex: join error reply (V2)",
          reply(V2, "6", "6", ROOM, "error", reason("ChannelRateLimitReached: Too many channels")),
          '["6","6","realtime:room1","phx_reply",{"status":"error","response":'
          '{"reason":"ChannelRateLimitReached: Too many channels"}}]'),
-        ("§4.5 join error reason with backticks (V1)",
+        ("realtime_channel.ex: join error reason with backticks (V1)",
          reply(V1, "1", "1", ROOM, "error", reason("InvalidJWTToken: Fields `role` and `exp` are required in JWT")),
          '{"topic":"realtime:room1","event":"phx_reply","payload":{"status":"error","response":'
          '{"reason":"InvalidJWTToken: Fields `role` and `exp` are required in JWT"}},"ref":"1"}'),
-        ("§4.5 join error reason with quotes is escaped",
+        ("realtime_channel.ex: join error reason with quotes is escaped",
          reply(V2, "1", "1", ROOM, "error", reason(
              'JwtSignerError: Failed to generate JWT signer for key ID (kid) "k1", check your JWT '
              'secret or JWKS configuration')),
          '["1","1","realtime:room1","phx_reply",{"status":"error","response":{"reason":'
          '"JwtSignerError: Failed to generate JWT signer for key ID (kid) \\"k1\\", check your JWT '
          'secret or JWKS configuration"}}]'),
-        ("§4.1 unmatched topic error with null join_ref",
+        ("phoenix/socket.ex: unmatched topic error with null join_ref",
          reply(V2, None, "3", "other:topic", "error", reason("unmatched topic")),
          '[null,"3","other:topic","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]'),
-        ("§8.1 presence error reply with empty response",
+        ("presence_handler.ex: presence error reply with empty response",
          reply(V2, "1", "5", ROOM, "error", {"json": {}}),
          '["1","5","realtime:room1","phx_reply",{"status":"error","response":{}}]'),
-        ("§7.1 oversized broadcast with ack: string response",
+        ("broadcast_handler.ex: oversized broadcast with ack: string response",
          reply(V2, "1", "4", ROOM, "error", {"raw": '"payload_size_exceeded"'}),
          '["1","4","realtime:room1","phx_reply",{"status":"error","response":"payload_size_exceeded"}]'),
-        ("§2.2 fastlaned broadcast [null,null,topic,event,payload] relays the payload verbatim",
+        ("v2_serializer.ex: fastlaned broadcast [null,null,topic,event,payload] relays the payload verbatim",
          frame(V2, None, None, ROOM, "broadcast", {"raw": '{"b":1.50, "a":[1e3]}'}),
          '[null,null,"realtime:room1","broadcast",{"b":1.50, "a":[1e3]}]'),
-        ("§2.1 V1 broadcast carries ref null",
+        ("v1_json_serializer.ex: V1 broadcast carries ref null",
          frame(V1, None, None, ROOM, "broadcast", {"raw": '"hello"'}),
          '{"topic":"realtime:room1","event":"broadcast","payload":"hello","ref":null}'),
-        ("§2.2 channel push (system) carries the channel's join_ref",
+        ("v2_serializer.ex: channel push (system) carries the channel's join_ref",
          frame(V2, "9", None, ROOM, "system",
                system("postgres_changes", "ok", "Subscribed to PostgreSQL", "room1")),
          '["9",null,"realtime:room1","system",{"extension":"postgres_changes","status":"ok",'
          '"message":"Subscribed to PostgreSQL","channel":"room1"}]'),
-        ("§2.2 channel push (presence_state) carries the channel's join_ref",
+        ("v2_serializer.ex: channel push (presence_state) carries the channel's join_ref",
          frame(V2, "9", None, ROOM, "presence_state", {"encode": {"fn": "render_state", "group": []}}),
          '["9",null,"realtime:room1","presence_state",{}]'),
-        ("§2.2 phx_close [join_ref,join_ref,topic,event,{}]",
+        ("v2_serializer.ex: phx_close [join_ref,join_ref,topic,event,{}]",
          {"fn": "channel_end", "vsn": V2, "join_ref": "9", "topic": ROOM, "event": "phx_close"},
          '["9","9","realtime:room1","phx_close",{}]'),
-        ("§2.2 phx_error [join_ref,join_ref,topic,event,{}]",
+        ("v2_serializer.ex: phx_error [join_ref,join_ref,topic,event,{}]",
          {"fn": "channel_end", "vsn": V2, "join_ref": "6", "topic": ROOM, "event": "phx_error"},
          '["6","6","realtime:room1","phx_error",{}]'),
-        ("§4.9 V1 phx_close has ref = join_ref and no join_ref key",
+        ("phoenix/channel/server.ex: V1 phx_close has ref = join_ref and no join_ref key",
          {"fn": "channel_end", "vsn": V1, "join_ref": "1", "topic": ROOM, "event": "phx_close"},
          '{"topic":"realtime:room1","event":"phx_close","payload":{},"ref":"1"}'),
-        ("§4.6 system replication ready",
+        ("realtime_channel.ex: system replication ready",
          frame(V2, "9", None, ROOM, "system",
                system("system", "ok", "Replication connection established", "room1")),
          '["9",null,"realtime:room1","system",{"extension":"system","status":"ok",'
          '"message":"Replication connection established","channel":"room1"}]'),
-        ("§4.6 channel is the sub-topic, colons kept",
+        ("realtime_channel.ex: channel is the sub-topic, colons kept",
          frame(V2, "2", None, "realtime:room:123", "system",
                system("postgres_changes", "error", "fake error", "room:123")),
          '["2",null,"realtime:room:123","system",{"extension":"postgres_changes","status":"error",'
          '"message":"fake error","channel":"room:123"}]'),
-        ("§4.8 shutdown system error (V1)",
+        ("realtime_channel.ex: shutdown system error (V1)",
          frame(V1, None, None, ROOM, "system",
                system("system", "error", "Token has expired 3 seconds ago", "room1")),
          '{"topic":"realtime:room1","event":"system","payload":{"extension":"system","status":"error",'
          '"message":"Token has expired 3 seconds ago","channel":"room1"},"ref":null}'),
-        ("§2.5 Server requested disconnect has no channel key",
+        ("connection_lifecycle_test.exs: Server requested disconnect has no channel key",
          frame(V2, "9", None, ROOM, "system",
                system("system", "ok", "Server requested disconnect", None)),
          '["9",null,"realtime:room1","system",{"extension":"system","status":"ok",'
          '"message":"Server requested disconnect"}]'),
-        ("§8.2 presence_state with two metas under one key",
+        ("presence.ex: presence_state with two metas under one key",
          frame(V2, "9", None, ROOM, "presence_state", {"encode": {"fn": "render_state", "group": [
              {"key": "user-1", "metas": [
                  {"meta": {"name": "A"}, "phx_ref": "F1", "phx_ref_prev": None},
@@ -745,7 +752,7 @@ def spec_server_frames() -> list:
              {"key": "42", "metas": [{"meta": {}, "phx_ref": "F3", "phx_ref_prev": None}]}]}}),
          '["9",null,"realtime:room1","presence_state",{"user-1":{"metas":[{"phx_ref":"F1","name":"A"},'
          '{"phx_ref":"F2","name":"B"}]},"42":{"metas":[{"phx_ref":"F3"}]}}]'),
-        ("§8.1/§8.2 presence_diff of an update: leave of old meta, join with phx_ref_prev",
+        ("presence_handler.ex: presence_diff of an update: leave of old meta, join with phx_ref_prev",
          frame(V2, None, None, ROOM, "presence_diff", {"encode": {
              "fn": "render_diff",
              "joins": [{"key": "user-1", "metas": [
@@ -754,11 +761,11 @@ def spec_server_frames() -> list:
                  {"meta": {"name": "old"}, "phx_ref": "F1", "phx_ref_prev": None}]}]}}),
          '[null,null,"realtime:room1","presence_diff",{"joins":{"user-1":{"metas":[{"phx_ref":"F2",'
          '"phx_ref_prev":"F1","name":"new"}]}},"leaves":{"user-1":{"metas":[{"phx_ref":"F1","name":"old"}]}}}]'),
-        ("§8.2 presence_diff with empty joins and leaves",
+        ("presence.ex: presence_diff with empty joins and leaves",
          frame(V2, None, None, ROOM, "presence_diff",
                {"encode": {"fn": "render_diff", "joins": [], "leaves": []}}),
          '[null,null,"realtime:room1","presence_diff",{"joins":{},"leaves":{}}]'),
-        ("§2.1 user broadcast converted for a V1 receiver, no meta",
+        ("message_dispatcher_test.exs: user broadcast converted for a V1 receiver, no meta",
          frame(V1, None, None, ROOM, "broadcast", {"encode": {
              "fn": "user_broadcast_json", "event": "cursor", "body": {"raw": '{"x":10,"y":20}'}, "meta": None}}),
          '{"topic":"realtime:room1","event":"broadcast","payload":{"type":"broadcast","event":"cursor",'
@@ -770,21 +777,21 @@ def spec_server_frames() -> list:
     out = [{"name": name, "encode": call, "text": text} for name, call, text in entries]
 
     kind4_entries = [
-        ("§2.3 worked example: kind 4 without metadata, JSON body",
+        ("v2_serializer.ex: worked example: kind 4 without metadata, JSON body",
          {"fn": "user_broadcast_binary", "topic": ROOM, "event": "cursor", "metadata": "",
           "encoding": "json", "body": '{"x":10,"y":20}'},
          "040e0600017265616c74696d653a726f6f6d31637572736f727b2278223a31302c2279223a32307d"),
-        ("§2.3 worked example: kind 4 with 35 bytes of metadata",
+        ("v2_serializer.ex: worked example: kind 4 with 35 bytes of metadata",
          {"fn": "user_broadcast_binary", "topic": ROOM, "event": "cursor",
           "metadata": '{"id":"msg-uuid-1","replayed":true}', "encoding": "json", "body": '{"x":3,"y":4}'},
          kind4(ROOM, "cursor", b'{"id":"msg-uuid-1","replayed":true}', 1, b'{"x":3,"y":4}').hex()),
-        ("§2.3 kind 4 binary body (encoding 0), database broadcast metadata",
+        ("v2_serializer.ex: kind 4 binary body (encoding 0), database broadcast metadata",
          {"fn": "user_broadcast_binary", "topic": ROOM, "event": "blob",
           "metadata": '{"id":"00000000-0000-0000-0000-000000000001"}', "encoding": "binary",
           "body_hex": "0001feff"},
          kind4(ROOM, "blob", b'{"id":"00000000-0000-0000-0000-000000000001"}', 0,
                bytes.fromhex("0001feff")).hex()),
-        ("§2.3 kind 4 with empty body",
+        ("v2_serializer.ex: kind 4 with empty body",
          {"fn": "user_broadcast_binary", "topic": ROOM, "event": "e", "metadata": "",
           "encoding": "json", "body": ""},
          kind4(ROOM, "e", b"", 1, b"").hex()),
@@ -793,13 +800,13 @@ def spec_server_frames() -> list:
         out.append({"name": name, "encode": call, "hex": hexed, "layout": layout(bytes.fromhex(hexed))})
 
     too_long = [
-        ("§2.3 kind 4 topic over 255 bytes is refused",
+        ("v2_serializer.ex: kind 4 topic over 255 bytes is refused",
          {"fn": "user_broadcast_binary", "topic": "realtime:" + "t" * 247, "event": "e", "metadata": "",
           "encoding": "json", "body": "{}"}, {"field": "topic", "len": 256}),
-        ("§2.3 kind 4 event over 255 bytes is refused",
+        ("v2_serializer.ex: kind 4 event over 255 bytes is refused",
          {"fn": "user_broadcast_binary", "topic": ROOM, "event": "é" * 128, "metadata": "",
           "encoding": "json", "body": "{}"}, {"field": "event", "len": 256}),
-        ("§2.3 kind 4 metadata over 255 bytes is refused",
+        ("v2_serializer.ex: kind 4 metadata over 255 bytes is refused",
          {"fn": "user_broadcast_binary", "topic": ROOM, "event": "e",
           "metadata": '{"k":"' + "m" * 250 + '"}', "encoding": "json", "body": "{}"},
          {"field": "metadata", "len": 258}),
@@ -815,28 +822,28 @@ def spec_malformed() -> list:
     a10_k3 = bytes.fromhex(
         "0301010d01160136377265616c74696d653a70726976657b2270657273697374223a7b2274746c223a36307d7d7b2261223a317d")
     text = [
-        ("§2.4 V2 array with too few items", V2, '[null,"1","realtime:room1","phx_join"]', "ShortArray"),
-        ("§2.4 V2 empty array", V2, "[]", "ShortArray"),
-        ("§2.4 V2 object instead of array", V2,
+        ("realtime_web/socket.ex: V2 array with too few items", V2, '[null,"1","realtime:room1","phx_join"]', "ShortArray"),
+        ("realtime_web/socket.ex: V2 empty array", V2, "[]", "ShortArray"),
+        ("realtime_web/socket.ex: V2 object instead of array", V2,
          '{"topic":"realtime:room1","event":"phx_join","payload":{},"ref":"1"}', "Json"),
-        ("§2.4 V2 empty string", V2, "", "Json"),
-        ("§2.4 V1 empty string", V1, "", "Json"),
-        ("§2.4 V2 invalid JSON", V2, "not json", "Json"),
-        ("§2.4 V1 invalid JSON", V1, "{not json}", "Json"),
-        ("§2.4 V2 unterminated array", V2, '[null,"1","phoenix","heartbeat",{}', "Json"),
-        ("§2.4 V2 trailing garbage", V2, '[null,"1","phoenix","heartbeat",{}] x', "Json"),
-        ("§2.4 V2 JSON string instead of array", V2, '"hello"', "Json"),
-        ("§2.4 V2 JSON null", V2, "null", "Json"),
-        ("§2.1 V1 array instead of object", V1, '[null,"1","phoenix","heartbeat",{}]', "Json"),
-        ("§2.1 V1 JSON string instead of object", V1, '"hello"', "Json"),
-        ("§2.1 V1 array shaped like a V1 object's fields (topic,event,payload,ref)", V1,
+        ("realtime_web/socket.ex: V2 empty string", V2, "", "Json"),
+        ("realtime_web/socket.ex: V1 empty string", V1, "", "Json"),
+        ("realtime_web/socket.ex: V2 invalid JSON", V2, "not json", "Json"),
+        ("realtime_web/socket.ex: V1 invalid JSON", V1, "{not json}", "Json"),
+        ("realtime_web/socket.ex: V2 unterminated array", V2, '[null,"1","phoenix","heartbeat",{}', "Json"),
+        ("realtime_web/socket.ex: V2 trailing garbage", V2, '[null,"1","phoenix","heartbeat",{}] x', "Json"),
+        ("realtime_web/socket.ex: V2 JSON string instead of array", V2, '"hello"', "Json"),
+        ("realtime_web/socket.ex: V2 JSON null", V2, "null", "Json"),
+        ("v1_json_serializer.ex: V1 array instead of object", V1, '[null,"1","phoenix","heartbeat",{}]', "Json"),
+        ("v1_json_serializer.ex: V1 JSON string instead of object", V1, '"hello"', "Json"),
+        ("v1_json_serializer.ex: V1 array shaped like a V1 object's fields (topic,event,payload,ref)", V1,
          '["realtime:room1","phx_join",{},"1"]', "Json"),
-        ("§2.1 V1 V2-shaped array whose items would fit the V1 fields", V1,
+        ("v1_json_serializer.ex: V1 V2-shaped array whose items would fit the V1 fields", V1,
          '["1","4","realtime:room1","broadcast","hello"]', "Json"),
-        ("§2.1 V1 missing ref", V1, '{"topic":"phoenix","event":"heartbeat","payload":{}}', "Json"),
-        ("§2.1 V1 missing topic", V1, '{"event":"heartbeat","payload":{},"ref":"1"}', "Json"),
-        ("§2.1 V1 missing event", V1, '{"topic":"phoenix","payload":{},"ref":"1"}', "Json"),
-        ("§2.1 V1 missing payload", V1, '{"topic":"phoenix","event":"heartbeat","ref":"1"}', "Json"),
+        ("v1_json_serializer.ex: V1 missing ref", V1, '{"topic":"phoenix","event":"heartbeat","payload":{}}', "Json"),
+        ("v1_json_serializer.ex: V1 missing topic", V1, '{"event":"heartbeat","payload":{},"ref":"1"}', "Json"),
+        ("v1_json_serializer.ex: V1 missing event", V1, '{"topic":"phoenix","payload":{},"ref":"1"}', "Json"),
+        ("v1_json_serializer.ex: V1 missing payload", V1, '{"topic":"phoenix","event":"heartbeat","ref":"1"}', "Json"),
         ("codec: V2 topic must be a string", V2, '[null,"1",7,"heartbeat",{}]', "Json"),
         ("codec: V2 event must be a string", V2, '[null,"1","phoenix",null,{}]', "Json"),
         ("codec: V2 ref must be a string, number or null", V2, '[null,{},"phoenix","heartbeat",{}]', "Json"),
@@ -846,27 +853,27 @@ def spec_malformed() -> list:
     out = [{"name": n, "vsn": v, "text": t, "error": e} for n, v, t, e in text]
 
     binary = [
-        ("§2.3 empty binary frame", V2, b"", "Truncated"),
-        ("§2.3 kind 3 header only", V2, recorded_k3[:7], "Truncated"),
-        ("§2.3 kind 3 header cut short", V2, recorded_k3[:4], "Truncated"),
-        ("§2.3 kind 3 cut inside the topic (A.1 frame)", V2, recorded_k3[:15], "Truncated"),
-        ("§2.3 kind 3 cut inside the user event (A.1 frame)", V2, recorded_k3[:25], "Truncated"),
-        ("§2.3 kind 3 cut inside the metadata (A.10 frame)", V2, a10_k3[:30], "Truncated"),
-        ("§2.3 kind 0 cut inside the event", V2, kind0("9", "5", ROOM, "custom", b"")[:-2], "Truncated"),
-        ("§2.3 kind 0 header only", V2, bytes([0, 1, 1, 14]), "Truncated"),
-        ("§2.3 kind 1 (server reply) is not a client kind", V2,
+        ("v2_serializer.ex: empty binary frame", V2, b"", "Truncated"),
+        ("v2_serializer.ex: kind 3 header only", V2, recorded_k3[:7], "Truncated"),
+        ("v2_serializer.ex: kind 3 header cut short", V2, recorded_k3[:4], "Truncated"),
+        ("v2_serializer.ex: kind 3 cut inside the topic (A.1 frame)", V2, recorded_k3[:15], "Truncated"),
+        ("v2_serializer.ex: kind 3 cut inside the user event (A.1 frame)", V2, recorded_k3[:25], "Truncated"),
+        ("v2_serializer.ex: kind 3 cut inside the metadata (A.10 frame)", V2, a10_k3[:30], "Truncated"),
+        ("v2_serializer.ex: kind 0 cut inside the event", V2, kind0("9", "5", ROOM, "custom", b"")[:-2], "Truncated"),
+        ("v2_serializer.ex: kind 0 header only", V2, bytes([0, 1, 1, 14]), "Truncated"),
+        ("v2_serializer.ex: kind 1 (server reply) is not a client kind", V2,
          bytes([1, 1, 1, 14, 2]) + b"11realtime:room1ok", "UnknownKind(1)"),
-        ("§2.3 kind 2 (server broadcast) is not a client kind", V2,
+        ("v2_serializer.ex: kind 2 (server broadcast) is not a client kind", V2,
          bytes([2, 14, 6]) + b"realtime:room1cursor{}", "UnknownKind(2)"),
-        ("§2.3 kind 4 (A.1 server frame) is not a client kind", V2,
+        ("v2_serializer.ex: kind 4 (A.1 server frame) is not a client kind", V2,
          bytes.fromhex("040e0600017265616c74696d653a726f6f6d31637572736f727b2278223a31302c2279223a32307d"),
          "UnknownKind(4)"),
-        ("§2.3 unknown kind 5", V2, bytes([5, 0, 0, 0, 0]), "UnknownKind(5)"),
-        ("§2.3 unknown kind 255", V2, bytes([255]), "UnknownKind(255)"),
-        ("§2.3 unknown kind '[' (text sent as binary)", V2, b'[null,"1","phoenix","heartbeat",{}]',
+        ("v2_serializer.ex: unknown kind 5", V2, bytes([5, 0, 0, 0, 0]), "UnknownKind(5)"),
+        ("v2_serializer.ex: unknown kind 255", V2, bytes([255]), "UnknownKind(255)"),
+        ("v2_serializer.ex: unknown kind '[' (text sent as binary)", V2, b'[null,"1","phoenix","heartbeat",{}]',
          "UnknownKind(91)"),
-        ("§2.1 binary frame on a V1 socket (A.1 kind 3)", V1, recorded_k3, "BinaryOnV1"),
-        ("§2.1 empty binary frame on a V1 socket", V1, b"", "BinaryOnV1"),
+        ("v1_json_serializer.ex: binary frame on a V1 socket (A.1 kind 3)", V1, recorded_k3, "BinaryOnV1"),
+        ("v1_json_serializer.ex: empty binary frame on a V1 socket", V1, b"", "BinaryOnV1"),
         ("codec: kind 3 topic not UTF-8", V2, kind3("9", "10", b"realtime:\xff", "cursor", b"", 1, CURSOR),
          "NotUtf8"),
         ("codec: kind 0 event not UTF-8", V2, bytes([0, 0, 0, 7, 2]) + b"phoenix\xc3\x28", "NotUtf8"),
@@ -915,7 +922,7 @@ def main() -> int:
     args = parser.parse_args()
 
     client, server, cut_off = from_appendix(args.reference)
-    src = "client-expectations.md Appendix A"
+    src = "Recorded wire transcripts (README.md)"
     about_client = {
         "js-v2": f"{src}: every JS vsn 2.0.0 client frame (text arrays and BIN kind 3), verbatim.",
         "js-v1": f"{src}: every JS vsn 1.0.0 client frame (A.3), verbatim.",
@@ -925,25 +932,29 @@ def main() -> int:
         "js-v2": f"{src}: every S→C frame sent to JS vsn 2.0.0 clients, with the encoder call that "
                  "reproduces it.",
         "js-v1": f"{src}: every S→C frame sent to JS vsn 1.0.0 (A.3). The logging server added "
-                 "join_ref to V1 frames; the expected text drops it (server-behaviour §2.1).",
+                 "join_ref to V1 frames; the expected text drops it (the reference's V1 "
+                 "serializer never writes it).",
         "python-v1": f"{src}: every S→C frame sent to Python (A.12-A.16). The logging server added "
-                     "join_ref to V1 frames; the expected text drops it (server-behaviour §2.1).",
+                     "join_ref to V1 frames; the expected text drops it (the reference's V1 "
+                     "serializer never writes it).",
     }
     for group, frames in client.items():
         dump(HERE / "client-frames" / f"{group}.json", about_client[group], frames)
     for group, frames in server.items():
         dump(HERE / "server-frames" / f"{group}.json", about_server[group], frames)
     dump(HERE / "client-frames" / "spec.json",
-         "server-behaviour.md §2-§8: frame shapes, binary layouts and parsing rules written out as "
-         "client frames. Names starting with 'codec:' pin a choice of this codec where the reference "
+         "The reference server's frame shapes, binary layouts and parsing rules written out as "
+         "client frames; each name starts with the reference file whose behaviour it pins (see "
+         "README.md). Names starting with 'codec:' pin a choice of this codec where the reference "
          "is silent.", spec_client_frames())
     dump(HERE / "server-frames" / "spec.json",
-         "server-behaviour.md §2-§8: server frames and payloads (replies, pushes, system, presence, "
-         "kind 4) with the exact bytes the encoders must produce.", spec_server_frames())
+         "The reference server's frames and payloads (replies, pushes, system, presence, kind 4) "
+         "with the exact bytes the encoders must produce; each name starts with the reference file "
+         "whose behaviour it pins (see README.md).", spec_server_frames())
     dump(HERE / "malformed" / "malformed.json",
-         "Frames that must decode to an error (server-behaviour §2.1, §2.3, §2.4; recorded lines cut "
-         "off by the logging server in client-expectations.md A.8/A.11). The server drops them and "
-         "keeps the socket.", spec_malformed() + cut_off)
+         "Frames that must decode to an error (the reference's V1 and V2 serializers and "
+         "lib/realtime_web/socket.ex; recorded transcript lines cut off by the recorder in "
+         "A.8/A.11). The server drops them and keeps the socket.", spec_malformed() + cut_off)
     counts = {g: len(f) for g, f in client.items()}
     print(f"client frames {counts}, server frames { {g: len(f) for g, f in server.items()} }, "
           f"cut-off lines {len(cut_off)}", file=sys.stderr)

@@ -85,7 +85,7 @@ def render(result: dict) -> str:
         out.append(f"| {what} | {reference} | {target} | {measured} | {verdict(ok)} |")
 
     out.append("### Against the targets\n")
-    out.append("| measure | reference (published) | target (issue 6) | realtide (measured) | |")
+    out.append("| measure | reference (published) | target | realtide (measured) | |")
     out.append("|---|---|---|---|---|")
     full = result["mode"] == "full"
     dps = fr.get("deliveries_per_s") or 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark suite (issue 6): runs every scenario of realtide-loadgen against a fresh
+"""The benchmark suite: runs every scenario of realtide-loadgen against a fresh
 realtide per run, the fan-out and connections scenarios also against the raw-socket ceiling
 and the Socket.IO 4 peer, and renders the tables of docs/BENCHMARKS.md.
 

@@ -1,4 +1,4 @@
-"""The files in deploy/ (issue 5 point 6): each parses, names only settings the real binary
+"""The files in deploy/: each parses, names only settings the real binary
 knows (from `realtide serve --help`), and points its health checks at routes the real binary
 answers with 200."""
 

@@ -1,7 +1,8 @@
 """postgres_changes end to end with the Python realtime client (2.34.1, vsn
 1.0.0) against the realtide binary streaming from a real PostgreSQL cluster
 (tests/pg/cluster.sh, one per module). The callback gets the raw payload
-{"data": {...}, "ids": [...]} (client-expectations.md §5.2).
+{"data": {...}, "ids": [...]}, with no type conversion (`PostgresChangesCallback` in
+supabase/supabase-py `src/realtime/src/realtime/types.py`).
 
 Absence is always checked against a barrier: a later change the same channel
 is allowed to see (one channel's frames arrive in commit order)."""

@@ -269,6 +269,75 @@ impl Server {
         })
     }
 
+    /// Starts the server with its standard output and error both going to `output` (a pipe
+    /// the test controls), on a port picked here; ready once `/healthcheck` answers.
+    pub async fn start_with_output(
+        env: &[(&str, &str)],
+        output: std::io::PipeWriter,
+    ) -> Result<Server> {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.port()
+        };
+        let port_text = port.to_string();
+        let mut command = Command::new(binary()?);
+        for name in SCRUBBED_ENV {
+            command.env_remove(name);
+        }
+        for (name, value) in DEFAULT_ENV.iter().chain(env) {
+            command.env(name, value);
+        }
+        if let Some((_, url)) = env.iter().find(|(name, _)| *name == "DB_URL") {
+            command.env("CHANGES_DIR", changes_dir_for(url));
+        }
+        command
+            .env("PORT", &port_text)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("spawning realtide")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(addr).await {
+                let request = "GET /healthcheck HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+                stream.write_all(request.as_bytes()).await?;
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer).await;
+                if answer.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("realtide exited before serving: {status}");
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "realtide did not serve within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Server {
+            child,
+            addr,
+            stderr: Arc::new(Mutex::new(String::new())),
+        })
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit.
+    pub async fn terminate(&mut self, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let pid = self.child.id().context("already exited")?;
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        ensure!(sent.success(), "kill -TERM {pid} failed");
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Starts the server with the default settings.
     pub async fn default_server() -> Result<Server> {
         Server::start(&[]).await

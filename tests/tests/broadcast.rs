@@ -1,5 +1,6 @@
 //! Client broadcasts: verbatim relay, self/ack, kind 3 → kind 4 / V1 JSON, namespaces, size
-//! limit (reference §2.3, §7.1).
+//! limit (reference: supabase/realtime `lib/realtime_web/socket/v2_serializer.ex` and
+//! `lib/realtime_web/channels/realtime_channel/broadcast_handler.ex`).
 
 use anyhow::{Context, Result, ensure};
 use realtide_tests::{Client, Incoming, QUIET, Server, Vsn, kind3_frame, kind4_frame};

@@ -1,6 +1,6 @@
 //! Configuration from a TOML file (`--config` / `REALTIDE_CONFIG`), its precedence under the
 //! environment, the `DB_HOST`/`DB_PORT`/`DB_USER`/`DB_NAME` form of the database settings, and
-//! fail-fast errors naming the setting (issue 5 point 2).
+//! fail-fast errors naming the setting.
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,4 +1,6 @@
-//! Connect-time behaviour: paths, serializer selection and the HTTP refusals (reference §1).
+//! Connect-time behaviour: paths, serializer selection and the HTTP refusals (reference:
+//! supabase/realtime `lib/realtime_web/channels/user_socket.ex` and
+//! `test/realtime_web/channels/user_socket_test.exs`).
 
 use anyhow::{Result, ensure};
 use realtide_tests::{

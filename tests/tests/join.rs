@@ -1,5 +1,6 @@
 //! Channel join: replies, lenient config, token precedence, errors, duplicate joins, leave
-//! (reference §4, §6.1).
+//! (reference: supabase/realtime `lib/realtime_web/channels/realtime_channel.ex`,
+//! `lib/realtime_web/channels/payloads/` and `lib/realtime_web/channels/auth/jwt_verification.ex`).
 
 use anyhow::{Context, Result, ensure};
 use realtide_tests::{Client, Msg, QUIET, SECRET, Server, Vsn, sign, sign_with, token, unix_now};
@@ -643,7 +644,8 @@ async fn join_to_a_non_realtime_topic_is_unmatched() -> Result<()> {
     for topic in ["room1", "Realtime:room1", "phoenix:x"] {
         let join_ref = client.send_join(topic, &json!({"config": {}})).await?;
         let reply = client.next_text().await?;
-        // Reference §4.1: Phoenix's reply, with a null join_ref.
+        // The reference routes only `realtime:*` topics; Phoenix replies to any other like
+        // this, with a null join_ref.
         let expected = format!(
             r#"[null,"{join_ref}",{},"phx_reply",{{"status":"error","response":{{"reason":"unmatched topic"}}}}]"#,
             json!(topic)

@@ -1,7 +1,9 @@
-//! Limits with the reference's messages (issue 5 point 3, reference §12 and §4.3): events,
-//! joins and presence events per second (windowed rate counters; a short
-//! `RATE_COUNTER_TICK_MS` keeps these tests quick), concurrent users, the per-channel presence
-//! call window, `PRIVATE_ONLY`, and `MAX_CONNECTIONS`.
+//! Limits with the reference's messages (supabase/realtime: the join checks of
+//! `lib/realtime_web/channels/realtime_channel.ex`, the tenant limits of
+//! `lib/realtime/api/tenant.ex` and `lib/realtime/rate_counter/rate_counter.ex`): events, joins
+//! and presence events per second (windowed rate counters; a short `RATE_COUNTER_TICK_MS` keeps
+//! these tests quick), concurrent users, the per-channel presence call window, `PRIVATE_ONLY`,
+//! and `MAX_CONNECTIONS`.
 
 use std::time::Duration;
 

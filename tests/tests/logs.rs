@@ -1,4 +1,4 @@
-//! Logs (issue 5 point 4): with `LOG_FORMAT=json` every line is a JSON object with a level and
+//! Logs: with `LOG_FORMAT=json` every line is a JSON object with a level and
 //! fields, and at the most verbose level no line carries a token, a broadcast payload, a
 //! presence meta or a row value, even when requests fail.
 

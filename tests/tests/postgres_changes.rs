@@ -1,4 +1,5 @@
-//! postgres_changes against a real PostgreSQL (reference §10, issue 3): subscription results,
+//! postgres_changes against a real PostgreSQL (reference: supabase/realtime
+//! `lib/extensions/postgres_cdc_rls/` and `realtime.apply_rls`): subscription results,
 //! event and table selection, filters, the delivered payload, value encoding, column
 //! privileges and error rows. Every test starts its own cluster (tests/pg/cluster.sh) and
 //! server; the cluster is removed when the test ends, also on failure.

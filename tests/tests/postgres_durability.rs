@@ -1,4 +1,4 @@
-//! postgres_changes durability against a real PostgreSQL (issue 3 point 6): the persistent
+//! postgres_changes durability against a real PostgreSQL: the persistent
 //! slot is confirmed after delivery and resumed after a realtide restart without re-delivering
 //! acknowledged changes, and a PostgreSQL restart keeps WebSocket clients connected while
 //! realtide reconnects and delivers what was committed meanwhile.

@@ -1,8 +1,9 @@
-//! postgres_changes row level security against a real PostgreSQL (reference §10.6, issue 3
-//! point 4): every subscriber receives exactly the INSERT/UPDATE rows it may SELECT under its
-//! own JWT claims, DELETEs are judged on the old row where it exists (else follow the reference), and policy changes and token refreshes take
-//! effect without a restart. Absence is asserted with barriers (a later change the subscriber
-//! must see, delivered in commit order), never with long sleeps.
+//! postgres_changes row level security against a real PostgreSQL (reference: supabase/realtime
+//! `realtime.apply_rls`, `priv/repo/tenant_schema/realtime/functions/apply_rls.sql`): every
+//! subscriber receives exactly the INSERT/UPDATE rows it may SELECT under its own JWT claims,
+//! DELETEs are judged on the old row where it exists (else follow the reference), and policy
+//! changes and token refreshes take effect without a restart. Absence is asserted with barriers
+//! (a later change the subscriber must see, delivered in commit order), never with long sleeps.
 // `Value[&str]` never panics (it yields null), and an out-of-range binding index in a test is
 // a test failure either way.
 #![allow(clippy::indexing_slicing)]

@@ -1,4 +1,4 @@
-//! postgres_changes across schema changes without restarting realtide (issue 3 point 7):
+//! postgres_changes across schema changes without restarting realtide:
 //! ALTER TABLE ADD/DROP COLUMN and publication membership changes.
 // `Value[&str]` never panics (it yields null), and an out-of-range binding index in a test is
 // a test failure either way.

@@ -1,4 +1,4 @@
-//! TLS to PostgreSQL (`DB_SSL`, `DB_SSL_CA_CERT`; issue 5 point 2) against a cluster that
+//! TLS to PostgreSQL (`DB_SSL`, `DB_SSL_CA_CERT`) against a cluster that
 //! accepts TCP connections only over TLS: the replication stream, the query pool and the
 //! authorization pool all connect encrypted, with and without certificate verification, and a
 //! server without `DB_SSL` is refused by PostgreSQL while its sockets keep working.

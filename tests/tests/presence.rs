@@ -1,4 +1,5 @@
-//! Presence: state, diffs, track/update/untrack, leaves on close (reference §8).
+//! Presence: state, diffs, track/update/untrack, leaves on close (reference: supabase/realtime
+//! `lib/realtime_web/channels/presence.ex` and `realtime_channel/presence_handler.ex`).
 
 use anyhow::{Context, Result, ensure};
 use realtide_tests::{Client, Msg, QUIET, Server, Vsn};

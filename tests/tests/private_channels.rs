@@ -1,4 +1,4 @@
-//! Private channels against a real PostgreSQL (issue 4): the `realtime` schema realtide
+//! Private channels against a real PostgreSQL: the `realtime` schema realtide
 //! installs, read authorization at join through RLS on `realtime.messages`, lazy write
 //! authorization, `access_token` re-evaluation, broadcast from the database through the
 //! replication stream (`realtime.send`, `send_binary`, `broadcast_changes`), the HTTP

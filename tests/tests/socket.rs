@@ -1,5 +1,7 @@
 //! Socket-level behaviour: heartbeats, malformed frames, frame size, unjoined topics, join_ref
-//! leniency and the idle timeout (reference §2.4, §3, §4.9).
+//! leniency and the idle timeout (reference: supabase/realtime `lib/realtime_web/socket.ex`,
+//! `lib/realtime_web/endpoint.ex`, its Phoenix fork `supabase/phoenix` `lib/phoenix/socket.ex`,
+//! and `test/integration/rt_channel/connection_lifecycle_test.exs`).
 
 use std::time::Duration;
 

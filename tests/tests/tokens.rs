@@ -1,5 +1,6 @@
-//! Channel tokens: `access_token` refreshes and the periodic expiry check (reference §6.3,
-//! §6.4, §4.8).
+//! Channel tokens: `access_token` refreshes and the periodic expiry check (reference:
+//! supabase/realtime `lib/realtime_web/channels/realtime_channel.ex` and
+//! `test/integration/rt_channel/token_handling_test.exs`).
 
 use std::time::Duration;
 

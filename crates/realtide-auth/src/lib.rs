@@ -1,5 +1,6 @@
 //! JWT verification for realtide, matching the Supabase Realtime reference server
-//! (`jwt_verification.ex`, `channels_authorization.ex`; reference notes §6.1).
+//! (supabase/realtime `lib/realtime_web/channels/auth/jwt_verification.ex` and
+//! `channels_authorization.ex`).
 //!
 //! Build one [`JwtVerifier`] per tenant configuration (shared secret, JWKS, claim validators)
 //! and call [`JwtVerifier::verify`] for every socket, join and `access_token` refresh. Errors

@@ -54,7 +54,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Row changes of one RLS table streamed to many users (issue 3 point 5).
+    /// Row changes of one RLS table streamed to many users.
     PostgresChanges(PostgresChangesArgs),
     /// postgres_changes subscribers across a server outage: stop, insert, restart, and
     /// every client reconnects and rejoins; catch-up time and rate, exactly-once checks.

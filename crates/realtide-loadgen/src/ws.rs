@@ -21,7 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;
 
-/// Opcodes of RFC 6455 §5.2.
+/// Opcodes of RFC 6455, section 5.2.
 mod opcode {
     pub const CONTINUATION: u8 = 0x0;
     pub const TEXT: u8 = 0x1;
@@ -102,7 +102,7 @@ async fn handshake_inner(
     Ok(buf)
 }
 
-/// `base64(sha1(key + GUID))` (RFC 6455 §4.2.2).
+/// `base64(sha1(key + GUID))` (RFC 6455, section 4.2.2).
 pub fn accept_key(key: &str) -> String {
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());

@@ -47,7 +47,7 @@ fn fixture_files_load_and_names_are_unique() -> TestResult {
             format!("{file}: duplicate name {name:?}")
         });
     }
-    // Every recorded transcript line of client-expectations.md Appendix A is present:
+    // Every line of the recorded transcripts A.1-A.16 (protocol-fixtures/README.md) is present:
     // 75 C→S lines (72 decodable + 3 cut off by the recorder) and 116 S→C lines.
     let from_appendix = |name: &str| name.starts_with("A.");
     let c2s = client

@@ -25,7 +25,7 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_RESTART: u16 = 1012;
 /// Close code when the socket is closed for going away (idle timeout, 1001).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: protocol error (RFC 6455 §7.4.1).
+/// Close code: protocol error (RFC 6455, section 7.4.1).
 pub const CLOSE_PROTOCOL: u16 = 1002;
 
 /// How far a channel's `postgres_changes` delivery got (journal positions, see
@@ -517,7 +517,7 @@ impl Outbox {
     }
 }
 
-/// Appends an unmasked server frame (RFC 6455 §5.2) to `out`.
+/// Appends an unmasked server frame (RFC 6455, section 5.2) to `out`.
 fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     push_header(out, opcode, payload.len());
     out.extend_from_slice(payload);

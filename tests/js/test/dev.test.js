@@ -1,44 +1,86 @@
 'use strict'
-// `realtide dev`: one command gives a private PostgreSQL plus realtide; the printed keys and
-// snippet work with the real supabase-js client, the demo table streams postgres_changes under
-// its owner-only policy, and SIGTERM stops both processes.
+// `realtide dev`: one command gives a private PostgreSQL plus realtide; the printed keys, user
+// token, psql command and snippets work as printed with the real supabase-js client; the demo
+// table streams postgres_changes under its owner-only policy; the server listens on loopback
+// only; a second `realtide dev` on the same data directory is refused naming the PID; a restart
+// keeps the database port; PostgreSQL notices stay out of the default output; SIGTERM stops both
+// processes.
 
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { spawn, execFileSync } = require('node:child_process')
+const { spawn, execFileSync, execSync } = require('node:child_process')
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { createClient } = require('@supabase/supabase-js')
-const { realtideBin, signToken, waitFor, sleep } = require('../lib/helpers')
+const { realtideBin, waitFor, sleep } = require('../lib/helpers')
 
-test('realtide dev serves a working backend and stops cleanly', async () => {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'realtide-dev-'))
-  fs.chmodSync(dataDir, 0o755)
+/** Starts `realtide dev` on `dataDir`; default log level unless `env` sets one. */
+function startDev(dataDir, env = {}) {
+  const inherited = { ...process.env }
+  delete inherited.RUST_LOG
+  delete inherited.HOST
   const child = spawn(realtideBin(), ['dev', '--data-dir', dataDir, '--port', '0'], {
-    env: { ...process.env, RUST_LOG: 'warn', JWT_SECRET: '' },
+    env: { ...inherited, JWT_SECRET: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
-  let out = ''
-  child.stdout.on('data', (d) => { out += d })
-  let err = ''
-  child.stderr.on('data', (d) => { err += d })
-  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
+  const dev = { child, out: '', err: '' }
+  child.stdout.on('data', (d) => { dev.out += d })
+  child.stderr.on('data', (d) => { dev.err += d })
+  dev.exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
+  return dev
+}
+
+async function stopDev(dev) {
+  dev.child.kill('SIGTERM')
+  const code = await dev.exited
+  assert.equal(code, 0, dev.err)
+  assert.match(dev.err, /PostgreSQL stopped/)
+}
+
+function nonLoopbackAddress() {
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list || []) if (a.family === 'IPv4' && !a.internal) return a.address
+  }
+  return null
+}
+
+test('realtide dev serves a working backend as printed, and behaves across starts', async () => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'realtide-dev-'))
+  fs.chmodSync(dataDir, 0o755)
+  let dev = startDev(dataDir)
   const clients = []
+  let dbPort
   try {
-    await waitFor(() => /realtide listening on/.test(out), 'realtide dev to start', { timeout: 60000 })
+    await waitFor(() => /realtide listening on/.test(dev.out), 'realtide dev to start', { timeout: 60000 })
+    const out = dev.out
     const url = out.match(/URL:\s+(\S+)/)[1]
     const dbUrl = out.match(/database:\s+(\S+)/)[1]
     const anon = out.match(/anon key:\s+(\S+)/)[1]
     const service = out.match(/service key:\s+(\S+)/)[1]
+    const user = out.match(/user token:\s+(\S+)/)[1]
+    dbPort = new URL(dbUrl).port
+    assert.match(out, new RegExp(`psql:\\s+psql ${dbUrl.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`))
     assert.match(out, /createClient\('http:\/\/127\.0\.0\.1:\d+', 'eyJ/)
+    assert.match(out, /realtide token --data-dir \S+ --role authenticated --sub <uuid>/)
+    assert.match(out, /anon key may not read it/)
     const secret = fs.readFileSync(path.join(dataDir, 'jwt_secret'), 'utf8').trim()
+    const claimsOf = (t) => JSON.parse(Buffer.from(t.split('.')[1], 'base64url'))
     const [h, b, sig] = anon.split('.')
     assert.equal(require('node:crypto').createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url'), sig)
-    assert.equal(JSON.parse(Buffer.from(b, 'base64url')).role, 'anon')
-    assert.equal(JSON.parse(Buffer.from(service.split('.')[1], 'base64url')).role, 'service_role')
+    assert.equal(claimsOf(anon).role, 'anon')
+    assert.equal(claimsOf(service).role, 'service_role')
+    assert.equal(claimsOf(user).role, 'authenticated')
 
-    // The printed snippet, as printed (broadcast to itself).
+    // Loopback only, as printed.
+    assert.match(out, /realtide listening on 127\.0\.0\.1:\d+/)
+    const port = new URL(url).port
+    const outside = nonLoopbackAddress()
+    if (outside) {
+      await assert.rejects(fetch(`http://${outside}:${port}/healthcheck`), `reachable on ${outside}`)
+    }
+
+    // The broadcast snippet, as printed.
     const supabase = createClient(url, anon, { realtime: { transport: require('ws') } })
     clients.push(supabase)
     const got = []
@@ -51,39 +93,79 @@ test('realtide dev serves a working backend and stops cleanly', async () => {
     await waitFor(() => got.length === 1, 'the broadcast to come back', { timeout: 15000 })
     assert.deepEqual(got[0], { at: 1 })
 
-    // The demo table: a user sees their own todos only.
-    const exp = Math.floor(Date.now() / 1000) + 3600
-    const alice = '11111111-1111-4111-8111-111111111111'
-    const bob = '22222222-2222-4222-8222-222222222222'
-    const aliceToken = signToken({ role: 'authenticated', sub: alice, exp }, secret)
+    // The postgres_changes snippet with the printed user token, and the printed psql insert.
     const seen = []
-    const db = createClient(url, anon, {
+    const userClient = createClient(url, anon, {
       realtime: { transport: require('ws') },
-      accessToken: async () => aliceToken,
+      accessToken: async () => user,
     })
-    clients.push(db)
-    // The join must carry alice's token: wait until the client resolved it.
-    db.realtime.connect()
-    await waitFor(() => db.realtime.isConnected() && db.realtime.accessTokenValue === aliceToken, 'alice token settled')
+    clients.push(userClient)
+    userClient.realtime.connect()
+    await waitFor(() => userClient.realtime.isConnected() && userClient.realtime.accessTokenValue === user, 'user token settled')
     let subscribed = false
-    db.channel('todos')
-      .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'todos' }, (p) => seen.push(p.new.title ?? JSON.stringify(p)))
+    userClient.channel('todos')
+      .on('postgres_changes', { event: '*', schema: 'public', table: 'todos' }, (change) => seen.push(change))
       .on('system', {}, (p) => { if (p.message === 'Subscribed to PostgreSQL') subscribed = true })
       .subscribe()
     await waitFor(() => subscribed, 'Subscribed to PostgreSQL', { timeout: 15000 })
+    const insertLine = out.split('\n').find((l) => l.startsWith('psql ') && l.includes('insert into public.todos'))
+    assert.ok(insertLine, out)
+    execSync(insertLine, { stdio: 'ignore' })
+    // Another user's row never arrives.
     const psql = (sql) => execFileSync('psql', [dbUrl, '-q', '-v', 'ON_ERROR_STOP=1', '-c', sql])
-    psql(`insert into public.todos(owner, title) values ('${bob}', 'bob-1'), ('${alice}', 'alice-1')`)
-    psql(`insert into public.todos(owner, title) values ('${alice}', 'alice-2')`)
-    await waitFor(() => seen.includes('alice-2'), 'alice-2 to arrive', { timeout: 15000 }).catch((e) => { throw new Error(e.message + ' seen=' + JSON.stringify(seen) + ' err=' + err.slice(-2000)) })
-    assert.deepEqual(seen, ['alice-1', 'alice-2'])
+    psql(`insert into public.todos(owner, title) values ('22222222-2222-4222-8222-222222222222', 'not-yours')`)
+    psql(`insert into public.todos(owner, title) values ('${claimsOf(user).sub}', 'second')`)
+    await waitFor(() => seen.length >= 2, 'the user\'s rows to arrive', { timeout: 15000 })
+    assert.deepEqual(seen.map((c) => [c.eventType, c.new.title]), [['INSERT', 'hello'], ['INSERT', 'second']])
+
+    // More tokens with the printed command: it finds the dev secret.
+    const more = execFileSync(realtideBin(), ['token', '--data-dir', dataDir, '--role', 'authenticated', '--sub', 'x'], {
+      env: { ...process.env, JWT_SECRET: '' },
+    }).toString().trim()
+    const [mh, mb, msig] = more.split('.')
+    assert.equal(require('node:crypto').createHmac('sha256', secret).update(`${mh}.${mb}`).digest('base64url'), msig)
+
+    // A second `realtide dev` on the same directory is refused, naming the PID and the log.
+    const second = startDev(dataDir)
+    const code = await second.exited
+    assert.notEqual(code, 0)
+    assert.match(second.err, new RegExp(`another \`realtide dev\` \\(PID ${dev.child.pid}\\)`))
+    assert.match(second.err, /postgres\.log/)
+
+    // PostgreSQL notices (`... does not exist, skipping`) stay out of the default output.
+    assert.doesNotMatch(dev.err, /skipping|NOTICE/, dev.err)
   } finally {
     for (const c of clients) await c.removeAllChannels().catch(() => {})
-    child.kill('SIGTERM')
   }
-  assert.equal(await exited, 0, err)
-  assert.match(err, /PostgreSQL stopped/)
-  // The cluster is really down: pg_ctl reports no server.
+  await stopDev(dev)
   await sleep(200)
   assert.equal(fs.existsSync(path.join(dataDir, 'pgdata', 'postmaster.pid')), false)
+
+  // A restart keeps the database port (a saved psql URL keeps working).
+  dev = startDev(dataDir)
+  try {
+    await waitFor(() => /realtide listening on/.test(dev.out), 'realtide dev to start again', { timeout: 60000 })
+    assert.equal(new URL(dev.out.match(/database:\s+(\S+)/)[1]).port, dbPort)
+  } finally {
+    await stopDev(dev)
+  }
+  fs.rmSync(dataDir, { recursive: true, force: true })
+})
+
+test('a second realtide dev after a kill -9 takes over the data directory', async () => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'realtide-dev-'))
+  fs.chmodSync(dataDir, 0o755)
+  let dev = startDev(dataDir, { RUST_LOG: 'warn' })
+  await waitFor(() => /realtide listening on/.test(dev.out), 'realtide dev to start', { timeout: 60000 })
+  dev.child.kill('SIGKILL')
+  await dev.exited
+  // Its PostgreSQL (own process group) is still running; the next start stops and reuses it.
+  dev = startDev(dataDir, { RUST_LOG: 'warn' })
+  try {
+    await waitFor(() => /realtide listening on/.test(dev.out), 'realtide dev to start after kill -9', { timeout: 60000 })
+    assert.match(dev.err, /left running by an earlier realtide dev/)
+  } finally {
+    await stopDev(dev)
+  }
   fs.rmSync(dataDir, { recursive: true, force: true })
 })

@@ -1,8 +1,11 @@
 'use strict'
 // postgres_changes end to end: supabase-js 2.119.1 (vsn 2.0.0 and 1.0.0)
 // against the realtide binary streaming from a real PostgreSQL cluster
-// (tests/pg/cluster.sh, one per file). Reference: server-behaviour.md §10,
-// client-expectations.md §4.2.3 and §5.1.
+// (tests/pg/cluster.sh, one per file). Reference: the server's postgres_changes
+// (supabase/realtime `lib/extensions/postgres_cdc_rls/`, `realtime.apply_rls`) and
+// realtime-js's join-reply binding matching and message dispatch (`_updatePostgresBindings`,
+// `_updateFilterMessage`, `_updateFilterTransform` in supabase/supabase-js
+// `packages/core/realtime-js/src/RealtimeChannel.ts`).
 //
 // Absence is always checked against a barrier: a later change the same
 // channel is allowed to see. Frames of one channel arrive in commit order, so
@@ -524,7 +527,7 @@ for (const vsn of ['2.0.0', '1.0.0']) {
       assert.deepEqual(bodies(subs[2]), ['n1', 'n2', 'n3', 'n4', 'barrier 1', 'n5', 'n6', 'barrier 2'])
     })
 
-    it('a role without SELECT on the table gets the Error 401 row (reference §10.6), not the data', async () => {
+    it('a role without SELECT on the table gets the Error 401 row (as the reference server does), not the data', async () => {
       // anon has no grant on private_todos: the reference delivers
       // errors ["Error 401: Unauthorized"] with empty columns/record and a null commit_timestamp.
       const a = h.makeClient(server, { vsn, name: `anon(${vsn})` })

@@ -3,7 +3,11 @@
 // example (examples/busymate: schema.sql + seed.sql, loaded as its README says): RLS read
 // authorization at join, write authorization on send, the database firehose fed by
 // realtime.broadcast_changes, device control channels, the REST fallback of send(),
-// httpSend(), and replay. Reference: server-behaviour.md §7 and §11.
+// httpSend(), and replay. Reference: supabase/realtime broadcast
+// (`lib/realtime_web/channels/realtime_channel/broadcast_handler.ex`,
+// `lib/realtime_web/controllers/broadcast_controller.ex`, `realtime.send`, replay) and
+// private-channel authorization (`lib/realtime/tenants/authorization.ex`;
+// https://supabase.com/docs/guides/realtime/authorization).
 //
 // Absence is checked against a barrier: a later message the same channel may receive.
 

@@ -1,5 +1,5 @@
 'use strict'
-// Graceful restart seen from supabase-js 2.119.1 (issue 5 point 5): SIGTERM makes realtide push
+// Graceful restart seen from supabase-js 2.119.1: SIGTERM makes realtide push
 // `Server requested disconnect` to every channel and close the socket with 1012; the client
 // reconnects by itself to a new realtide on the same port, rejoins its channel, and keeps
 // receiving broadcasts.

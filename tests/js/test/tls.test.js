@@ -1,5 +1,5 @@
 'use strict'
-// Native TLS (TLS_CERT / TLS_KEY, issue 5 point 2): supabase-js 2.119.1 over wss:// and https://
+// Native TLS (TLS_CERT / TLS_KEY): supabase-js 2.119.1 over wss:// and https://
 // against a realtide holding a throwaway self-signed certificate (made with the openssl CLI),
 // trusted by the client through `ca`; plain http on the same port is refused; a bad key stops
 // the start with one line naming the setting.

@@ -1,9 +1,9 @@
 //! `postgres-changes`: row changes of one table streamed to many subscribers, each under its
 //! own user, with or without row level security.
 //!
-//! Shape (issue 3 point 5): `--users` users in `--teams` teams (user `i` is in team
-//! `i % teams + 1`); table `public.team_items` whose RLS policy lets a user read the rows of
-//! their team through a `team_members` subquery on `auth.uid()`. Every user opens a socket with
+//! Shape: `--users` users in `--teams` teams (user `i` is in team `i % teams + 1`); table
+//! `public.team_items` whose RLS policy lets a user read the rows of their team through a
+//! `team_members` subquery on `auth.uid()`. Every user opens a socket with
 //! their own JWT (`role` authenticated, `sub` = the user's uuid) and joins with one INSERT
 //! binding on the table. Once every client has its `Subscribed to PostgreSQL`, a separate
 //! database connection inserts rows at `--rate` per second for `--duration` seconds, teams in
