@@ -363,9 +363,11 @@ const user = createClient('{url}', '{anon}', {{
   realtime: {{ transport: require('ws') }},
   accessToken: async () => '{user}',
 }})
-user.channel('todos')
-  .on('postgres_changes', {{ event: '*', schema: 'public', table: 'todos' }}, (change) => console.log(change))
-  .subscribe()
+// The first join must carry the user token: let the client resolve it first.
+user.realtime.setAuth().then(() =>
+  user.channel('todos')
+    .on('postgres_changes', {{ event: '*', schema: 'public', table: 'todos' }}, (change) => console.log(change))
+    .subscribe())
 
 psql {db_url} -c \"insert into public.todos(owner, title) values ('{DEMO_USER}', 'hello')\"
 

@@ -93,21 +93,29 @@ test('realtide dev serves a working backend as printed, and behaves across start
     await waitFor(() => got.length === 1, 'the broadcast to come back', { timeout: 15000 })
     assert.deepEqual(got[0], { at: 1 })
 
-    // The postgres_changes snippet with the printed user token, and the printed psql insert.
+    // The postgres_changes snippet, run exactly as printed (its console.log collected), then
+    // the printed psql insert.
+    const lines = out.split('\n')
+    const from = lines.findIndex((l) => l.startsWith('const user = createClient('))
+    const to = lines.findIndex((l, i) => i > from && l.endsWith('.subscribe())'))
+    assert.ok(from >= 0 && to > from, out)
+    const snippet = lines.slice(from, to + 1).join('\n')
     const seen = []
-    const userClient = createClient(url, anon, {
-      realtime: { transport: require('ws') },
-      accessToken: async () => user,
-    })
-    clients.push(userClient)
-    userClient.realtime.connect()
-    await waitFor(() => userClient.realtime.isConnected() && userClient.realtime.accessTokenValue === user, 'user token settled')
     let subscribed = false
-    userClient.channel('todos')
-      .on('postgres_changes', { event: '*', schema: 'public', table: 'todos' }, (change) => seen.push(change))
-      .on('system', {}, (p) => { if (p.message === 'Subscribed to PostgreSQL') subscribed = true })
-      .subscribe()
-    await waitFor(() => subscribed, 'Subscribed to PostgreSQL', { timeout: 15000 })
+    // The snippet's own createClient, with a `system` listener added to its channels so the
+    // test knows when `Subscribed to PostgreSQL` arrived (the snippet itself is unchanged).
+    const watchedCreateClient = (...args) => {
+      const client = createClient(...args)
+      const channel = client.channel.bind(client)
+      client.channel = (...a) => channel(...a).on('system', {}, (p) => {
+        if (p.message === 'Subscribed to PostgreSQL') subscribed = true
+      })
+      return client
+    }
+    const run = new Function('createClient', 'require', 'console', `${snippet}\nreturn user`)
+    const userClient = run(watchedCreateClient, require, { log: (change) => seen.push(change) })
+    clients.push(userClient)
+    await waitFor(() => subscribed, 'the printed snippet: Subscribed to PostgreSQL', { timeout: 15000 })
     const insertLine = out.split('\n').find((l) => l.startsWith('psql ') && l.includes('insert into public.todos'))
     assert.ok(insertLine, out)
     execSync(insertLine, { stdio: 'ignore' })
@@ -116,7 +124,7 @@ test('realtide dev serves a working backend as printed, and behaves across start
     psql(`insert into public.todos(owner, title) values ('22222222-2222-4222-8222-222222222222', 'not-yours')`)
     psql(`insert into public.todos(owner, title) values ('${claimsOf(user).sub}', 'second')`)
     await waitFor(() => seen.length >= 2, 'the user\'s rows to arrive', { timeout: 15000 })
-    assert.deepEqual(seen.map((c) => [c.eventType, c.new.title]), [['INSERT', 'hello'], ['INSERT', 'second']])
+    assert.deepEqual(seen.map((c) => [c.eventType, c.new.title, c.errors]), [['INSERT', 'hello', null], ['INSERT', 'second', null]])
 
     // More tokens with the printed command: it finds the dev secret.
     const more = execFileSync(realtideBin(), ['token', '--data-dir', dataDir, '--role', 'authenticated', '--sub', 'x'], {
