@@ -1,35 +1,10 @@
-//! Micro-benchmarks of the server's hot paths, compiled from the server's own modules: one
+//! Micro-benchmarks of the server's hot paths, through the server library: one
 //! broadcast fanned out to a topic's subscribers (encode once, push shared bytes into every
 //! outbound queue) and a presence track with its diff rendered.
 #![expect(
     missing_docs,
     reason = "criterion's macros generate undocumented items"
 )]
-#![expect(
-    dead_code,
-    reason = "the server modules are compiled in whole; the benchmarks use part of them"
-)]
-// Built with cfg(test) (clippy --all-targets) the modules' unit tests are compiled without a
-// test harness: their imports and lint expectations are then unused.
-#![cfg_attr(
-    test,
-    allow(
-        unused_imports,
-        unfulfilled_lint_expectations,
-        reason = "module unit tests compiled without the test harness"
-    )
-)]
-
-#[path = "../src/limits.rs"]
-mod limits;
-#[path = "../src/metrics.rs"]
-mod metrics;
-#[path = "../src/outbox.rs"]
-mod outbox;
-#[path = "../src/presence.rs"]
-mod presence;
-#[path = "../src/registry.rs"]
-mod registry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,10 +12,11 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use realtide_protocol::{Vsn, encode};
 
-use crate::limits::{LimitSettings, Limits};
-use crate::metrics::Metrics;
-use crate::outbox::{OutFrame, OutboxLimits, OutboxReceiver};
-use crate::registry::{Audience, ChannelId, Registry, Subscriber, TopicKey};
+use realtide_server::limits::{LimitSettings, Limits};
+use realtide_server::metrics::Metrics;
+use realtide_server::outbox::{OutFrame, OutboxLimits, OutboxReceiver};
+use realtide_server::registry::{Audience, ChannelId, Registry, Subscriber, TopicKey};
+use realtide_server::{outbox, presence, registry};
 
 fn limits() -> Arc<Limits> {
     Arc::new(Limits::new(LimitSettings {

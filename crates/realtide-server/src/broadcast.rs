@@ -40,6 +40,11 @@ impl Body<'_> {
     pub fn len(&self) -> usize {
         self.bytes().len()
     }
+
+    /// Whether the body has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A user broadcast for one serializer: kind 4 for V2; the JSON text form for V1, which never

@@ -456,7 +456,7 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
             logs: logs.clone(),
             forced_exit: Some(cluster.stopper()),
         };
-        crate::serve_on(config, listener, local, process).await
+        crate::run(config, listener, local, process).await
     });
     runtime.shutdown_background();
     logs.flush(std::time::Duration::from_millis(500));

@@ -23,13 +23,14 @@ pub fn lost_lines() -> u64 {
     LOST.load(Ordering::Relaxed)
 }
 
+#[derive(Debug)]
 enum Item {
     Line(Vec<u8>),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// The writer end handed to `tracing_subscriber` (cheap to clone).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LogOutput {
     queue: SyncSender<Item>,
 }
@@ -104,6 +105,7 @@ fn write_lines(lines: Receiver<Item>, out: &mut dyn Write) {
 }
 
 /// One formatted event; queued when dropped.
+#[derive(Debug)]
 pub struct LineWriter {
     output: LogOutput,
     line: Vec<u8>,

@@ -637,7 +637,7 @@ async fn session(
                 replayed = begin.final_lsn < resume || begin.final_lsn.0 < journal.last_end_lsn();
                 journaling = !replayed
                     && (!postgres.subscriptions.is_empty()
-                        || postgres.subscriptions.book().len() > 0);
+                        || !postgres.subscriptions.book().is_empty());
                 xid = begin.xid;
                 commit_micros = begin.commit_time_micros;
                 commit_timestamp =

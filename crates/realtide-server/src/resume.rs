@@ -312,6 +312,11 @@ impl ResumeBook {
         self.count
     }
 
+    /// Whether no record is kept.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// Writes the book, with `live` subscribers (identity, position) as departed now, to disk
     /// (write to a temporary file, then rename). `durable`: also wait for stable storage (a
     /// crash of the process alone does not lose what was written).
