@@ -758,3 +758,62 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Problem;
+
+    /// PostgreSQL 15's own messages for each cause (SQLSTATE, text) map to their fix.
+    #[test]
+    fn problems_are_classified_from_postgres_messages() {
+        let cases = [
+            (
+                Some("55000"),
+                "replication stream: PostgreSQL error 55000: logical decoding requires wal_level >= logical",
+                "wal_level must be logical",
+            ),
+            (
+                Some("42501"),
+                "replication stream: PostgreSQL error 42501: must be superuser or replication role to use replication slots",
+                "role app needs REPLICATION: ALTER ROLE \"app\" WITH REPLICATION",
+            ),
+            (
+                Some("53400"),
+                "replication stream: PostgreSQL error 53400: all replication slots are in use",
+                "max_replication_slots is reached",
+            ),
+            (
+                Some("53300"),
+                "replication stream: PostgreSQL error 53300: number of requested standby connections exceeds max_wal_senders (currently 0)",
+                "max_wal_senders is reached",
+            ),
+            (
+                Some("28000"),
+                "replication authentication: no pg_hba.conf entry for replication connection from host \"10.0.0.2\", user \"app\", no encryption",
+                "pg_hba.conf does not let app connect for replication",
+            ),
+            (
+                Some("28P01"),
+                "database: password authentication failed for user \"app\"",
+                "the password of app in DB_URL was refused",
+            ),
+            (
+                Some("3D000"),
+                "database: database \"nope\" does not exist",
+                "the database named in DB_URL does not exist",
+            ),
+            (
+                Some("42501"),
+                "database: permission denied for database postgres",
+                "role app lacks a privilege realtide needs",
+            ),
+        ];
+        for (code, text, fix) in cases {
+            let problem = Problem::classify(code, text, "app");
+            assert!(problem.configuration, "{text}");
+            assert!(problem.text.starts_with(fix), "{text} -> {}", problem.text);
+        }
+        let outage = Problem::classify(None, "replication connection: Connection refused", "app");
+        assert!(!outage.configuration);
+    }
+}
