@@ -455,8 +455,23 @@ pub enum Registered {
     Stale,
 }
 
-/// Outcome of subscribing a join's bindings, as the `system` message text.
-pub type SubscribeOutcome = Result<Vec<Binding>, String>;
+/// Why a join's bindings were not subscribed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The parameters are refused for good; the text is the `system` error message.
+    #[error("{message}")]
+    Refused {
+        /// The reference's message for this refusal.
+        message: String,
+    },
+    /// The database could not be asked; retried while the channel stays open.
+    #[error("database")]
+    Database(#[from] DbError),
+}
+
+fn refused(message: String) -> SubscribeError {
+    SubscribeError::Refused { message }
+}
 
 /// Parses and checks a join's bindings against the publication and the tables' columns.
 pub async fn prepare(
@@ -465,9 +480,9 @@ pub async fn prepare(
     role: &str,
     entries: &[Map<String, Value>],
     limits: SubscribeLimits,
-) -> Result<SubscribeOutcome, DbError> {
+) -> Result<Vec<Binding>, SubscribeError> {
     if entries.len() > limits.bindings {
-        return Ok(Err(format!(
+        return Err(refused(format!(
             "Too many postgres_changes bindings on one channel. Maximum {}",
             limits.bindings
         )));
@@ -476,12 +491,12 @@ pub async fn prepare(
     for entry in entries {
         match parse_binding(entry) {
             Ok(binding) => bindings.push(binding),
-            Err(message) => return Ok(Err(message)),
+            Err(message) => return Err(refused(message)),
         }
     }
     for binding in &bindings {
         if let Some(exception) = check_patterns(binding, limits.pattern_chars) {
-            return Ok(Err(format!(
+            return Err(refused(format!(
                 "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: {exception}",
                 binding.params_text()
             )));
@@ -497,7 +512,7 @@ pub async fn prepare(
             .map(|(oid, _, _)| *oid)
             .collect();
         if tables.is_empty() {
-            return Ok(Err(format!(
+            return Err(refused(format!(
                 "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: {}",
                 binding.params_text()
             )));
@@ -508,14 +523,14 @@ pub async fn prepare(
             };
             let selectable = catalog.selectable(role, &table).await?;
             if let Err(exception) = check_columns(binding, &table, &selectable) {
-                return Ok(Err(format!(
+                return Err(refused(format!(
                     "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: {exception}",
                     binding.params_text()
                 )));
             }
         }
     }
-    Ok(Ok(bindings))
+    Ok(bindings)
 }
 
 /// Bounds on what one join may ask of postgres_changes: they bound the matching work one

@@ -21,24 +21,49 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+/// Why the PostgreSQL TLS settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum DbTlsError {
+    /// rustls refused the protocol versions.
+    #[error("TLS setup")]
+    Setup(#[source] tokio_rustls::rustls::Error),
+    /// The CA file could not be read or parsed.
+    #[error("DB_SSL_CA_CERT {path}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: tokio_rustls::rustls::pki_types::pem::Error,
+    },
+    /// The CA file holds no certificate rustls can use.
+    #[error("DB_SSL_CA_CERT {path}: no usable certificate")]
+    NoCertificate {
+        /// The file.
+        path: String,
+    },
+}
+
 /// The client TLS configuration for PostgreSQL connections.
-pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, DbTlsError> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(DbTlsError::Setup)?;
     let config = match ca {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("DB_SSL_CA_CERT {}: {e}", path.display()))?;
+                .map_err(|source| DbTlsError::CaFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(format!(
-                    "DB_SSL_CA_CERT {}: no usable certificate",
-                    path.display()
-                ));
+                return Err(DbTlsError::NoCertificate {
+                    path: path.display().to_string(),
+                });
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }

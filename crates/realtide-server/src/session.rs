@@ -1269,7 +1269,7 @@ impl SubscribeTask {
             )
             .await;
             match outcome {
-                Ok(Ok(bindings)) => {
+                Ok(bindings) => {
                     let ids: Vec<u32> = bindings.iter().map(|b| b.id).collect();
                     let subject = claims.sub.as_deref().unwrap_or(&claims.role);
                     let identity = resume::identity(self.topic.as_str(), subject, &ids);
@@ -1305,11 +1305,11 @@ impl SubscribeTask {
                     }
                     return;
                 }
-                Ok(Err(message)) => {
+                Err(changes::SubscribeError::Refused { message }) => {
                     self.system(SystemStatus::Error, &message);
                     return;
                 }
-                Err(error) => {
+                Err(changes::SubscribeError::Database(error)) => {
                     tracing::warn!(%error, "postgres_changes subscription failed; retrying");
                     self.system(
                         SystemStatus::Error,
