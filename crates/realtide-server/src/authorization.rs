@@ -282,7 +282,7 @@ impl Authorizer {
             Err(_) => Err(AuthzError::Timeout),
             Ok(Err(error)) => {
                 let error = AuthzError::classify(error);
-                tracing::warn!(error = %crate::replication::error_chain(&error), "authorization check failed");
+                tracing::warn!(error = %crate::logs::error_chain(&error), "authorization check failed");
                 Err(error)
             }
             Ok(Ok(granted)) if granted.len() == extensions.len() => Ok(granted),

@@ -336,7 +336,7 @@ pub enum ConfigError {
     #[error("invalid METRICS_JWT_SECRET: {0}")]
     MetricsJwt(#[source] realtide_auth::ConfigError),
     /// DB_SSL_CA_CERT is unusable.
-    #[error("invalid database TLS settings: {}", crate::replication::error_chain(.0))]
+    #[error("invalid database TLS settings: {}", crate::logs::error_chain(.0))]
     DbTls(#[source] crate::postgres_tls::DbTlsError),
     /// Only one of TLS_CERT and TLS_KEY is set.
     #[error("TLS_CERT and TLS_KEY must be set together")]

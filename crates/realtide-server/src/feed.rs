@@ -98,7 +98,7 @@ pub async fn run(
             }
             Ok(Step::Idle { blocked }) => blocked,
             Err(error) => {
-                tracing::warn!(error = %crate::replication::error_chain(&error), retry_ms = backoff.as_millis() as u64, "change delivery failed; retrying the same changes");
+                tracing::warn!(error = %crate::logs::error_chain(&error), retry_ms = backoff.as_millis() as u64, "change delivery failed; retrying the same changes");
                 tokio::select! {
                     biased;
                     () = stages.replication_stopped.cancelled(), if drain_started.is_none() => {}
@@ -341,7 +341,7 @@ fn upkeep(postgres: &Postgres) {
     let departed_min = book.expire(journal.first());
     let keep_from = departed_min.map_or(live_min, |d| d.min(live_min));
     if let Err(error) = journal.prune(keep_from) {
-        tracing::warn!(error = %crate::replication::error_chain(&error), "could not prune the change journal");
+        tracing::warn!(error = %crate::logs::error_chain(&error), "could not prune the change journal");
     }
 }
 

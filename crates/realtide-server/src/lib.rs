@@ -106,7 +106,7 @@ pub async fn run(
     process: Process,
 ) -> anyhow::Result<()> {
     let app = app::App::new(config)
-        .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", replication::error_chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
     shutdown::watch(
         app.shutdown.clone(),
         app.config.shutdown_timeout,

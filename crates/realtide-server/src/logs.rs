@@ -159,6 +159,18 @@ pub fn init(json: bool) -> LogOutput {
     output
 }
 
+/// An error and its sources, `: `-separated, for a log line or a start-up message.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A line on standard output; a closed or full pipe is not an error worth dying for.
 pub fn say(text: &str) {
     let mut out = std::io::stdout().lock();

@@ -80,7 +80,7 @@ pub async fn run(
             stages.replication_stopped.cancel();
         }
         if let Err(error) = postgres.journal.abort() {
-            tracing::warn!(error = %error_chain(&error), "could not cut an unfinished transaction from the change journal");
+            tracing::warn!(error = %crate::logs::error_chain(&error), "could not cut an unfinished transaction from the change journal");
         }
         match result {
             Ok(()) => {
@@ -102,11 +102,11 @@ pub async fn run(
                 if problem.configuration && changed {
                     tracing::error!(
                         problem = %problem.text,
-                        error = %error_chain(&error),
+                        error = %crate::logs::error_chain(&error),
                         "replication cannot run: postgres_changes and database broadcasts wait until this is fixed"
                     );
                 } else {
-                    tracing::warn!(error = %error_chain(&error), "replication stopped; reconnecting");
+                    tracing::warn!(error = %crate::logs::error_chain(&error), "replication stopped; reconnecting");
                 }
                 postgres.replication.send_replace(down);
             }
@@ -204,7 +204,7 @@ impl Problem {
             .ok()
             .and_then(|c| c.get_user().map(str::to_owned))
             .unwrap_or_else(|| "postgres".into());
-        Problem::classify(code.as_deref(), &error_chain(error), &user)
+        Problem::classify(code.as_deref(), &crate::logs::error_chain(error), &user)
     }
 
     /// The fix for the known causes; the error text for the rest.
@@ -261,17 +261,6 @@ impl Problem {
     }
 }
 
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Drops the slot (SLOT_DROP_ON_SHUTDOWN). The walsender may hold it for a moment after the
 /// stream closed, so a busy slot is retried briefly.
 async fn drop_slot(postgres: &Postgres) {
@@ -295,7 +284,7 @@ async fn drop_slot(postgres: &Postgres) {
             }
             Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "could not drop the replication slot");
+                tracing::warn!(error = %crate::logs::error_chain(&error), "could not drop the replication slot");
                 return;
             }
         }

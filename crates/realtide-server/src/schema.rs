@@ -150,7 +150,7 @@ pub async fn janitor(
         }
         .await;
         if let Err(error) = result {
-            tracing::warn!(error = %crate::replication::error_chain(&error), "partition maintenance failed");
+            tracing::warn!(error = %crate::logs::error_chain(&error), "partition maintenance failed");
         }
     }
 }

@@ -572,14 +572,16 @@ impl Session {
             (Some(replay), Some(private)) => {
                 let params = ReplayParams::parse(replay).ok_or(JoinError::ReplayInvalid)?;
                 match &self.app.postgres {
-                    Some(postgres) if private.policies.broadcast_read.granted() => {
-                        replay::fetch(&postgres.pool, sub_topic, params)
-                            .await
-                            .map_err(|error| {
-                                tracing::warn!(error = %crate::replication::error_chain(&error), "replay failed");
-                                JoinError::ReplayFailed
-                            })?
-                    }
+                    Some(postgres) if private.policies.broadcast_read.granted() => replay::fetch(
+                        &postgres.pool,
+                        sub_topic,
+                        params,
+                    )
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(error = %crate::logs::error_chain(&error), "replay failed");
+                        JoinError::ReplayFailed
+                    })?,
                     _ => Vec::new(),
                 }
             }
