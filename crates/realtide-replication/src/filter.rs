@@ -412,43 +412,43 @@ fn pg_error(code: &str, condition: &str, message: impl fmt::Display) -> String {
 
 /// A PostgreSQL error raised while reading or comparing a value.
 #[derive(Debug, Clone)]
-struct PgErr {
+struct ValueError {
     code: &'static str,
     condition: &'static str,
     message: String,
 }
 
-impl PgErr {
-    fn syntax(type_name: &str, text: &str) -> PgErr {
-        PgErr {
+impl ValueError {
+    fn syntax(type_name: &str, text: &str) -> ValueError {
+        ValueError {
             code: "22P02",
             condition: "invalid_text_representation",
             message: format!("invalid input syntax for type {type_name}: \"{text}\""),
         }
     }
-    fn datetime_syntax(type_name: &str, text: &str) -> PgErr {
-        PgErr {
+    fn datetime_syntax(type_name: &str, text: &str) -> ValueError {
+        ValueError {
             code: "22007",
             condition: "invalid_datetime_format",
             message: format!("invalid input syntax for type {type_name}: \"{text}\""),
         }
     }
-    fn datetime_range(text: &str) -> PgErr {
-        PgErr {
+    fn datetime_range(text: &str) -> ValueError {
+        ValueError {
             code: "22008",
             condition: "datetime_field_overflow",
             message: format!("date/time field value out of range: \"{text}\""),
         }
     }
-    fn out_of_range(message: String) -> PgErr {
-        PgErr {
+    fn out_of_range(message: String) -> ValueError {
+        ValueError {
             code: "22003",
             condition: "numeric_value_out_of_range",
             message,
         }
     }
-    fn raise(message: String) -> PgErr {
-        PgErr {
+    fn raise(message: String) -> ValueError {
+        ValueError {
             code: "P0001",
             condition: "raise_exception",
             message,
@@ -464,7 +464,7 @@ impl PgErr {
 
 /// How values of a column type are read and compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cat {
+enum TypeCategory {
     Int(u8),
     Float4,
     Float8,
@@ -487,33 +487,33 @@ enum Cat {
     Other,
 }
 
-fn cat_of(ty: &TypeInfo) -> Cat {
+fn category_of(ty: &TypeInfo) -> TypeCategory {
     let top_is_bpchar = matches!(ty.kind, TypeKind::Base) && value::base_name(ty) == "bpchar";
     let r = ty.resolved();
     if !matches!(r.kind, TypeKind::Base) {
-        return Cat::Other;
+        return TypeCategory::Other;
     }
     match value::base_name(r) {
-        "int2" => Cat::Int(16),
-        "int4" => Cat::Int(32),
-        "int8" => Cat::Int(64),
-        "float4" => Cat::Float4,
-        "float8" => Cat::Float8,
-        "numeric" => Cat::Numeric,
-        "bool" => Cat::Bool,
-        "text" | "varchar" | "name" | "char" | "citext" => Cat::Text,
-        "bpchar" if top_is_bpchar => Cat::Char1,
-        "bpchar" => Cat::Bpchar,
-        "uuid" => Cat::Uuid,
-        "date" => Cat::Date,
-        "timestamp" => Cat::Timestamp,
-        "timestamptz" => Cat::Timestamptz,
-        "time" => Cat::Time,
-        "timetz" => Cat::Timetz,
-        "jsonb" => Cat::Jsonb,
-        "json" => Cat::Json,
-        "bytea" => Cat::Bytea,
-        _ => Cat::Other,
+        "int2" => TypeCategory::Int(16),
+        "int4" => TypeCategory::Int(32),
+        "int8" => TypeCategory::Int(64),
+        "float4" => TypeCategory::Float4,
+        "float8" => TypeCategory::Float8,
+        "numeric" => TypeCategory::Numeric,
+        "bool" => TypeCategory::Bool,
+        "text" | "varchar" | "name" | "char" | "citext" => TypeCategory::Text,
+        "bpchar" if top_is_bpchar => TypeCategory::Char1,
+        "bpchar" => TypeCategory::Bpchar,
+        "uuid" => TypeCategory::Uuid,
+        "date" => TypeCategory::Date,
+        "timestamp" => TypeCategory::Timestamp,
+        "timestamptz" => TypeCategory::Timestamptz,
+        "time" => TypeCategory::Time,
+        "timetz" => TypeCategory::Timetz,
+        "jsonb" => TypeCategory::Jsonb,
+        "json" => TypeCategory::Json,
+        "bytea" => TypeCategory::Bytea,
+        _ => TypeCategory::Other,
     }
 }
 
@@ -545,7 +545,7 @@ fn regtype_name(ty: &TypeInfo) -> String {
 }
 
 #[derive(Debug, Clone)]
-enum Val {
+enum Comparable {
     Int(i64),
     Float(f64),
     Num(NumericValue),
@@ -560,58 +560,72 @@ enum Val {
 }
 
 /// Read `text` as a value of the category `cat` (the cast `'<text>'::<type>`).
-fn read(cat: Cat, type_name: &str, text: &str) -> Result<Val, PgErr> {
+fn read(cat: TypeCategory, type_name: &str, text: &str) -> Result<Comparable, ValueError> {
     match cat {
-        Cat::Int(bits) => read_int(bits, type_name, text).map(Val::Int),
-        Cat::Float4 => read_float(type_name, text, true).map(Val::Float),
-        Cat::Float8 => read_float(type_name, text, false).map(Val::Float),
-        Cat::Numeric => value::parse_numeric(text)
-            .map(Val::Num)
-            .ok_or_else(|| PgErr::syntax("numeric", text)),
-        Cat::Bool => read_bool(text)
-            .map(Val::Bool)
-            .ok_or_else(|| PgErr::syntax("boolean", text)),
-        Cat::Text | Cat::Other => Ok(Val::Bytes(text.as_bytes().to_vec())),
-        Cat::Char1 => {
+        TypeCategory::Int(bits) => read_int(bits, type_name, text).map(Comparable::Int),
+        TypeCategory::Float4 => read_float(type_name, text, true).map(Comparable::Float),
+        TypeCategory::Float8 => read_float(type_name, text, false).map(Comparable::Float),
+        TypeCategory::Numeric => value::parse_numeric(text)
+            .map(Comparable::Num)
+            .ok_or_else(|| ValueError::syntax("numeric", text)),
+        TypeCategory::Bool => read_bool(text)
+            .map(Comparable::Bool)
+            .ok_or_else(|| ValueError::syntax("boolean", text)),
+        TypeCategory::Text | TypeCategory::Other => Ok(Comparable::Bytes(text.as_bytes().to_vec())),
+        TypeCategory::Char1 => {
             let first: String = text.chars().take(1).collect();
-            Ok(Val::Bytes(first.trim_end_matches(' ').as_bytes().to_vec()))
+            Ok(Comparable::Bytes(
+                first.trim_end_matches(' ').as_bytes().to_vec(),
+            ))
         }
-        Cat::Bpchar => Ok(Val::Bytes(text.trim_end_matches(' ').as_bytes().to_vec())),
-        Cat::Uuid => read_uuid(text)
-            .map(Val::Uuid)
-            .ok_or_else(|| PgErr::syntax("uuid", text)),
-        Cat::Date => read_datetime(text, DtKind::Date).map(Val::Ts),
-        Cat::Timestamp => read_datetime(text, DtKind::Timestamp).map(Val::Ts),
-        Cat::Timestamptz => read_datetime(text, DtKind::Timestamptz).map(Val::Ts),
-        Cat::Time => read_time(text, false).map(|(t, _)| Val::Ts(t)),
-        Cat::Timetz => {
-            read_time(text, true).map(|(t, off)| Val::Timetz(t - i128::from(off) * 1_000_000, off))
+        TypeCategory::Bpchar => Ok(Comparable::Bytes(
+            text.trim_end_matches(' ').as_bytes().to_vec(),
+        )),
+        TypeCategory::Uuid => read_uuid(text)
+            .map(Comparable::Uuid)
+            .ok_or_else(|| ValueError::syntax("uuid", text)),
+        TypeCategory::Date => read_datetime(text, DateTimeKind::Date).map(Comparable::Ts),
+        TypeCategory::Timestamp => read_datetime(text, DateTimeKind::Timestamp).map(Comparable::Ts),
+        TypeCategory::Timestamptz => {
+            read_datetime(text, DateTimeKind::Timestamptz).map(Comparable::Ts)
         }
-        Cat::Jsonb | Cat::Json => serde_json::from_str::<serde_json::Value>(text)
-            .map(Val::Json)
-            .map_err(|_| PgErr::syntax(if cat == Cat::Json { "json" } else { "jsonb" }, text)),
-        Cat::Bytea => read_bytea(text).map(Val::Bytes),
+        TypeCategory::Time => read_time(text, false).map(|(t, _)| Comparable::Ts(t)),
+        TypeCategory::Timetz => read_time(text, true)
+            .map(|(t, off)| Comparable::Timetz(t - i128::from(off) * 1_000_000, off)),
+        TypeCategory::Jsonb | TypeCategory::Json => serde_json::from_str::<serde_json::Value>(text)
+            .map(Comparable::Json)
+            .map_err(|_| {
+                ValueError::syntax(
+                    if cat == TypeCategory::Json {
+                        "json"
+                    } else {
+                        "jsonb"
+                    },
+                    text,
+                )
+            }),
+        TypeCategory::Bytea => read_bytea(text).map(Comparable::Bytes),
     }
 }
 
 /// The column's raw pgoutput text as the reference sees it: it reads the column back from its
 /// `to_jsonb` value (`value #>> '{}'`), which changes `bytea` (hex without `\x`) and turns a
 /// JSON `null` in a json/jsonb column into SQL NULL.
-fn read_column(cat: Cat, type_name: &str, text: &str) -> Option<Val> {
+fn read_column(cat: TypeCategory, type_name: &str, text: &str) -> Option<Comparable> {
     match cat {
-        Cat::Bytea => {
+        TypeCategory::Bytea => {
             let hex = text.strip_prefix("\\x").unwrap_or(text);
-            read_bytea(hex).ok().map(Val::Bytes)
+            read_bytea(hex).ok().map(Comparable::Bytes)
         }
-        Cat::Json | Cat::Jsonb => match read(cat, type_name, text) {
-            Ok(Val::Json(serde_json::Value::Null)) => None,
+        TypeCategory::Json | TypeCategory::Jsonb => match read(cat, type_name, text) {
+            Ok(Comparable::Json(serde_json::Value::Null)) => None,
             other => other.ok(),
         },
         _ => read(cat, type_name, text).ok(),
     }
 }
 
-fn read_int(bits: u8, type_name: &str, text: &str) -> Result<i64, PgErr> {
+fn read_int(bits: u8, type_name: &str, text: &str) -> Result<i64, ValueError> {
     let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
     let (neg, digits) = match t.as_bytes().first() {
         Some(b'-') => (true, t.get(1..).unwrap_or("")),
@@ -619,10 +633,10 @@ fn read_int(bits: u8, type_name: &str, text: &str) -> Result<i64, PgErr> {
         _ => (false, t),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(PgErr::syntax(type_name, text));
+        return Err(ValueError::syntax(type_name, text));
     }
     let range_err = || {
-        PgErr::out_of_range(format!(
+        ValueError::out_of_range(format!(
             "value \"{text}\" is out of range for type {type_name}"
         ))
     };
@@ -647,21 +661,21 @@ fn read_int(bits: u8, type_name: &str, text: &str) -> Result<i64, PgErr> {
     i64::try_from(v).map_err(|_| range_err())
 }
 
-fn read_float(type_name: &str, text: &str, single: bool) -> Result<f64, PgErr> {
+fn read_float(type_name: &str, text: &str, single: bool) -> Result<f64, ValueError> {
     let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
     let lower = t.to_ascii_lowercase();
     let is_inf_word = lower.trim_start_matches(['+', '-']).starts_with("inf");
     if t.is_empty() || lower.contains('_') || lower.starts_with("0x") {
-        return Err(PgErr::syntax(type_name, text));
+        return Err(ValueError::syntax(type_name, text));
     }
     let v = if single {
         t.parse::<f32>().map(f64::from)
     } else {
         t.parse::<f64>()
     }
-    .map_err(|_| PgErr::syntax(type_name, text))?;
+    .map_err(|_| ValueError::syntax(type_name, text))?;
     if v.is_infinite() && !is_inf_word {
-        return Err(PgErr::out_of_range(format!(
+        return Err(ValueError::out_of_range(format!(
             "\"{t}\" is out of range for type {type_name}"
         )));
     }
@@ -714,19 +728,19 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 /// `byteain`: `\x` hex, or the escape format (`\\`, `\nnn`).
-fn read_bytea(text: &str) -> Result<Vec<u8>, PgErr> {
+fn read_bytea(text: &str) -> Result<Vec<u8>, ValueError> {
     let bytes = text.as_bytes();
     if let Some(hex) = text.strip_prefix("\\x") {
         let mut out = Vec::with_capacity(hex.len() / 2);
         let mut it = hex.bytes().filter(|b| !b.is_ascii_whitespace());
         while let Some(h) = it.next() {
-            let bad = |c: u8| PgErr {
+            let bad = |c: u8| ValueError {
                 code: "22023",
                 condition: "invalid_parameter_value",
                 message: format!("invalid hexadecimal digit: \"{}\"", char::from(c)),
             };
             let hi = hex_val(h).ok_or_else(|| bad(h))?;
-            let l = it.next().ok_or(PgErr {
+            let l = it.next().ok_or(ValueError {
                 code: "22023",
                 condition: "invalid_parameter_value",
                 message: "invalid hexadecimal data: odd number of digits".to_owned(),
@@ -760,7 +774,7 @@ fn read_bytea(text: &str) -> Result<Vec<u8>, PgErr> {
                 out.push(a << 6 | b2 << 3 | c);
                 i += 4;
             }
-            _ => return Err(PgErr::syntax("bytea", text)),
+            _ => return Err(ValueError::syntax("bytea", text)),
         }
     }
     Ok(out)
@@ -769,7 +783,7 @@ fn read_bytea(text: &str) -> Result<Vec<u8>, PgErr> {
 // Dates and times ---------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DtKind {
+enum DateTimeKind {
     Date,
     Timestamp,
     Timestamptz,
@@ -808,12 +822,12 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 }
 
 /// A small cursor over ASCII input.
-struct Cur<'a> {
+struct TextCursor<'a> {
     b: &'a [u8],
     i: usize,
 }
 
-impl Cur<'_> {
+impl TextCursor<'_> {
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
@@ -850,7 +864,7 @@ impl Cur<'_> {
 }
 
 /// `HH:MM[:SS[.ffffff]]` → microseconds (`None` on syntax errors; range checked by the caller).
-fn parse_clock(c: &mut Cur<'_>) -> Option<(i64, i64, i64, i128)> {
+fn parse_clock(c: &mut TextCursor<'_>) -> Option<(i64, i64, i64, i128)> {
     let h = c.digits(1, 2)?;
     if !c.eat(b':') {
         return None;
@@ -879,7 +893,7 @@ fn parse_clock(c: &mut Cur<'_>) -> Option<(i64, i64, i64, i128)> {
 }
 
 /// `Z`, `UTC`, `GMT`, `+HH`, `+HHMM`, `+HH:MM`, `+HH:MM:SS` → seconds east.
-fn parse_zone(c: &mut Cur<'_>) -> Option<Option<i32>> {
+fn parse_zone(c: &mut TextCursor<'_>) -> Option<Option<i32>> {
     c.skip_spaces();
     let rest = c.b.get(c.i..).unwrap_or(&[]);
     for word in [&b"UTC"[..], b"GMT", b"Z"] {
@@ -918,11 +932,11 @@ fn parse_zone(c: &mut Cur<'_>) -> Option<Option<i32>> {
     i32::try_from(sign * (h * 3600 + m * 60 + s)).ok().map(Some)
 }
 
-fn read_datetime(text: &str, kind: DtKind) -> Result<i128, PgErr> {
+fn read_datetime(text: &str, kind: DateTimeKind) -> Result<i128, ValueError> {
     let type_name = match kind {
-        DtKind::Date => "date",
-        DtKind::Timestamp => "timestamp",
-        DtKind::Timestamptz => "timestamp with time zone",
+        DateTimeKind::Date => "date",
+        DateTimeKind::Timestamp => "timestamp",
+        DateTimeKind::Timestamptz => "timestamp with time zone",
     };
     let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
     match t.to_ascii_lowercase().as_str() {
@@ -931,8 +945,8 @@ fn read_datetime(text: &str, kind: DtKind) -> Result<i128, PgErr> {
         "epoch" => return Ok(0),
         _ => {}
     }
-    let syntax = || PgErr::datetime_syntax(type_name, text);
-    let mut c = Cur {
+    let syntax = || ValueError::datetime_syntax(type_name, text);
+    let mut c = TextCursor {
         b: t.as_bytes(),
         i: 0,
     };
@@ -968,7 +982,7 @@ fn read_datetime(text: &str, kind: DtKind) -> Result<i128, PgErr> {
     }
     let (h, mi, s, frac) = clock;
     if year == 0 {
-        return Err(PgErr::datetime_range(text));
+        return Err(ValueError::datetime_range(text));
     }
     if !(1..=12).contains(&month)
         || day < 1
@@ -978,41 +992,41 @@ fn read_datetime(text: &str, kind: DtKind) -> Result<i128, PgErr> {
         || s > 60
         || (h == 24 && (mi > 0 || s > 0 || frac > 0))
     {
-        return Err(PgErr::datetime_range(text));
+        return Err(ValueError::datetime_range(text));
     }
     let astro_year = if bc { 1 - year } else { year };
     if !(-4713..=5_874_897).contains(&astro_year) {
-        return Err(PgErr {
+        return Err(ValueError {
             code: "22008",
             condition: "datetime_field_overflow",
             message: format!("date out of range: \"{text}\""),
         });
     }
     let days = date2j(astro_year, month, day) - UNIX_EPOCH_JDATE;
-    if kind == DtKind::Date {
+    if kind == DateTimeKind::Date {
         return Ok(days * USECS_PER_DAY);
     }
     let time_us = (i128::from(h) * 3600 + i128::from(mi) * 60 + i128::from(s)) * 1_000_000 + frac;
     let mut us = days * USECS_PER_DAY + time_us;
-    if kind == DtKind::Timestamptz {
+    if kind == DateTimeKind::Timestamptz {
         us -= i128::from(zone.unwrap_or(0)) * 1_000_000;
     }
     Ok(us)
 }
 
 /// `time` / `timetz`: microseconds since midnight and the offset (seconds east).
-fn read_time(text: &str, with_zone: bool) -> Result<(i128, i32), PgErr> {
+fn read_time(text: &str, with_zone: bool) -> Result<(i128, i32), ValueError> {
     let type_name = if with_zone {
         "time with time zone"
     } else {
         "time without time zone"
     };
     let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
-    let mut c = Cur {
+    let mut c = TextCursor {
         b: t.as_bytes(),
         i: 0,
     };
-    let syntax = || PgErr::datetime_syntax(type_name, text);
+    let syntax = || ValueError::datetime_syntax(type_name, text);
     let (h, m, s, frac) = parse_clock(&mut c).ok_or_else(syntax)?;
     let zone = parse_zone(&mut c).ok_or_else(syntax)?;
     c.skip_spaces();
@@ -1020,7 +1034,7 @@ fn read_time(text: &str, with_zone: bool) -> Result<(i128, i32), PgErr> {
         return Err(syntax());
     }
     if h > 24 || m > 59 || s > 60 || (h == 24 && (m > 0 || s > 0 || frac > 0)) {
-        return Err(PgErr::datetime_range(text));
+        return Err(ValueError::datetime_range(text));
     }
     let us = (i128::from(h) * 3600 + i128::from(m) * 60 + i128::from(s)) * 1_000_000 + frac;
     Ok((us, if with_zone { zone.unwrap_or(0) } else { 0 }))
@@ -1100,25 +1114,25 @@ fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 /// `None` when the two cannot be ordered (jsonb ordering is not implemented).
-fn compare(a: &Val, b: &Val) -> Option<Ordering> {
+fn compare(a: &Comparable, b: &Comparable) -> Option<Ordering> {
     Some(match (a, b) {
-        (Val::Int(x), Val::Int(y)) => x.cmp(y),
-        (Val::Float(x), Val::Float(y)) => cmp_float(*x, *y),
-        (Val::Num(x), Val::Num(y)) => cmp_numeric(x, y),
-        (Val::Bool(x), Val::Bool(y)) => x.cmp(y),
-        (Val::Bytes(x), Val::Bytes(y)) => x.cmp(y),
-        (Val::Uuid(x), Val::Uuid(y)) => x.cmp(y),
-        (Val::Ts(x), Val::Ts(y)) => x.cmp(y),
+        (Comparable::Int(x), Comparable::Int(y)) => x.cmp(y),
+        (Comparable::Float(x), Comparable::Float(y)) => cmp_float(*x, *y),
+        (Comparable::Num(x), Comparable::Num(y)) => cmp_numeric(x, y),
+        (Comparable::Bool(x), Comparable::Bool(y)) => x.cmp(y),
+        (Comparable::Bytes(x), Comparable::Bytes(y)) => x.cmp(y),
+        (Comparable::Uuid(x), Comparable::Uuid(y)) => x.cmp(y),
+        (Comparable::Ts(x), Comparable::Ts(y)) => x.cmp(y),
         // timetz_cmp: by UTC time, then by zone (seconds west, so reversed offset).
-        (Val::Timetz(x, ox), Val::Timetz(y, oy)) => x.cmp(y).then_with(|| oy.cmp(ox)),
-        (Val::Json(x), Val::Json(y)) if json_eq(x, y) => Ordering::Equal,
+        (Comparable::Timetz(x, ox), Comparable::Timetz(y, oy)) => x.cmp(y).then_with(|| oy.cmp(ox)),
+        (Comparable::Json(x), Comparable::Json(y)) if json_eq(x, y) => Ordering::Equal,
         _ => return None,
     })
 }
 
-fn equal(a: &Val, b: &Val) -> bool {
+fn equal(a: &Comparable, b: &Comparable) -> bool {
     match (a, b) {
-        (Val::Json(x), Val::Json(y)) => json_eq(x, y),
+        (Comparable::Json(x), Comparable::Json(y)) => json_eq(x, y),
         _ => compare(a, b) == Some(Ordering::Equal),
     }
 }
@@ -1346,16 +1360,16 @@ fn lower_char(c: char) -> char {
 #[derive(Debug, Clone)]
 pub struct CompiledFilter {
     negate: bool,
-    cat: Cat,
+    cat: TypeCategory,
     type_name: String,
     kind: Kind,
 }
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Cmp(Op, Val),
-    In(Vec<Option<Val>>),
-    IsDistinct(Val),
+    Cmp(Op, Comparable),
+    In(Vec<Option<Comparable>>),
+    IsDistinct(Comparable),
     LikeChars(LikeMatcher<char>, bool),
     LikeBytes(LikeMatcher<u8>),
     Regex(regex::Regex),
@@ -1382,7 +1396,7 @@ impl CompiledFilter {
                 let is_null = match value {
                     None => true,
                     Some(t) => {
-                        matches!(self.cat, Cat::Json | Cat::Jsonb)
+                        matches!(self.cat, TypeCategory::Json | TypeCategory::Jsonb)
                             && matches!(
                                 serde_json::from_str::<serde_json::Value>(t),
                                 Ok(serde_json::Value::Null)
@@ -1392,7 +1406,7 @@ impl CompiledFilter {
                 Some(is_null != self.negate)
             }
             Kind::IsBool(want) => {
-                let is = matches!(col, Some(Val::Bool(b)) if b == *want);
+                let is = matches!(col, Some(Comparable::Bool(b)) if b == *want);
                 Some(is != self.negate)
             }
             Kind::IsDistinct(rhs) => {
@@ -1449,7 +1463,7 @@ impl CompiledFilter {
                 Some(res != self.negate)
             }
             Kind::LikeBytes(pat) => {
-                let Some(Val::Bytes(b)) = col else {
+                let Some(Comparable::Bytes(b)) = col else {
                     return None;
                 };
                 Some(pat.matches(b.iter().copied()) != self.negate)
@@ -1464,13 +1478,13 @@ impl CompiledFilter {
     /// The column text as the text operators see it after the cast to the column type.
     fn text_operand(&self, text: &str) -> String {
         match self.cat {
-            Cat::Char1 => text
+            TypeCategory::Char1 => text
                 .chars()
                 .take(1)
                 .collect::<String>()
                 .trim_end_matches(' ')
                 .to_owned(),
-            Cat::Bpchar => text.trim_end_matches(' ').to_owned(),
+            TypeCategory::Bpchar => text.trim_end_matches(' ').to_owned(),
             _ => text.to_owned(),
         }
     }
@@ -1485,12 +1499,12 @@ impl CompiledFilter {
 /// ``ERROR P0001 (raise_exception) too many values for `in` filter. Maximum 100``. Checking that
 /// the column exists and is SELECT-able (`invalid column for filter <col>`) is the caller's job.
 pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilter, String> {
-    let cat = cat_of(column_type);
+    let cat = category_of(column_type);
     let type_name = regtype_name(column_type);
     let element_name = regtype_name(column_type.resolved());
     let raw = filter.raw_value.as_str();
     let unsupported = |reason: &str| {
-        PgErr::raise(format!(
+        ValueError::raise(format!(
             "operator {} is not supported on column {} of type {}: {}",
             filter.op, filter.column, type_name, reason
         ))
@@ -1508,12 +1522,12 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
     match filter.op {
         Op::In => {
             let items = value::parse_array(raw, b',').ok_or_else(|| {
-                PgErr::syntax("", "")
+                ValueError::syntax("", "")
                     .with_message(format!("malformed array literal: \"{raw}\""))
                     .render()
             })?;
             if items.len() > 100 {
-                return Err(PgErr::raise(
+                return Err(ValueError::raise(
                     "too many values for `in` filter. Maximum 100".to_owned(),
                 )
                 .render());
@@ -1525,7 +1539,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     Some(text) => list.push(Some(scalar(&text).map_err(|e| e.render())?)),
                 }
             }
-            if cat == Cat::Json {
+            if cat == TypeCategory::Json {
                 return Err(unsupported(&no_operator("=")));
             }
             Ok(compiled(Kind::In(list)))
@@ -1537,7 +1551,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     let is_bool = matches!(column_type.kind, TypeKind::Base)
                         && value::base_name(column_type) == "bool";
                     if !is_bool {
-                        return Err(PgErr::raise(format!(
+                        return Err(ValueError::raise(format!(
                             "is {raw} filter requires a boolean column, got {type_name}"
                         ))
                         .render());
@@ -1549,7 +1563,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     }
                 }
                 _ => {
-                    return Err(PgErr::raise(
+                    return Err(ValueError::raise(
                         "invalid value for is filter: must be null, true, false, or unknown"
                             .to_owned(),
                     )
@@ -1565,14 +1579,16 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                 .build()
                 .map_err(|e| {
                     let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
-                    PgErr::raise(format!(
+                    ValueError::raise(format!(
                         "invalid regular expression for {} filter: invalid regular expression: {first}",
                         filter.op
                     ))
                     .render()
                 })?;
             match cat {
-                Cat::Text | Cat::Char1 | Cat::Bpchar => Ok(compiled(Kind::Regex(re))),
+                TypeCategory::Text | TypeCategory::Char1 | TypeCategory::Bpchar => {
+                    Ok(compiled(Kind::Regex(re)))
+                }
                 _ => Err(unsupported(&match scalar(raw) {
                     Err(e) => e.message,
                     Ok(_) => no_operator(if filter.op == Op::Match { "~" } else { "~*" }),
@@ -1583,16 +1599,16 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
             let ci = filter.op == Op::Ilike;
             let end_escape = || unsupported("LIKE pattern must not end with escape character");
             match cat {
-                Cat::Text | Cat::Char1 | Cat::Bpchar => {
+                TypeCategory::Text | TypeCategory::Char1 | TypeCategory::Bpchar => {
                     let operand: Vec<char> = match cat {
-                        Cat::Char1 => raw
+                        TypeCategory::Char1 => raw
                             .chars()
                             .take(1)
                             .collect::<String>()
                             .trim_end_matches(' ')
                             .chars()
                             .collect(),
-                        Cat::Bpchar => raw.trim_end_matches(' ').chars().collect(),
+                        TypeCategory::Bpchar => raw.trim_end_matches(' ').chars().collect(),
                         _ => raw.chars().collect(),
                     };
                     let operand = if ci {
@@ -1603,7 +1619,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     let pat = like_compile(&operand, '%', '_', '\\').ok_or_else(end_escape)?;
                     Ok(compiled(Kind::LikeChars(LikeMatcher::new(&pat), ci)))
                 }
-                Cat::Bytea if !ci => {
+                TypeCategory::Bytea if !ci => {
                     let bytes = read_bytea(raw).map_err(|e| unsupported(&e.message))?;
                     let pat = like_compile(&bytes, b'%', b'_', b'\\').ok_or_else(end_escape)?;
                     Ok(compiled(Kind::LikeBytes(LikeMatcher::new(&pat))))
@@ -1625,7 +1641,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                 Op::Gt => ">",
                 _ => ">=",
             };
-            if cat == Cat::Json {
+            if cat == TypeCategory::Json {
                 if filter.op == Op::IsDistinct {
                     return Err(unsupported(&format!(
                         "could not identify an equality operator for type {type_name}"
@@ -1633,7 +1649,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                 }
                 return Err(unsupported(&no_operator(sym)));
             }
-            if ordering && matches!(cat, Cat::Jsonb | Cat::Other) {
+            if ordering && matches!(cat, TypeCategory::Jsonb | TypeCategory::Other) {
                 return Err(unsupported(&format!(
                     "realtide does not implement ordering for type {type_name}"
                 )));
@@ -1647,8 +1663,8 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
     }
 }
 
-impl PgErr {
-    fn with_message(mut self, message: String) -> PgErr {
+impl ValueError {
+    fn with_message(mut self, message: String) -> ValueError {
         self.message = message;
         self
     }
