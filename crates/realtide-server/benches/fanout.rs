@@ -36,7 +36,7 @@ fn limits() -> Arc<Limits> {
 }
 
 /// A topic with `n` subscribers; the receivers are kept so that queues stay open.
-fn topic(n: usize) -> (Arc<registry::Topic>, Vec<OutboxReceiver>) {
+fn topic(n: usize) -> (Arc<registry::Room>, Vec<OutboxReceiver>) {
     let metrics = Arc::new(Metrics::default());
     let limits = limits();
     let registry = Registry::new(metrics.clone(), limits.clone());

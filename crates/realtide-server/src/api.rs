@@ -139,7 +139,7 @@ async fn may_write(
         .await
 }
 
-fn topic_of(app: &App, private: bool, sub_topic: &str) -> Option<Arc<crate::registry::Topic>> {
+fn topic_of(app: &App, private: bool, sub_topic: &str) -> Option<Arc<crate::registry::Room>> {
     app.registry.get(&TopicKey {
         private,
         sub_topic: sub_topic.into(),

@@ -105,9 +105,10 @@ impl Audience<'_> {
     }
 }
 
-/// One topic: its subscribers and presence.
+/// The live state of one topic (its subscribers and presence); named apart from the
+/// protocol's `Topic`, which is only the name.
 #[derive(Debug)]
-pub struct Topic {
+pub struct Room {
     /// Wire name, `realtime:<sub-topic>`.
     name: String,
     metrics: Arc<Metrics>,
@@ -119,7 +120,7 @@ pub struct Topic {
 /// All topics of the process.
 #[derive(Debug)]
 pub struct Registry {
-    topics: DashMap<TopicKey, Arc<Topic>>,
+    topics: DashMap<TopicKey, Arc<Room>>,
     next_channel: AtomicU64,
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
@@ -155,9 +156,9 @@ impl Registry {
         id: ChannelId,
         subscriber: Subscriber,
         on_joined: impl FnOnce(&mut dyn FnMut() -> Bytes),
-    ) -> Arc<Topic> {
+    ) -> Arc<Room> {
         let shard_entry = self.topics.entry(key.clone()).or_insert_with(|| {
-            Arc::new(Topic {
+            Arc::new(Room {
                 name: format!("{}{}", realtide_protocol::id::TOPIC_PREFIX, key.sub_topic),
                 metrics: self.metrics.clone(),
                 limits: self.limits.clone(),
@@ -177,13 +178,13 @@ impl Registry {
     }
 
     /// The topic of `key`, when anyone is subscribed.
-    pub fn get(&self, key: &TopicKey) -> Option<Arc<Topic>> {
+    pub fn get(&self, key: &TopicKey) -> Option<Arc<Room>> {
         self.topics.get(key).map(|entry| entry.value().clone())
     }
 
     /// Removes a channel from its topic: its presence leaves (with a diff to the others), and
     /// the topic is dropped once nobody is left.
-    pub fn unsubscribe(&self, key: &TopicKey, topic: &Arc<Topic>, id: ChannelId) {
+    pub fn unsubscribe(&self, key: &TopicKey, topic: &Arc<Room>, id: ChannelId) {
         {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
@@ -198,7 +199,7 @@ impl Registry {
     }
 }
 
-impl Topic {
+impl Room {
     /// The topic's wire name.
     pub fn name(&self) -> &str {
         &self.name

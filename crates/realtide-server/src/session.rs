@@ -50,7 +50,7 @@ struct Channel {
     id: ChannelId,
     join_ref: Option<JoinRef>,
     key: TopicKey,
-    topic: Arc<crate::registry::Topic>,
+    topic: Arc<crate::registry::Room>,
     broadcast_self: bool,
     broadcast_ack: bool,
     presence_key: String,
