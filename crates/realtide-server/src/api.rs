@@ -22,7 +22,8 @@ use crate::app::App;
 use crate::authorization::{AuthzError, Extension, Requester, request_headers};
 use crate::broadcast::{self, Body};
 use crate::changes::ClaimsGroup;
-use crate::registry::{Audience, TopicKey};
+use crate::publish::{Message, Origin};
+use crate::registry::TopicKey;
 
 /// Largest request body (as the reference's 8 MB octet-stream read limit).
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -139,11 +140,11 @@ async fn may_write(
         .await
 }
 
-fn topic_of(app: &App, private: bool, sub_topic: &str) -> Option<Arc<crate::registry::Room>> {
-    app.registry.get(&TopicKey {
+fn topic_key(private: bool, sub_topic: &str) -> TopicKey {
+    TopicKey {
         private,
         sub_topic: sub_topic.into(),
-    })
+    }
 }
 
 /// One validated batch message.
@@ -287,23 +288,17 @@ async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
             continue;
         }
         app.metrics.event_in();
-        app.limits.events.add(1);
-        let Some(topic) = topic_of(&app, message.private, &message.topic) else {
-            continue;
-        };
         let meta = message.id.as_deref().map(broadcast::id_meta);
         let payload = realtide_protocol::encode::user_broadcast_json(
             &message.event,
             &message.payload,
             meta.as_deref(),
         );
-        let name = topic.name();
-        topic.fanout(
-            Audience::Broadcast {
-                id: message.id.as_deref(),
-            },
-            None,
-            &|vsn| Some(broadcast::text_frame(vsn, name, &payload)),
+        app.publisher.publish(
+            Origin::Http,
+            &topic_key(message.private, &message.topic),
+            message.id.as_deref(),
+            Message::Payload(&payload),
         );
     }
     StatusCode::ACCEPTED.into_response()
@@ -394,13 +389,16 @@ async fn single(
         }
     }
     app.metrics.event_in();
-    app.limits.events.add(1);
-    if let Some(topic) = topic_of(&app, private, &sub_topic) {
-        let name = topic.name();
-        topic.fanout(Audience::Broadcast { id: None }, None, &|vsn| {
-            broadcast::user_frame(vsn, None, name, &event, body, None)
-        });
-    }
+    app.publisher.publish(
+        Origin::Http,
+        &topic_key(private, &sub_topic),
+        None,
+        Message::User {
+            event: &event,
+            body,
+            meta: None,
+        },
+    );
     StatusCode::ACCEPTED.into_response()
 }
 

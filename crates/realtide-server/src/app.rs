@@ -32,6 +32,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Rate and count limits.
     pub limits: Arc<crate::limits::Limits>,
+    /// The publish path of user broadcasts (client, HTTP and database).
+    pub publisher: crate::publish::Publisher,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Cancelled after `shutdown` once decoded changes were handed to the sockets: sessions
@@ -60,11 +62,18 @@ impl App {
             .clone()
             .map(|database| Postgres::new(database, exporter.authorization_histogram()))
             .transpose()?;
+        let registry = Arc::new(Registry::new(metrics.clone(), limits.clone()));
+        let publisher = crate::publish::Publisher::new(
+            registry.clone(),
+            limits.clone(),
+            Arc::new(crate::publish::NoPeers),
+        );
         Ok(Arc::new(App {
             exporter,
             postgres,
             config,
-            registry: Arc::new(Registry::new(metrics.clone(), limits.clone())),
+            registry,
+            publisher,
             limits,
             metrics,
             shutdown: CancellationToken::new(),

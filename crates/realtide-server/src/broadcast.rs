@@ -8,9 +8,8 @@
 use realtide_protocol::encode;
 use realtide_protocol::{UserEncoding, Vsn};
 
-use crate::limits::Limits;
 use crate::outbox::OutFrame;
-use crate::registry::{Audience, Registry, TopicKey};
+use crate::registry::TopicKey;
 
 /// A broadcast body.
 #[derive(Debug, Clone, Copy)]
@@ -143,21 +142,22 @@ impl StoredMessage {
     }
 }
 
-/// Delivers a stored message to its topic's subscribers with metadata `{"id": ...}`.
-/// Messages over `max_payload`, or arriving while the events limit is tripped, are dropped, as
-/// the reference does.
+/// Publishes a stored message to its topic with metadata `{"id": ...}`. Messages over
+/// `max_payload`, or arriving while the events limit is tripped, are dropped, as the reference
+/// does.
 pub fn deliver_stored(
-    registry: &Registry,
-    limits: &Limits,
+    publisher: &crate::publish::Publisher,
     message: &StoredMessage,
     max_payload: usize,
 ) -> usize {
-    limits.events.add(1);
-    if limits.events.tripped() {
+    if publisher.limits().events.tripped() {
+        // Counted all the same: a flood keeps the limit tripped.
+        publisher.limits().events.add(1);
         tracing::warn!("dropping database broadcast: too many messages per second");
         return 0;
     }
     if message.body().len() > max_payload {
+        publisher.limits().events.add(1);
         tracing::warn!(
             size = message.body().len(),
             "dropping database broadcast over the payload size limit"
@@ -168,17 +168,16 @@ pub fn deliver_stored(
         private: message.private,
         sub_topic: message.topic.as_str().into(),
     };
-    let Some(topic) = registry.get(&key) else {
-        return 0;
-    };
     let meta = id_meta(&message.id);
-    let name = topic.name();
-    topic.fanout(
-        Audience::Broadcast {
-            id: Some(&message.id),
+    publisher.publish(
+        crate::publish::Origin::Database,
+        &key,
+        Some(&message.id),
+        crate::publish::Message::User {
+            event: &message.event,
+            body: message.body(),
+            meta: Some(&meta),
         },
-        None,
-        &|vsn| user_frame(vsn, None, name, &message.event, message.body(), Some(&meta)),
     )
 }
 

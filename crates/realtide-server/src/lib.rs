@@ -55,6 +55,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod presence;
+pub mod publish;
 pub mod registry;
 pub mod replay;
 pub mod replication;
@@ -128,8 +129,7 @@ pub async fn run(
     let background = tokio_util::task::TaskTracker::new();
     if let Some(postgres) = app.postgres.clone() {
         let outlet = replication::Outlet {
-            registry: app.registry.clone(),
-            limits: app.limits.clone(),
+            publisher: app.publisher.clone(),
             max_payload: app.config.max_payload_bytes,
         };
         background.spawn(replication::run(

@@ -28,7 +28,6 @@ use crate::feed::Stages;
 use crate::journal::{JournalError, Seq};
 use crate::metrics::Metrics;
 use crate::postgres::Postgres;
-use crate::registry::Registry;
 use crate::schema;
 
 /// Why a replication session ended.
@@ -318,10 +317,8 @@ async fn ensure_publication(postgres: &Postgres) -> Result<(), DbError> {
 /// Where database broadcasts go.
 #[derive(Debug, Clone)]
 pub struct Outlet {
-    /// The process's topics.
-    pub registry: Arc<Registry>,
-    /// Rate limits (database broadcasts and postgres_changes deliveries count).
-    pub limits: Arc<crate::limits::Limits>,
+    /// The process's publish path.
+    pub publisher: crate::publish::Publisher,
     /// Largest deliverable payload.
     pub max_payload: usize,
 }
@@ -656,12 +653,7 @@ async fn session(
                 // Database broadcasts go out now (fan-out never waits); the slot is confirmed
                 // past this transaction only later, after its changes too.
                 for message in messages.drain(..) {
-                    broadcast::deliver_stored(
-                        &outlet.registry,
-                        &outlet.limits,
-                        &message,
-                        outlet.max_payload,
-                    );
+                    broadcast::deliver_stored(&outlet.publisher, &message, outlet.max_payload);
                     metrics.database_events(1);
                 }
                 if sync_due.is_none() {

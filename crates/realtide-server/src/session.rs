@@ -34,9 +34,9 @@ use crate::outbox::{
     self, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RESTART, CLOSE_TOO_BIG, Cursor, OutFrame, Outbox,
 };
 use crate::postgres::Postgres;
+use crate::publish::{Message, Origin};
 use crate::registry::{
-    Audience, ChannelControl, ChannelId, ControlSender, Reads, Subscriber, TOO_MANY_PRESENCE,
-    TopicKey,
+    ChannelControl, ChannelId, ControlSender, Reads, Subscriber, TOO_MANY_PRESENCE, TopicKey,
 };
 use crate::replay::{self, ReplayParams};
 use crate::resume::{self, Resume};
@@ -763,16 +763,19 @@ impl Session {
         let Some(channel) = self.channels.get(topic) else {
             return;
         };
-        let exclude = (!channel.broadcast_self).then_some(channel.id);
-        let name = channel.topic.name();
+        let origin = Origin::Client {
+            channel: channel.id,
+            echo: channel.broadcast_self,
+        };
         // The send itself is an event, as each delivery is.
-        self.app.limits.events.add(1);
-        let audience = Audience::Broadcast { id: None };
         match &push {
             BroadcastPush::Json(raw) => {
-                channel.topic.fanout(audience, exclude, &|vsn| {
-                    Some(broadcast::text_frame(vsn, name, raw.get()))
-                });
+                self.app.publisher.publish_in(
+                    &channel.topic,
+                    &channel.key,
+                    origin,
+                    Message::Payload(raw.get()),
+                );
             }
             BroadcastPush::User(user) => {
                 let body = match user.encoding {
@@ -782,9 +785,16 @@ impl Session {
                     },
                     UserEncoding::Binary => Body::Binary(&user.body),
                 };
-                channel.topic.fanout(audience, exclude, &|vsn| {
-                    broadcast::user_frame(vsn, None, name, &user.event, body, None)
-                });
+                self.app.publisher.publish_in(
+                    &channel.topic,
+                    &channel.key,
+                    origin,
+                    Message::User {
+                        event: &user.event,
+                        body,
+                        meta: None,
+                    },
+                );
             }
         }
         if channel.broadcast_ack {

@@ -1,0 +1,135 @@
+//! The one publish path of user broadcasts: client sends, the HTTP broadcast API and database
+//! broadcasts all end in [`Publisher::publish`], which counts the event, fans the message out
+//! to this process's subscribers of the topic (encoded once per serializer) and hands it to the
+//! [`Peers`] of the process. Checks that depend on who publishes (payload size, the sender's
+//! write permission, `429` while the events limit is tripped) stay with the callers; what every
+//! publish does is here, so a message bus between processes plugs in as one [`Peers`]
+//! implementation instead of edits to three callers.
+
+use std::sync::Arc;
+
+use crate::broadcast::{self, Body};
+use crate::limits::Limits;
+use crate::registry::{Audience, ChannelId, Registry, Room, TopicKey};
+
+/// Who published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A joined channel of this process; `echo` is its `broadcast.self`.
+    Client {
+        /// The sending channel.
+        channel: ChannelId,
+        /// Whether the sender receives its own message.
+        echo: bool,
+    },
+    /// `POST /api/broadcast...`.
+    Http,
+    /// `realtime.send` & co. through the replication stream.
+    Database,
+}
+
+/// What is published.
+#[derive(Debug, Clone, Copy)]
+pub enum Message<'a> {
+    /// A whole broadcast payload (`{"type":"broadcast","event":...,"payload":...}`), relayed
+    /// verbatim in a text frame.
+    Payload(&'a str),
+    /// A user broadcast: event and body (JSON or binary), with optional metadata
+    /// (`{"id":...}`, `{"replayed":...}`).
+    User {
+        /// The user event.
+        event: &'a str,
+        /// The body.
+        body: Body<'a>,
+        /// Metadata, as JSON text.
+        meta: Option<&'a str>,
+    },
+}
+
+/// Other processes serving the same topics. A single process has none ([`NoPeers`]).
+pub trait Peers: Send + Sync + std::fmt::Debug {
+    /// Hands a message published here to the peers with subscribers of `topic`.
+    fn forward(&self, origin: Origin, topic: &TopicKey, id: Option<&str>, message: Message<'_>);
+}
+
+/// A process on its own: nothing to forward.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPeers;
+
+impl Peers for NoPeers {
+    fn forward(&self, _: Origin, _: &TopicKey, _: Option<&str>, _: Message<'_>) {}
+}
+
+/// Publishes user broadcasts locally and to the peers.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    registry: Arc<Registry>,
+    limits: Arc<Limits>,
+    peers: Arc<dyn Peers>,
+}
+
+impl Publisher {
+    /// A publisher over this process's registry and limits.
+    pub fn new(registry: Arc<Registry>, limits: Arc<Limits>, peers: Arc<dyn Peers>) -> Self {
+        Self {
+            registry,
+            limits,
+            peers,
+        }
+    }
+
+    /// The process's limits (callers check the events limit before publishing).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Counts the publish as one event, delivers it to the local subscribers of `topic` (the
+    /// sender excluded unless it echoes) and forwards it to the peers. `id` is the stored
+    /// message's id, which replay uses to suppress duplicates. Returns the local deliveries.
+    pub fn publish(
+        &self,
+        origin: Origin,
+        topic: &TopicKey,
+        id: Option<&str>,
+        message: Message<'_>,
+    ) -> usize {
+        self.limits.events.add(1);
+        let delivered = match self.registry.get(topic) {
+            Some(room) => deliver(&room, origin, id, message),
+            None => 0,
+        };
+        self.peers.forward(origin, topic, id, message);
+        delivered
+    }
+
+    /// As [`Publisher::publish`], for a sender that already holds its topic's room.
+    pub fn publish_in(
+        &self,
+        room: &Room,
+        topic: &TopicKey,
+        origin: Origin,
+        message: Message<'_>,
+    ) -> usize {
+        self.limits.events.add(1);
+        let delivered = deliver(room, origin, None, message);
+        self.peers.forward(origin, topic, None, message);
+        delivered
+    }
+}
+
+fn deliver(room: &Room, origin: Origin, id: Option<&str>, message: Message<'_>) -> usize {
+    let exclude = match origin {
+        Origin::Client {
+            channel,
+            echo: false,
+        } => Some(channel),
+        Origin::Client { echo: true, .. } | Origin::Http | Origin::Database => None,
+    };
+    let name = room.name();
+    room.fanout(Audience::Broadcast { id }, exclude, &|vsn| match message {
+        Message::Payload(payload) => Some(broadcast::text_frame(vsn, name, payload)),
+        Message::User { event, body, meta } => {
+            broadcast::user_frame(vsn, None, name, event, body, meta)
+        }
+    })
+}
