@@ -15,7 +15,8 @@
 # Writes bench/results/postgres_changes.json (all runs) and regenerates the postgres_changes
 # section of docs/BENCHMARKS.md. Stops by itself and removes the cluster on any exit.
 #
-# Environment: USERS (1000), TEAMS (10), DURATION (20), RATES, HALF_RATE, NORLS_RATES,
+# Environment: SERVER_BIN (another realtide binary, e.g. an older build to compare), USERS
+# (1000), TEAMS (10), DURATION (20), RATES, HALF_RATE, NORLS_RATES,
 # DB_POOL_SIZE (server's, default 4), SERVER_RUST_LOG (warn).
 set -euo pipefail
 
@@ -67,7 +68,7 @@ trap 'exit 130' INT TERM
 
 echo "== building release binaries" >&2
 cargo build --release -q -p realtide-server -p realtide-loadgen
-server_bin="$root/target/release/realtide"
+server_bin="${SERVER_BIN:-$root/target/release/realtide}"
 loadgen_bin="$root/target/release/realtide-loadgen"
 
 echo "== starting PostgreSQL" >&2
