@@ -197,25 +197,31 @@ pub fn changes_dir_for(url: &str) -> std::path::PathBuf {
         .join(format!("{hash:016x}"))
 }
 
+/// The realtide command with the test defaults overridden by `env`.
+fn server_command(env: &[(&str, &str)]) -> Result<Command> {
+    let mut command = Command::new(binary()?);
+    for name in SCRUBBED_ENV {
+        command.env_remove(name);
+    }
+    for (name, value) in DEFAULT_ENV.iter().chain(env) {
+        command.env(name, value);
+    }
+    // The change journal of a server with a database lives in a directory of that database
+    // (its URL names a test cluster's unique port), so that a restarted server finds its
+    // journal and parallel tests never share one.
+    if !env.iter().any(|(name, _)| *name == "CHANGES_DIR")
+        && let Some((_, url)) = env.iter().find(|(name, _)| *name == "DB_URL")
+    {
+        command.env("CHANGES_DIR", changes_dir_for(url));
+    }
+    Ok(command)
+}
+
 impl Server {
     /// Starts the server with the default settings overridden by `env`, and waits for its
     /// `realtide listening on <addr>` line.
     pub async fn start(env: &[(&str, &str)]) -> Result<Server> {
-        let mut command = Command::new(binary()?);
-        for name in SCRUBBED_ENV {
-            command.env_remove(name);
-        }
-        for (name, value) in DEFAULT_ENV.iter().chain(env) {
-            command.env(name, value);
-        }
-        // The change journal of a server with a database lives in a directory of that
-        // database (its URL names a test cluster's unique port), so that a restarted server
-        // finds its journal and parallel tests never share one.
-        if !env.iter().any(|(name, _)| *name == "CHANGES_DIR")
-            && let Some((_, url)) = env.iter().find(|(name, _)| *name == "DB_URL")
-        {
-            command.env("CHANGES_DIR", changes_dir_for(url));
-        }
+        let mut command = server_command(env)?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -280,16 +286,7 @@ impl Server {
             probe.local_addr()?.port()
         };
         let port_text = port.to_string();
-        let mut command = Command::new(binary()?);
-        for name in SCRUBBED_ENV {
-            command.env_remove(name);
-        }
-        for (name, value) in DEFAULT_ENV.iter().chain(env) {
-            command.env(name, value);
-        }
-        if let Some((_, url)) = env.iter().find(|(name, _)| *name == "DB_URL") {
-            command.env("CHANGES_DIR", changes_dir_for(url));
-        }
+        let mut command = server_command(env)?;
         command
             .env("PORT", &port_text)
             .stdin(Stdio::null())

@@ -12,6 +12,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -47,13 +48,16 @@ struct Cluster {
     as_postgres: bool,
 }
 
+/// `pg_ctl stop -m <mode>` for the cluster in `data`.
+fn pg_ctl_stop(bin: &Path, data: &Path, as_postgres: bool, mode: &str) -> Command {
+    let mut stop = pg_command(&bin.join("pg_ctl"), as_postgres);
+    stop.arg("-D").arg(data).args(["-m", mode, "-w", "stop"]);
+    stop
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let mut stop = pg_command(&self.bin.join("pg_ctl"), self.as_postgres);
-        stop.arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "stop"]);
-        match stop.output() {
+        match pg_ctl_stop(&self.bin, &self.data, self.as_postgres, "fast").output() {
             Ok(out) if out.status.success() => {
                 crate::logs::complain("realtide dev: PostgreSQL stopped");
             }
@@ -248,9 +252,10 @@ fn start_cluster(dir: &Path) -> anyhow::Result<(Cluster, u16)> {
         eprintln_dev(&format!(
             "stopping PostgreSQL (PID {pid}) left running by an earlier realtide dev"
         ));
-        let mut stop = pg_command(&bin.join("pg_ctl"), as_postgres);
-        stop.arg("-D").arg(&data).args(["-m", "fast", "-w", "stop"]);
-        check(stop, "pg_ctl stop of the earlier PostgreSQL")?;
+        check(
+            pg_ctl_stop(&bin, &data, as_postgres, "fast"),
+            "pg_ctl stop of the earlier PostgreSQL",
+        )?;
     }
     let port = dev_port(dir)?;
     let options = format!(
@@ -292,19 +297,6 @@ fn dev_secret(dir: &Path, configured: Option<String>) -> anyhow::Result<String> 
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&path, &secret).context("cannot store the generated JWT secret")?;
     Ok(secret)
-}
-
-fn key(role: &str, secret: &str, sub: Option<&str>, lifetime_secs: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut claims =
-        serde_json::json!({ "role": role, "iat": now, "exp": now.saturating_add(lifetime_secs) });
-    if let (Some(sub), Some(map)) = (sub, claims.as_object_mut()) {
-        map.insert("sub".into(), sub.into());
-    }
-    realtide_auth::sign_hs256(&claims, secret)
 }
 
 /// What the banner shows.
@@ -427,11 +419,17 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
             .batch_execute(DEMO_SQL)
             .await
             .context("installing the demo table")?;
-        const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
-        let anon = key("anon", &secret, None, TEN_YEARS);
-        let service = key("service_role", &secret, None, TEN_YEARS);
-        let user = key("authenticated", &secret, Some(DEMO_USER), 30 * 24 * 3600);
-        let (listener, local) = crate::bind(&config).await?;
+        const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        let anon = crate::token::sign(&secret, "anon", None, TEN_YEARS);
+        let service = crate::token::sign(&secret, "service_role", None, TEN_YEARS);
+        let user = crate::token::sign(
+            &secret,
+            "authenticated",
+            Some(DEMO_USER),
+            Duration::from_secs(30 * 24 * 3600),
+        );
+        let listener = crate::bind(&config).await?;
+        let local = listener.local_addr()?;
         let host = match local.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -456,10 +454,10 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
             logs: logs.clone(),
             forced_exit: Some(cluster.stopper()),
         };
-        crate::run(config, listener, local, process).await
+        crate::run(config, listener, process).await
     });
     runtime.shutdown_background();
-    logs.flush(std::time::Duration::from_millis(500));
+    logs.flush(Duration::from_millis(500));
     drop(cluster);
     let _ = std::fs::remove_file(dir.join("realtide.pid"));
     result

@@ -88,14 +88,10 @@ impl std::fmt::Debug for Process {
 }
 
 /// Binds the listen address.
-pub async fn bind(
-    config: &config::Config,
-) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+pub async fn bind(config: &config::Config) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} (PORT/HOST): {e}", config.listen))?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (PORT/HOST): {e}", config.listen))
 }
 
 /// Serves `config` on a bound listener until a shutdown signal (SIGTERM/SIGINT), then drains
@@ -103,9 +99,9 @@ pub async fn bind(
 pub async fn run(
     config: config::Config,
     listener: tokio::net::TcpListener,
-    local: std::net::SocketAddr,
     process: Process,
 ) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
     let app = app::App::new(config)
         .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
     shutdown::watch(

@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
 /// Lines the queue holds before new ones are dropped.
@@ -73,10 +73,8 @@ fn write_lines(lines: Receiver<Item>, out: &mut dyn Write) {
     let mut in_batch = 0u64;
     let mut flushed = Vec::new();
     loop {
-        let first = match lines.recv_timeout(Duration::from_secs(3600)) {
-            Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let Ok(first) = lines.recv() else {
+            return;
         };
         let mut next = Some(first);
         while let Some(item) = next {

@@ -126,6 +126,6 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: config::Config, process: Process) -> anyhow::Result<()> {
-    let (listener, local) = realtide_server::bind(&config).await?;
-    realtide_server::run(config, listener, local, process).await
+    let listener = realtide_server::bind(&config).await?;
+    realtide_server::run(config, listener, process).await
 }

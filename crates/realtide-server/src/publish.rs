@@ -93,13 +93,8 @@ impl Publisher {
         id: Option<&str>,
         message: Message<'_>,
     ) -> usize {
-        self.limits.events.add(1);
-        let delivered = match self.registry.get(topic) {
-            Some(room) => deliver(&room, origin, id, message),
-            None => 0,
-        };
-        self.peers.forward(origin, topic, id, message);
-        delivered
+        let room = self.registry.get(topic);
+        self.publish_to(room.as_deref(), topic, origin, id, message)
     }
 
     /// As [`Publisher::publish`], for a sender that already holds its topic's room.
@@ -110,9 +105,20 @@ impl Publisher {
         origin: Origin,
         message: Message<'_>,
     ) -> usize {
+        self.publish_to(Some(room), topic, origin, None, message)
+    }
+
+    fn publish_to(
+        &self,
+        room: Option<&Room>,
+        topic: &TopicKey,
+        origin: Origin,
+        id: Option<&str>,
+        message: Message<'_>,
+    ) -> usize {
         self.limits.events.add(1);
-        let delivered = deliver(room, origin, None, message);
-        self.peers.forward(origin, topic, None, message);
+        let delivered = room.map_or(0, |room| deliver(room, origin, id, message));
+        self.peers.forward(origin, topic, id, message);
         delivered
     }
 }

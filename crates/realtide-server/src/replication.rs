@@ -232,9 +232,7 @@ impl Problem {
                 "max_replication_slots is reached: drop an unused slot (see pg_replication_slots) or raise max_replication_slots".into(),
             );
         }
-        if code == Some("53300") && lower.contains("wal_senders")
-            || lower.contains("max_wal_senders")
-        {
+        if lower.contains("max_wal_senders") {
             return fix("max_wal_senders is reached: raise max_wal_senders".into());
         }
         if lower.contains("pg_hba.conf") {

@@ -1237,15 +1237,14 @@ impl SubscribeTask {
         let mut told: Option<String> = None;
         loop {
             let current = status.borrow_and_update().clone();
-            match current.subscriber_message() {
-                None if current == crate::replication::ReplicationStatus::Streaming => {
-                    return true;
-                }
-                Some(message) if told.as_ref() != Some(&message) => {
-                    self.system(SystemStatus::Error, &message);
-                    told = Some(message);
-                }
-                None | Some(_) => {}
+            if current == crate::replication::ReplicationStatus::Streaming {
+                return true;
+            }
+            if let Some(message) = current.subscriber_message()
+                && told.as_ref() != Some(&message)
+            {
+                self.system(SystemStatus::Error, &message);
+                told = Some(message);
             }
             tokio::select! {
                 biased;

@@ -69,20 +69,25 @@ pub fn print(args: TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    crate::logs::say(&sign(&secret, &args.role, args.sub.as_deref(), args.exp));
+    ExitCode::SUCCESS
+}
+
+/// An HS256 JWT with `role`, `iat`, `exp` = now + `lifetime`, and `sub` when given.
+pub fn sign(secret: &str, role: &str, sub: Option<&str>, lifetime: Duration) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut claims = serde_json::json!({
-        "role": args.role,
+        "role": role,
         "iat": now,
-        "exp": now.saturating_add(args.exp.as_secs()),
+        "exp": now.saturating_add(lifetime.as_secs()),
     });
-    if let (Some(sub), Some(map)) = (args.sub, claims.as_object_mut()) {
+    if let (Some(sub), Some(map)) = (sub, claims.as_object_mut()) {
         map.insert("sub".into(), sub.into());
     }
-    crate::logs::say(&realtide_auth::sign_hs256(&claims, &secret));
-    ExitCode::SUCCESS
+    realtide_auth::sign_hs256(&claims, secret)
 }
 
 #[cfg(test)]
