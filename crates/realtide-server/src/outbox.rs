@@ -125,8 +125,15 @@ const CHANGE_WINDOW_BYTES: usize = 256 * 1024;
 const NONE_UNREAD: u64 = u64::MAX;
 
 /// Pings awaiting their pong, at most; past it batches go without a ping until pongs return
-/// (later pings acknowledge everything before them).
-const MAX_PINGS_IN_FLIGHT: usize = 64;
+/// (later pings acknowledge everything before them). Well under 60: the Node `ws` client
+/// (supabase-js's transport there) terminates a connection with 60 answers to pings not yet
+/// flushed (`maxPendingAutoPongs`, default 60 in ws 8.23), which a client catching up
+/// would reach when it reads that many pings in one go.
+const MAX_PINGS_IN_FLIGHT: usize = 32;
+const _: () = assert!(
+    MAX_PINGS_IN_FLIGHT < 60,
+    "ws terminates at 60 pending pongs"
+);
 
 /// What the client acknowledged reading.
 ///

@@ -519,6 +519,59 @@ function assertExact(tracker, expected, context = () => '') {
 }
 
 /**
+ * Follows what client `c` acknowledged: returns { acked, opens } where `acked()` is the number
+ * of rows `tracker` held when the client last answered a ping, and `opens` the row counts at
+ * which each socket opened from now on. A socket drop can only make the server send again the rows read
+ * after the last answered ping: it cannot know they were read.
+ */
+function watchAcknowledged(c, tracker) {
+  let acked = 0
+  const opens = []
+  c.log.onPing = () => {
+    acked = tracker.count
+  }
+  c.log.onOpen = () => opens.push(tracker.count)
+  return { acked: () => acked, opens }
+}
+
+/**
+ * After socket drops: every row exactly once and in order, except that after each drop the
+ * rows read after the client's last answered ping (`drops[k].acked` .. the next socket's
+ * opening, `drops[k].reopened`) come again, exactly those, right as the new socket starts.
+ * Returns the number of rows sent again.
+ */
+function assertExactAfterDrops(tracker, expected, drops, context = () => '') {
+  const seqs = tracker.seqs
+  const kept = new SeqTracker(tracker.name)
+  const problems = []
+  let i = 0
+  let again = 0
+  for (const [k, d] of drops.entries()) {
+    while (i < d.reopened && i < seqs.length) kept.add(seqs[i++])
+    const unread = seqs.slice(d.acked, d.reopened)
+    const next = seqs.slice(i, i + unread.length)
+    if (next.length === unread.length && next.every((v, j) => v === unread[j])) {
+      i += unread.length
+      again += unread.length
+    } else {
+      problems.push(
+        `drop ${k + 1}: the ${unread.length} row(s) read after the last answered ping (${ranges(unread)}) ` +
+          `should have come again first, got ${ranges(next)}`
+      )
+    }
+  }
+  while (i < seqs.length) kept.add(seqs[i++])
+  const r = kept.check(expected)
+  if (!r.ok || problems.length) {
+    assert.fail(
+      `delivery of ${tracker.name} is not exact apart from rows read after the last answered ping:\n` +
+        `${problems.join('\n')}\n${r.text}\n${context()}\n(${problems.join('; ')}; ${r.text.split('\n').join(' ')})`
+    )
+  }
+  return again
+}
+
+/**
  * After a SIGKILL of realtide: 0 missing, 0 unexpected, and extra deliveries only as one
  * replay (the stream jumps back once, to re-send a contiguous run of the last values received
  * before the kill, then goes on in order), at most `maxDuplicates` of them. Returns the number
@@ -674,6 +727,8 @@ module.exports = {
   SeqTracker,
   settle,
   assertExact,
+  assertExactAfterDrops,
+  watchAcknowledged,
   skipChangeFrames,
   wsOf,
   subscribeRows,

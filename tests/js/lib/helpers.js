@@ -191,6 +191,10 @@ function recordingTransport(log) {
         )
       })
       this.on('close', (code, reason) => log.frames.push({ dir: 'CLOSE', code, reason: String(reason) }))
+      // `ws` answers a ping with a pong right before this event, after every frame before it
+      // was handled: `log.onPing`/`log.onOpen` (optional) let a test see what was acknowledged.
+      this.on('ping', () => log.onPing && log.onPing())
+      this.on('open', () => log.onOpen && log.onOpen())
       // Why a socket ended abnormally (an invalid frame, a reset); realtime-js has its own handler.
       this.on('error', (error) => log.frames.push({ dir: 'ERROR', text: String(error && error.message) }))
     }

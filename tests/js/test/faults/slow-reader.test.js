@@ -144,3 +144,41 @@ describe('a subscriber that stops reading for 30 s', () => {
     })
   }
 })
+
+// Each batch of change frames ends with a ping that acknowledges it. A reader that pauses
+// while rows trickle in one per transaction finds many small batches, each with its ping,
+// waiting; it must read them all and keep its socket. (The Node `ws` client terminates a
+// connection that has 60 answers to pings not yet flushed, its `maxPendingAutoPongs`:
+// realtide keeps at most 32 pings in flight, which this backlog reaches.)
+describe('a subscriber that pauses while rows trickle in one per transaction', () => {
+  it('reads the backlog of small batches without being cut by its own client', { timeout: 60000 }, async (t) => {
+    const db = await startCluster()
+    clusters.push(db)
+    await f.installInserter(db)
+    await f.createItemsTable(db, 'trickle_items')
+    const rt = await f.startRealtide(db)
+    deployments.push(rt)
+    const reader = f.anonClient(rt.endpoint, 'trickle-reader')
+    const subR = await f.subscribeRows(reader, 'trickle_items')
+    const ctx = () => [f.connectionSummary(reader), rt.output(), h.dumpFrames([reader])].join('\n')
+    let pings = 0
+    reader.log.onPing = () => pings++
+    const ws = f.wsOf(reader)
+    ws.pause()
+    // 150 rows, each its own transaction flushed at commit (the test cluster runs with
+    // synchronous_commit=off, which would group them), so each is written as its own batch.
+    for (let i = 0; i < 150; i++) {
+      await db.sql(`set synchronous_commit = on; insert into public.trickle_items (owner) values (null)`)
+      await h.sleep(5)
+    }
+    await h.sleep(500)
+    ws.resume()
+    await db.sql(`insert into public.trickle_items (owner) values (null)`)
+    const expected = await f.committedSeqs(db, 'trickle_items')
+    await f.settle(subR.tracker, expected.length, { timeoutMs: 20000, idleMs: 10000 })
+    t.diagnostic(`${expected.length} rows, ${pings} pings answered; ${f.connectionSummary(reader)}`)
+    assert.equal(reader.log.urls.length, 1, `the reader kept its socket\n${ctx()}`)
+    assert.ok(!reader.log.frames.some((fr) => fr.dir === 'CLOSE'), `the reader's socket was never closed\n${ctx()}`)
+    f.assertExact(subR.tracker, expected, ctx)
+  })
+})
