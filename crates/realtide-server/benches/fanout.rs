@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use realtide_protocol::{Vsn, encode};
 
+use realtide_server::channels::id::ChannelId;
+use realtide_server::channels::registry::{Audience, Registry, Subscriber, TopicKey};
+use realtide_server::channels::{presence, registry};
 use realtide_server::limits::{LimitSettings, Limits};
 use realtide_server::metrics::Metrics;
+use realtide_server::outbox;
 use realtide_server::outbox::{OutFrame, OutboxLimits, OutboxReceiver};
-use realtide_server::registry::{Audience, ChannelId, Registry, Subscriber, TopicKey};
-use realtide_server::{outbox, presence, registry};
 
 fn limits() -> Arc<Limits> {
     Arc::new(Limits::new(LimitSettings {

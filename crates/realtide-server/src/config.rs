@@ -245,7 +245,7 @@ pub struct Config {
     /// Outbound queue bounds.
     pub outbox: crate::outbox::OutboxLimits,
     /// Bounds on what one join may ask of postgres_changes.
-    pub subscribe: crate::changes::SubscribeLimits,
+    pub subscribe: SubscribeLimits,
     /// `HANDSHAKE_TIMEOUT_MS`.
     pub handshake_timeout: Duration,
     /// Emit JSON logs.
@@ -301,7 +301,7 @@ pub struct DatabaseConfig {
     /// The change journal.
     pub changes: ChangesConfig,
     /// Resume records.
-    pub resume: crate::resume::ResumeLimits,
+    pub resume: ResumeLimits,
 }
 
 /// The change journal's settings.
@@ -337,13 +337,13 @@ pub enum ConfigError {
     MetricsJwt(#[source] realtide_auth::ConfigError),
     /// DB_SSL_CA_CERT is unusable.
     #[error("invalid database TLS settings: {}", crate::logs::error_chain(.0))]
-    DbTls(#[source] crate::postgres_tls::DbTlsError),
+    DbTls(#[source] crate::db::tls::DbTlsError),
     /// Only one of TLS_CERT and TLS_KEY is set.
     #[error("TLS_CERT and TLS_KEY must be set together")]
     TlsPair,
     /// The certificate or key is unusable.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::ws::tls::TlsError),
     /// A JWT secret is too short to be safe.
     #[error(
         "{name} must be at least {MIN_SECRET_BYTES} bytes (it has {len}); generate one with `openssl rand -hex 32`"
@@ -751,7 +751,7 @@ impl ServeArgs {
         let tls = match (self.tls_cert, self.tls_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(Tls {
-                acceptor: crate::tls::acceptor(&cert, &key)?,
+                acceptor: crate::ws::tls::acceptor(&cert, &key)?,
             }),
             _ => return Err(ConfigError::TlsPair),
         };
@@ -780,10 +780,10 @@ impl ServeArgs {
                 Some(url) => Some(DatabaseConfig {
                     tls: if self.db_ssl
                         || self.db_ssl_ca_cert.is_some()
-                        || crate::postgres_tls::url_requires_tls(&url)
+                        || crate::db::tls::url_requires_tls(&url)
                     {
                         Some(
-                            crate::postgres_tls::client_config(self.db_ssl_ca_cert.as_deref())
+                            crate::db::tls::client_config(self.db_ssl_ca_cert.as_deref())
                                 .map_err(ConfigError::DbTls)?,
                         )
                     } else {
@@ -830,7 +830,7 @@ impl ServeArgs {
                             self.changes_stall_timeout,
                         )?),
                     },
-                    resume: crate::resume::ResumeLimits {
+                    resume: ResumeLimits {
                         window: Duration::from_secs(self.changes_resume_window),
                         max_records: self.changes_resume_max_subscribers,
                     },
@@ -846,7 +846,7 @@ impl ServeArgs {
                 messages: self.outbound_queue_messages,
                 bytes: self.outbound_queue_bytes,
             },
-            subscribe: crate::changes::SubscribeLimits {
+            subscribe: SubscribeLimits {
                 bindings: self.max_bindings_per_channel,
                 pattern_chars: self.filter_pattern_max_chars,
             },
@@ -880,4 +880,26 @@ impl ServeArgs {
             },
         })
     }
+}
+
+/// The default data directory (also where `realtide token` looks for the dev secret).
+pub const DEV_DATA_DIR: &str = ".realtide/dev";
+
+/// Bounds on what one join may ask of postgres_changes: they bound the matching work one
+/// subscriber adds to every change (bindings x pattern length x value length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeLimits {
+    /// `MAX_BINDINGS_PER_CHANNEL`.
+    pub bindings: usize,
+    /// `FILTER_PATTERN_MAX_CHARS`.
+    pub pattern_chars: usize,
+}
+
+/// Bounds of the resume records of departed postgres_changes subscribers.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeLimits {
+    /// How long a departed subscriber's record is kept.
+    pub window: Duration,
+    /// Most records kept.
+    pub max_records: usize,
 }

@@ -25,14 +25,12 @@ const SUPABASE_SQL: &str = include_str!("../sql/supabase.sql");
 const DEMO_SQL: &str = include_str!("../sql/dev-demo.sql");
 /// The user the banner's user token is for.
 pub const DEMO_USER: &str = "11111111-1111-4111-8111-111111111111";
-/// The default data directory (also where `realtide token` looks for the dev secret).
-pub const DEFAULT_DATA_DIR: &str = ".realtide/dev";
 
 /// Arguments of `realtide dev`.
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
     /// Where the cluster and the generated secret live.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    #[arg(long, default_value = crate::config::DEV_DATA_DIR)]
     data_dir: PathBuf,
     /// Delete the data directory first.
     #[arg(long)]
@@ -410,7 +408,7 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
     crate::raise_open_files();
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
-        let client = crate::database::connect(&db_url, None).await?;
+        let client = crate::db::pool::connect(&db_url, None).await?;
         client
             .batch_execute(SUPABASE_SQL)
             .await
@@ -436,7 +434,7 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
             ip => ip.to_string(),
         };
         let url = format!("http://{host}:{}", local.port());
-        let data_dir_flag = if data_dir == Path::new(DEFAULT_DATA_DIR) {
+        let data_dir_flag = if data_dir == Path::new(crate::config::DEV_DATA_DIR) {
             String::new()
         } else {
             format!(" --data-dir {}", data_dir.display())

@@ -40,7 +40,7 @@ pub enum JoinError {
         sub_topic: String,
         /// Why.
         #[source]
-        source: crate::authorization::AuthzError,
+        source: crate::db::authorization::AuthzError,
     },
     /// `since` / `limit` are not integers.
     #[error("invalid replay parameters")]
@@ -78,7 +78,7 @@ impl JoinError {
                 None => "Unknown Error on Channel".into(),
             },
             JoinError::Unauthorized { sub_topic } => {
-                crate::authorization::unauthorized_reason(sub_topic)
+                crate::db::authorization::unauthorized_reason(sub_topic)
             }
             JoinError::Authorization { sub_topic, source } => source.join_reason(sub_topic),
             JoinError::ReplayInvalid => {

@@ -2,74 +2,48 @@
 //! `realtide` binary (`main.rs`) only parses the command line and calls it, and the `dev` and
 //! `token` commands are modules here.
 //!
-//! Module map:
-//! - [`config`]: typed settings from flags and the environment, validated once.
-//! - [`app`]: shared state, HTTP routes, listening and graceful shutdown.
-//! - [`socket`]: the WebSocket endpoint and connect-time checks.
-//! - [`api`]: the HTTP broadcast API (`/api/broadcast`, `/api/ping`).
-//! - [`authorization`]: private-channel RLS checks on `realtime.messages`.
-//! - [`broadcast`]: user broadcasts from the database and HTTP, and their frames.
-//! - [`replay`]: replay of stored private broadcasts at join.
-//! - [`schema`]: the `realtime` schema migrations and message partitions.
-//! - [`postgres`], [`database`], [`catalog`], [`changes`], [`delivery`], [`replication`]:
-//!   postgres_changes and the replication stream.
-//! - [`journal`], [`feed`], [`resume`]: the change journal on disk, the task that delivers
-//!   from it (cohorts, backpressure, retries, drain), and resume records of departed
-//!   subscribers.
-//! - [`session`]: one connection's reader loop and its channels (join, leave, broadcast,
-//!   presence, tokens).
-//! - [`frames`]: the WebSocket frame reader (small, growable buffers).
-//! - [`outbox`]: the bounded per-connection outbound queue and the writer task.
-//! - [`registry`]: topics, subscribers and fan-out.
-//! - [`presence`]: presence state of a topic.
+//! Module map, from the top of the import graph down (a module imports only from the rows
+//! below it; `cargo test` checks it, see `tests/layers.rs`):
+//! - [`http`]: routes, the WebSocket upgrade endpoint, the broadcast API, health, metrics.
+//! - [`session`]: one connection's reader loop, one file per client message kind.
+//! - [`app`]: the state of one project in one value ([`app::App`]).
+//! - [`changes`]: postgres_changes from the replication slot to the sockets (source, journal,
+//!   feed, delivery, subscriptions, resume).
+//! - [`db`]: pools, TLS to PostgreSQL, schema, catalog, private-channel authorization, replay.
+//! - [`channels`]: topics and fan-out, presence, the publish path, broadcast frames.
+//! - [`ws`]: the transport: listener, TLS, frame reader, writer task.
+//! - [`outbox`]: a connection's bounded outbound queue, change cursors and client receipts.
+//! - [`config`]: typed settings from flags, file and environment, validated once.
 //! - [`error`]: client-facing errors and their wire form.
-//! - [`metrics`]: process-wide counters.
-//! - [`limits`]: rate counters, connection/user counts and the presence call window.
-//! - [`token`]: the `realtide token` command.
-//! - [`postgres_tls`]: TLS to PostgreSQL (`DB_SSL`).
-//! - [`listener`]: accepted sockets counted from accept and given `HANDSHAKE_TIMEOUT_MS`.
-//! - [`tls`]: native TLS for the listener (`TLS_CERT`, `TLS_KEY`).
-//! - [`dev`]: the `realtide dev` command (private PostgreSQL + realtide).
-//! - [`logs`]: the log output (a bounded queue to one writer thread; never blocks a task).
-//! - [`shutdown`]: the signal thread and the bound on the drain (`SHUTDOWN_TIMEOUT_MS`).
+//! - [`limits`], [`metrics`], [`logs`], [`shutdown`]: rate and count limits, counters, the log
+//!   output, the signal thread.
+//! - [`dev`], [`token`]: the `realtide dev` and `realtide token` commands.
 
-pub mod api;
 pub mod app;
-pub mod authorization;
-pub mod broadcast;
-pub mod catalog;
 pub mod changes;
+pub mod channels;
 pub mod config;
-pub mod database;
-pub mod delivery;
+pub mod db;
 pub mod dev;
 pub mod error;
-pub mod feed;
-pub mod frames;
-pub mod journal;
+pub mod http;
 pub mod limits;
-pub mod listener;
 pub mod logs;
 pub mod metrics;
 pub mod outbox;
-pub mod postgres;
-pub mod postgres_tls;
-pub mod presence;
-pub mod publish;
-pub mod registry;
-pub mod replay;
-pub mod replication;
-pub mod resume;
-pub mod schema;
 pub mod session;
 pub mod shutdown;
-pub mod socket;
-pub mod tls;
 pub mod token;
+pub mod ws;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::changes::{delivery, feed, source};
+use crate::db::schema;
 
 /// What the serving code needs from the process around it.
 pub struct Process {
@@ -124,11 +98,11 @@ pub async fn run(
     let finished = CancellationToken::new();
     let background = tokio_util::task::TaskTracker::new();
     if let Some(postgres) = app.postgres.clone() {
-        let outlet = replication::Outlet {
+        let outlet = source::Outlet {
             publisher: app.publisher.clone(),
             max_payload: app.config.max_payload_bytes,
         };
-        background.spawn(replication::run(
+        background.spawn(source::run(
             postgres.clone(),
             outlet,
             app.metrics.clone(),
@@ -145,8 +119,17 @@ pub async fn run(
             stages.clone(),
         ));
         background.spawn(feed::keeper(postgres.clone(), finished.clone()));
-        app.tasks
-            .spawn(schema::janitor(postgres, app.shutdown.clone()));
+        let ready = postgres.clone();
+        app.tasks.spawn(schema::janitor(
+            postgres.pool.clone(),
+            postgres.config.messages_retention,
+            move || {
+                ready
+                    .schema_ready
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            },
+            app.shutdown.clone(),
+        ));
     } else {
         let disconnect = app.disconnect.clone();
         let shutdown = app.shutdown.clone();
@@ -158,7 +141,7 @@ pub async fn run(
     // Tests and scripts read the actual port from this line.
     logs::say(&format!("realtide listening on {local}"));
     tracing::info!(addr = %local, tls = app.config.tls.is_some(), "listening");
-    app::serve(app, listener).await?;
+    serve(app, listener).await?;
     // Every session closed: confirm the slot and save positions.
     finished.cancel();
     background.close();
@@ -185,4 +168,54 @@ pub fn raise_open_files() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
+}
+
+/// How long shutdown waits for sessions to flush their goodbyes.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves until `app.shutdown` is cancelled, then drains: every session sends
+/// `Server requested disconnect` and closes with 1012, within a deadline.
+async fn serve(app: Arc<app::App>, listener: TcpListener) -> std::io::Result<()> {
+    let shutdown = app.shutdown.clone();
+    let stop = async move { shutdown.cancelled().await };
+    let routes = http::router(app.clone()).layer(axum::middleware::from_fn(
+        crate::ws::listener::request_deadline,
+    ));
+    let connected = routes.into_make_service_with_connect_info::<crate::ws::listener::Connection>();
+    match app.config.tls.clone() {
+        None => {
+            let listener = crate::ws::listener::GuardedListener::new(listener, app.sockets.clone());
+            axum::serve(listener, connected)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+        Some(tls) => {
+            let listener = crate::ws::tls::TlsListener::new(
+                listener,
+                tls.acceptor,
+                app.sockets.clone(),
+                app.config.handshake_timeout,
+            )?;
+            axum::serve(listener, connected)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+    }
+    // axum's graceful shutdown does not cover upgraded sockets: sessions watch the disconnect
+    // token, which fires once decoded changes were handed to them (bounded by the feed's drain
+    // deadline).
+    let _ = tokio::time::timeout(
+        crate::changes::feed::DRAIN_DEADLINE + Duration::from_secs(2),
+        app.disconnect.cancelled(),
+    )
+    .await;
+    app.disconnect.cancel();
+    app.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, app.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline passed with sessions still open");
+    }
+    Ok(())
 }

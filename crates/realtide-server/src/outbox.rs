@@ -7,10 +7,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,16 +27,16 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 
 /// How far a channel's `postgres_changes` delivery got (journal positions, see
-/// [`crate::journal`]). The delivery task moves `next`; the writer moves `written` once a
+/// [`crate::changes::journal`]). The delivery task moves `next`; the writer moves `written` once a
 /// change frame is in the socket.
 #[derive(Debug)]
 pub struct Cursor {
     /// The next journal position to deliver (everything before it was queued or skipped).
     next: AtomicU64,
     /// One past the last change frame written to the socket.
-    written: AtomicU64,
+    pub(crate) written: AtomicU64,
     /// Change frames queued and not yet written.
-    inflight: AtomicUsize,
+    pub(crate) inflight: AtomicUsize,
     /// The position of the first change frame written but not yet acknowledged by the client
     /// ([`NONE_UNREAD`] when every written frame was acknowledged, or the connection does not
     /// answer pings). Only changed under the connection's [`Receipts`] lock.
@@ -151,7 +149,7 @@ const _: () = assert!(
 pub struct Receipts {
     ledger: parking_lot::Mutex<Ledger>,
     /// Set once our close frame was written in full.
-    close_sent: std::sync::atomic::AtomicBool,
+    pub(crate) close_sent: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -191,7 +189,7 @@ impl Ledger {
 impl Receipts {
     /// Records change frames about to be written (cursor, end) and returns the number of the
     /// ping to send after them, if one should be sent.
-    fn writing(&self, marks: &[(Arc<Cursor>, u64, usize)]) -> Option<u64> {
+    pub(crate) fn writing(&self, marks: &[(Arc<Cursor>, u64, usize)]) -> Option<u64> {
         let mut ledger = self.ledger.lock();
         let answering = ledger.answering;
         let mut touched: CursorEnds = Vec::new();
@@ -212,7 +210,7 @@ impl Receipts {
 
     /// The number of a ping that acknowledges nothing yet (sent when the writer starts, so
     /// that the first pong tells whether the client answers pings before changes flow).
-    fn first_ping(&self) -> Option<u64> {
+    pub(crate) fn first_ping(&self) -> Option<u64> {
         let mut ledger = self.ledger.lock();
         self.ping_with(&mut ledger, Vec::new())
     }
@@ -329,7 +327,7 @@ impl OutFrame {
         }
     }
 
-    fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         match self {
             OutFrame::Text(b)
             | OutFrame::Change { frame: b, .. }
@@ -342,6 +340,10 @@ impl OutFrame {
     }
 }
 
+/// Bytes gathered into one write before flushing to the socket (also the backlog past which a
+/// connection counts as behind when the process-wide budget is exceeded).
+pub const WRITE_BATCH: usize = 64 * 1024;
+
 /// Bounds of one connection's outbound queue.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
@@ -352,18 +354,18 @@ pub struct OutboxLimits {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     /// Process-wide counters (queued frames for the queue-depth gauge).
-    metrics: Arc<Metrics>,
-    queued_bytes: AtomicUsize,
-    max_bytes: usize,
-    max_messages: usize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) queued_bytes: AtomicUsize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_messages: usize,
     /// Batches written so far (progress, for the stalled-reader check).
-    writes: AtomicU64,
-    overflowed: CancellationToken,
-    receipts: Receipts,
+    pub(crate) writes: AtomicU64,
+    pub(crate) overflowed: CancellationToken,
+    pub(crate) receipts: Receipts,
     /// The process-wide budget of held broadcast and presence frames.
-    budget: Arc<OutboundBudget>,
+    pub(crate) budget: Arc<OutboundBudget>,
 }
 
 /// Sending side of a connection's outbound queue; cheap to clone.
@@ -376,8 +378,8 @@ pub struct Outbox {
 /// Receiving side, owned by the writer task.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<OutFrame>,
-    shared: Arc<Shared>,
+    pub(crate) rx: mpsc::Receiver<OutFrame>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// Creates a bounded outbound queue.
@@ -524,346 +526,9 @@ impl Outbox {
     }
 }
 
-/// Appends an unmasked server frame (RFC 6455, section 5.2) to `out`.
-fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    push_header(out, opcode, payload.len());
-    out.extend_from_slice(payload);
-}
-
-/// Appends the header of an unmasked server frame with a payload of `len` bytes.
-fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&len.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-}
-
-/// Payloads from this size on are written from their shared buffer instead of being copied
-/// into the batch: a large broadcast to many slow readers is then held once, not once per
-/// writer.
-const SHARED_PAYLOAD: usize = 16 * 1024;
-
-/// One write's worth of frames: small frames and every header copied into `own`, large
-/// payloads kept as the shared buffers the fan-out handed out, in stream order.
-#[derive(Debug, Default)]
-struct Batch {
-    own: Vec<u8>,
-    /// (offset in `own` the payload follows, payload).
-    shared: Vec<(usize, Bytes)>,
-    /// Bytes in the batch: `own` plus the shared payloads.
-    len: usize,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Appends a frame, sharing a large payload instead of copying it.
-    fn frame(&mut self, opcode: u8, payload: &Bytes) {
-        self.framed(opcode, &[], payload, &[]);
-    }
-
-    /// Appends a frame whose payload is `head + body + tail`, sharing a large body.
-    fn framed(&mut self, opcode: u8, head: &[u8], body: &Bytes, tail: &[u8]) {
-        let before = self.own.len();
-        push_header(&mut self.own, opcode, head.len() + body.len() + tail.len());
-        self.own.extend_from_slice(head);
-        if body.len() < SHARED_PAYLOAD {
-            self.own.extend_from_slice(body);
-        } else {
-            self.shared.push((self.own.len(), body.clone()));
-            self.len += body.len();
-        }
-        self.own.extend_from_slice(tail);
-        self.len += self.own.len() - before;
-    }
-
-    /// Appends a small frame built from a slice.
-    fn small(&mut self, opcode: u8, payload: &[u8]) {
-        let before = self.own.len();
-        push_frame(&mut self.own, opcode, payload);
-        self.len += self.own.len() - before;
-    }
-
-    /// The bytes from stream offset `at` to the end of the piece that holds it.
-    fn rest(&self, at: usize) -> &[u8] {
-        // Walk the pieces: own bytes up to each shared payload, the payload, ... own tail.
-        let (mut stream, mut own) = (0usize, 0usize);
-        for (offset, payload) in &self.shared {
-            let piece = self.own.get(own..*offset).unwrap_or_default();
-            if at < stream + piece.len() {
-                return piece.get(at - stream..).unwrap_or_default();
-            }
-            stream += piece.len();
-            if at < stream + payload.len() {
-                return payload.get(at - stream..).unwrap_or_default();
-            }
-            stream += payload.len();
-            own = *offset;
-        }
-        let tail = self.own.get(own..).unwrap_or_default();
-        tail.get(at.saturating_sub(stream)..).unwrap_or_default()
-    }
-
-    fn clear(&mut self) {
-        self.own.clear();
-        self.shared.clear();
-        self.len = 0;
-        if self.own.capacity() > WRITE_BATCH * 2 {
-            // Do not keep a large buffer alive on an idle connection.
-            self.own = Vec::new();
-        }
-    }
-}
-
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-/// Bytes gathered into one write before flushing to the socket.
-const WRITE_BATCH: usize = 64 * 1024;
-
-/// Runs the writer: drains the queue in batches into the socket until a close frame, the end of
-/// the queue, a write error or a slow-consumer overflow. A slow consumer's last batch and close
-/// frame are still written, for up to `grace`, so that a client that reads again in time gets
-/// every frame it was sent and a clean close (and its pongs acknowledge them).
-pub async fn run_writer<W: AsyncWrite + Unpin>(
-    mut socket: W,
-    mut queue: OutboxReceiver,
-    metrics: Arc<Metrics>,
-    grace: Duration,
-) {
-    let overflowed = queue.shared.overflowed.clone();
-    let receipts = &queue.shared.receipts;
-    // Ends `grace` after the connection was cut as a slow consumer.
-    let cut_expired = async {
-        overflowed.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::pin!(cut_expired);
-    let mut batch = Batch::default();
-    if let Some(number) = receipts.first_ping() {
-        batch.small(OP_PING, &number.to_be_bytes());
-    }
-    // Change frames in the batch (cursor, position, offset of the frame's end in the batch):
-    // their cursors move once the socket took the frame.
-    let mut marks: Vec<(Arc<Cursor>, u64, usize)> = Vec::new();
-    let mut expired = false;
-    loop {
-        let mut closing = false;
-        if batch.is_empty() {
-            let first = tokio::select! {
-                // Overflow first: a slow consumer gets no more frames even when some are waiting.
-                biased;
-                () = overflowed.cancelled() => break,
-                frame = queue.rx.recv() => match frame {
-                    Some(frame) => frame,
-                    None => break,
-                },
-            };
-            closing = encode_into(&mut batch, &first, &queue.shared, &mut marks);
-            let mut frames = 1;
-            while !closing && batch.len() < WRITE_BATCH {
-                match queue.rx.try_recv() {
-                    Ok(frame) => {
-                        closing = encode_into(&mut batch, &frame, &queue.shared, &mut marks);
-                        frames += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            metrics.frames_dequeued(frames);
-            if !marks.is_empty()
-                && !closing
-                && let Some(number) = receipts.writing(&marks)
-            {
-                batch.small(OP_PING, &number.to_be_bytes());
-            }
-        }
-        // Written piece by piece, so that change frames count as written as soon as the
-        // socket took all of their bytes.
-        let mut sent = 0;
-        let mut marked = 0;
-        let written: std::io::Result<()> = loop {
-            if sent >= batch.len() {
-                break Ok(());
-            }
-            let rest = batch.rest(sent);
-            let result = tokio::select! {
-                biased;
-                () = &mut cut_expired => {
-                    expired = true;
-                    break Err(std::io::ErrorKind::TimedOut.into());
-                }
-                result = socket.write(rest) => result,
-            };
-            match result {
-                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    sent += n;
-                    queue.shared.writes.fetch_add(1, Ordering::Relaxed);
-                    while let Some((cursor, end, offset)) = marks.get(marked) {
-                        if *offset > sent {
-                            break;
-                        }
-                        cursor.written.fetch_max(*end, Ordering::AcqRel);
-                        cursor.inflight.fetch_sub(1, Ordering::AcqRel);
-                        marked += 1;
-                    }
-                }
-                Err(error) => break Err(error),
-            }
-        };
-        metrics.add_bytes_out(sent);
-        // Frames the socket never took stay in their cursors' in-flight count: `done` stays
-        // at what was written.
-        marks.clear();
-        batch.clear();
-        if written.is_err() {
-            break;
-        }
-        if closing {
-            receipts.close_sent.store(true, Ordering::Release);
-            break;
-        }
-        if overflowed.is_cancelled() {
-            break;
-        }
-    }
-    // Frames still queued will never be written: take them out of the queue-depth gauge.
-    queue.rx.close();
-    let mut left = 0;
-    while queue.rx.try_recv().is_ok() {
-        left += 1;
-    }
-    metrics.frames_dequeued(left);
-    if overflowed.is_cancelled() {
-        metrics.slow_consumer_disconnect();
-        tracing::info!("closing slow consumer");
-        if !expired {
-            let mut close = Vec::new();
-            push_close(&mut close, CLOSE_SLOW_CONSUMER, "slow consumer");
-            let wrote = tokio::select! {
-                biased;
-                () = &mut cut_expired => false,
-                result = socket.write_all(&close) => result.is_ok(),
-            };
-            if wrote {
-                receipts.close_sent.store(true, Ordering::Release);
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
-}
-
-fn push_close(out: &mut Vec<u8>, code: u16, reason: &str) {
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason.as_bytes());
-    push_frame(out, OP_CLOSE, &payload);
-}
-
-/// Encodes one queued frame; returns true for close frames.
-fn encode_into(
-    batch: &mut Batch,
-    frame: &OutFrame,
-    shared: &Shared,
-    marks: &mut Vec<(Arc<Cursor>, u64, usize)>,
-) -> bool {
-    shared
-        .queued_bytes
-        .fetch_sub(frame.cost(), Ordering::Relaxed);
-    match frame {
-        OutFrame::Text(b) => batch.frame(OP_TEXT, b),
-        OutFrame::Change { frame, cursor, end } => {
-            batch.frame(OP_TEXT, frame);
-            marks.push((cursor.clone(), *end, batch.len()));
-        }
-        OutFrame::Framed { head, body, tail } => batch.framed(OP_TEXT, head, body, tail),
-        OutFrame::Binary(b) => batch.frame(OP_BINARY, b),
-        OutFrame::Pong(b) => batch.small(OP_PONG, b),
-        OutFrame::Close(code, reason) => {
-            let mut close = Vec::new();
-            push_close(&mut close, *code, reason);
-            batch.own.extend_from_slice(&close);
-            batch.len += close.len();
-            return true;
-        }
-        OutFrame::CloseEcho(b) => {
-            batch.small(OP_CLOSE, b);
-            return true;
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_headers() {
-        let mut out = Vec::new();
-        push_frame(&mut out, OP_TEXT, b"hi");
-        assert_eq!(out, [0x81, 2, b'h', b'i']);
-        out.clear();
-        push_frame(&mut out, OP_BINARY, &[0u8; 300]);
-        assert_eq!(out.get(..4), Some(&[0x82, 126, 1, 44][..]));
-        out.clear();
-        push_frame(&mut out, OP_TEXT, &vec![0u8; 70_000]);
-        assert_eq!(
-            out.get(..10),
-            Some(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70][..])
-        );
-    }
-
-    #[test]
-    fn batches_share_large_payloads_and_write_the_same_bytes() {
-        let small = Bytes::from_static(b"{\"a\":1}");
-        let large = Bytes::from(vec![b'x'; SHARED_PAYLOAD + 5]);
-        let mut batch = Batch::default();
-        let mut expected = Vec::new();
-        for (opcode, payload) in [
-            (OP_TEXT, &small),
-            (OP_TEXT, &large),
-            (OP_BINARY, &large),
-            (OP_TEXT, &small),
-        ] {
-            batch.frame(opcode, payload);
-            push_frame(&mut expected, opcode, payload);
-        }
-        batch.small(OP_PING, &7u64.to_be_bytes());
-        push_frame(&mut expected, OP_PING, &7u64.to_be_bytes());
-        assert_eq!(batch.len(), expected.len());
-        // Two large payloads are referenced, not copied.
-        assert_eq!(batch.shared.len(), 2);
-        assert!(batch.own.len() < 100);
-        // Reading piece by piece from every offset yields the stream.
-        let mut written = Vec::new();
-        while written.len() < batch.len() {
-            let rest = batch.rest(written.len());
-            assert!(!rest.is_empty());
-            // Take at most 1000 bytes at a time, as a partial socket write would.
-            written.extend_from_slice(rest.get(..rest.len().min(1000)).unwrap_or_default());
-        }
-        assert_eq!(written, expected);
-        for at in [0, 1, 9, 10, 11, SHARED_PAYLOAD, expected.len() - 1] {
-            assert_eq!(batch.rest(at).first(), expected.get(at));
-        }
-    }
 
     #[test]
     fn pongs_acknowledge_what_was_written_before_their_ping() {

@@ -23,7 +23,7 @@ pub struct TokenArgs {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
     /// The data directory of `realtide dev` whose secret signs when JWT_SECRET is not set.
-    #[arg(long, default_value = crate::dev::DEFAULT_DATA_DIR)]
+    #[arg(long, default_value = crate::config::DEV_DATA_DIR)]
     data_dir: std::path::PathBuf,
 }
 

@@ -17,6 +17,7 @@ use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use realtide_protocol::Vsn;
 
+use crate::channels::id::ChannelId;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 
@@ -24,12 +25,8 @@ use crate::metrics::Metrics;
 pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 /// Shutdown reason of a channel while the presence events limit is tripped.
 pub const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
+use crate::channels::presence::{Presence, PresenceFull};
 use crate::outbox::{OutFrame, Outbox};
-use crate::presence::{Presence, PresenceFull};
-
-/// Identifies one joined channel (one socket's membership of one topic) process-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChannelId(pub u64);
 
 /// A topic namespace key: public and private channels with the same name are different topics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

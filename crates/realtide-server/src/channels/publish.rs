@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use crate::broadcast::{self, Body};
+use crate::channels::broadcast::{self, Body, StoredMessage};
+use crate::channels::id::ChannelId;
+use crate::channels::registry::{Audience, Registry, Room, TopicKey};
 use crate::limits::Limits;
-use crate::registry::{Audience, ChannelId, Registry, Room, TopicKey};
 
 /// Who published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,4 +139,39 @@ fn deliver(room: &Room, origin: Origin, id: Option<&str>, message: Message<'_>) 
             broadcast::user_frame(vsn, None, name, event, body, meta)
         }
     })
+}
+
+/// Publishes a stored message to its topic with metadata `{"id": ...}`. Messages over
+/// `max_payload`, or arriving while the events limit is tripped, are dropped, as the reference
+/// does.
+pub fn deliver_stored(publisher: &Publisher, message: &StoredMessage, max_payload: usize) -> usize {
+    if publisher.limits().events.tripped() {
+        // Counted all the same: a flood keeps the limit tripped.
+        publisher.limits().events.add(1);
+        tracing::warn!("dropping database broadcast: too many messages per second");
+        return 0;
+    }
+    if message.body().len() > max_payload {
+        publisher.limits().events.add(1);
+        tracing::warn!(
+            size = message.body().len(),
+            "dropping database broadcast over the payload size limit"
+        );
+        return 0;
+    }
+    let key = TopicKey {
+        private: message.private,
+        sub_topic: message.topic.as_str().into(),
+    };
+    let meta = broadcast::id_meta(&message.id);
+    publisher.publish(
+        Origin::Database,
+        &key,
+        Some(&message.id),
+        Message::User {
+            event: &message.event,
+            body: message.body(),
+            meta: Some(&meta),
+        },
+    )
 }

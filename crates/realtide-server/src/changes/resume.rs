@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::Seq;
+use crate::changes::journal::Seq;
+use crate::config::ResumeLimits;
 use crate::outbox::Cursor;
 
 /// How long a missed-changes marker is kept after its record expired.
@@ -80,15 +81,6 @@ pub enum Resume {
         /// When the subscriber left.
         since: SystemTime,
     },
-}
-
-/// Settings of the book.
-#[derive(Debug, Clone, Copy)]
-pub struct ResumeLimits {
-    /// How long a departed subscriber's record is kept.
-    pub window: Duration,
-    /// Most records kept.
-    pub max_records: usize,
 }
 
 /// The departed subscribers.

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use crate::broadcast::{StoredBody, StoredMessage};
-use crate::database::{DbError, Pool};
+use crate::channels::broadcast::{StoredBody, StoredMessage};
+use crate::db::pool::{DbError, Pool};
 
 /// Most (and default) messages replayed.
 pub const MAX_LIMIT: i64 = 25;

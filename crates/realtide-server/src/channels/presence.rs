@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use bytes::Bytes;
 
+use crate::channels::id::ChannelId;
 use crate::limits::Limits;
-use crate::registry::ChannelId;
 
 #[derive(Debug)]
 struct Tracked {

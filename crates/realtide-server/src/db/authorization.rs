@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::changes::ClaimsGroup;
-use crate::database::{DbError, Pool};
+use crate::db::claims::ClaimsGroup;
+use crate::db::pool::{DbError, Pool};
 
 /// The two features a policy can grant separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +228,7 @@ impl Authorizer {
     /// An authorizer over a pool of `size` connections to `url`.
     pub fn new(
         url: String,
-        tls: Option<std::sync::Arc<crate::database::TlsConfig>>,
+        tls: Option<std::sync::Arc<crate::db::pool::TlsConfig>>,
         size: usize,
         timeout: Duration,
         latency: metrics::Histogram,

@@ -13,14 +13,18 @@ use realtide_replication::filter::{
 };
 use serde_json::{Map, Value};
 
-use crate::catalog::{Catalog, Table};
-use crate::database::DbError;
-use crate::journal::{Journal, Seq};
+use crate::changes::change::ChangeKind;
+use crate::changes::journal::{Journal, Seq};
+use crate::changes::resume::{Identity, Resume, ResumeBook};
+use crate::channels::id::ChannelId;
+use crate::config::SubscribeLimits;
+use crate::db::catalog::{Catalog, Table};
+use crate::db::claims::ClaimsGroup;
+use crate::db::pool::DbError;
 use crate::outbox::{Cursor, Outbox};
-use crate::registry::ChannelId;
-use crate::resume::{Identity, Resume, ResumeBook};
 
-/// Which operations a binding wants.
+/// Which operations a binding wants (its `event`; a change itself has a
+/// [`ChangeKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// `*`
@@ -57,9 +61,14 @@ impl Action {
         }
     }
 
-    /// Whether a change of kind `other` (never `All`) is wanted.
-    pub fn accepts(self, other: Action) -> bool {
-        self == Action::All || self == other
+    /// Whether a change of `kind` is wanted.
+    pub fn accepts(self, kind: ChangeKind) -> bool {
+        match self {
+            Action::All => true,
+            Action::Insert => kind == ChangeKind::Insert,
+            Action::Update => kind == ChangeKind::Update,
+            Action::Delete => kind == ChangeKind::Delete,
+        }
     }
 }
 
@@ -133,8 +142,8 @@ impl Binding {
     }
 
     /// Whether the binding is interested in a change of `table` (name and action only).
-    pub fn targets(&self, table: &Table, action: Action) -> bool {
-        self.action.accepts(action)
+    pub fn targets(&self, table: &Table, kind: ChangeKind) -> bool {
+        self.action.accepts(kind)
             && self.schema.matches(&table.schema)
             && self.table.matches(&table.name)
     }
@@ -255,45 +264,6 @@ pub fn parse_binding(entry: &Map<String, Value>) -> Result<Binding, String> {
     })
 }
 
-/// Claims shared by subscriptions with identical tokens; RLS checks run once per group.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClaimsGroup {
-    /// The claims as JSON text (also the group key).
-    pub claims: String,
-    /// The `role` claim.
-    pub role: String,
-    /// The `sub` claim.
-    pub sub: Option<String>,
-    /// The `exp` claim (unix seconds): past it, nothing is delivered under these claims.
-    pub exp: i64,
-}
-
-impl ClaimsGroup {
-    /// From verified claims.
-    pub fn new(claims: &realtide_auth::Claims) -> ClaimsGroup {
-        ClaimsGroup {
-            claims: Value::Object(claims.all.clone()).to_string(),
-            role: claims.role.clone(),
-            sub: claims.sub.clone(),
-            exp: claims.exp,
-        }
-    }
-
-    /// Whether the token these claims came from has expired at `now_unix` (the reference's
-    /// `confirm_token` rule: no seconds left).
-    pub fn expired(&self, now_unix: i64) -> bool {
-        self.exp.saturating_sub(now_unix) <= 0
-    }
-}
-
-/// Seconds since the Unix epoch (token expiry is judged in whole seconds, as `exp` is).
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// A channel's postgres_changes subscriptions.
 #[derive(Debug)]
 pub struct ChannelChanges {
@@ -320,7 +290,7 @@ pub struct Subscriptions {
     /// Open channels with the claims currently in force on them (replaced on `access_token`),
     /// registered or not: a subscription is registered only under its channel's current claims.
     open: Mutex<HashMap<ChannelId, Arc<ClaimsGroup>>>,
-    /// Departed subscribers (see [`crate::resume`]).
+    /// Departed subscribers (see [`crate::changes::resume`]).
     book: Mutex<ResumeBook>,
     /// Woken when a subscription is registered (the delivery task may have work).
     pub registered: tokio::sync::Notify,
@@ -531,16 +501,6 @@ pub async fn prepare(
         }
     }
     Ok(bindings)
-}
-
-/// Bounds on what one join may ask of postgres_changes: they bound the matching work one
-/// subscriber adds to every change (bindings x pattern length x value length).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubscribeLimits {
-    /// `MAX_BINDINGS_PER_CHANNEL`.
-    pub bindings: usize,
-    /// `FILTER_PATTERN_MAX_CHARS`.
-    pub pattern_chars: usize,
 }
 
 /// A pattern filter (`like`, `ilike`, `match`, `imatch`) longer than `max` characters, as an

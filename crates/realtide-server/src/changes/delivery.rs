@@ -17,88 +17,13 @@ use realtide_protocol::Vsn;
 use realtide_protocol::encode::{push_json_str, text_frame};
 use realtide_replication::value::to_json_text;
 
-use crate::catalog::{Catalog, ColumnMask, Table, quote_ident};
-use crate::changes::{Action, ChannelChanges, ClaimsGroup};
-use crate::database::{DbError, Pool};
+use crate::changes::change::{Cell, Change, ChangeKind};
+use crate::changes::subscriptions::ChannelChanges;
+use crate::db::catalog::{Catalog, ColumnMask, Table, quote_ident};
+use crate::db::claims::ClaimsGroup;
+use crate::db::pool::{DbError, Pool};
 use crate::metrics::Metrics;
 use crate::outbox::Offer;
-
-/// A column value as pgoutput sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cell {
-    /// SQL NULL.
-    Null,
-    /// An unchanged TOASTed value that was not sent.
-    Toast,
-    /// The value's text output.
-    Text(String),
-}
-
-/// One committed row change, with tuples aligned to the table's current columns.
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// Position in the change journal (set when journaled).
-    pub seq: u64,
-    /// The transaction's id (for the visibility check before row level security).
-    pub xid: u32,
-    /// Commit time, microseconds since 2000-01-01 (pgoutput's epoch).
-    pub commit_micros: i64,
-    /// The table.
-    pub table: Arc<Table>,
-    /// INSERT, UPDATE or DELETE.
-    pub action: Action,
-    /// New tuple (INSERT, UPDATE).
-    pub new: Option<Vec<Cell>>,
-    /// Old tuple (UPDATE with replica identity or key change, DELETE).
-    pub old: Option<Vec<Cell>>,
-    /// Whether `old` holds only the replica-identity key.
-    pub old_key_only: bool,
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-    pub commit_timestamp: Arc<str>,
-}
-
-impl Change {
-    /// Rough memory size, for the journal's in-memory bounds.
-    pub fn estimated_bytes(&self) -> usize {
-        let cells = |row: &Option<Vec<Cell>>| {
-            row.as_ref().map_or(0, |cells| {
-                cells
-                    .iter()
-                    .map(|c| match c {
-                        Cell::Text(t) => t.len() + 32,
-                        Cell::Null | Cell::Toast => 32,
-                    })
-                    .sum()
-            })
-        };
-        160 + cells(&self.new) + cells(&self.old)
-    }
-
-    /// The value a filter sees: the new row for INSERT/UPDATE (unchanged TOAST taken from the
-    /// old row), the old row for DELETE.
-    fn filter_value(&self, index: usize) -> Option<&str> {
-        let row = if self.action == Action::Delete {
-            self.old.as_ref()
-        } else {
-            self.new.as_ref()
-        };
-        match row.and_then(|r| r.get(index)) {
-            Some(Cell::Text(text)) => Some(text),
-            Some(Cell::Toast) => match self.old.as_ref().and_then(|r| r.get(index)) {
-                Some(Cell::Text(text)) => Some(text),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn pk_text(&self, index: usize) -> Option<&str> {
-        match self.new.as_ref().and_then(|r| r.get(index)) {
-            Some(Cell::Text(text)) => Some(text),
-            _ => None,
-        }
-    }
-}
 
 /// A change matched for a channel: (change index, channel, its claims, matched binding ids).
 type Candidate = (usize, Arc<ChannelChanges>, Arc<ClaimsGroup>, Vec<u32>);
@@ -132,7 +57,7 @@ pub async fn deliver(
     let mut candidates: Vec<Candidate> = Vec::new();
     // Channels that can take nothing more now, with the position they stopped at.
     let mut stopped: HashMap<usize, u64> = HashMap::new();
-    let now = crate::changes::unix_now();
+    let now = crate::db::claims::unix_now();
     let mut evaluated = 0usize;
     for (ci, change) in changes.iter().enumerate() {
         for channel in channels {
@@ -149,7 +74,7 @@ pub async fn deliver(
             }
             let mut ids: Vec<u32> = Vec::new();
             for binding in &channel.bindings {
-                if !binding.targets(&change.table, change.action) {
+                if !binding.targets(&change.table, change.kind) {
                     continue;
                 }
                 let Some(filters) = binding.filters_for(&change.table) else {
@@ -391,7 +316,7 @@ async fn ensure_visible(pool: &Pool, xids: &[u32]) -> Result<(), DbError> {
 fn needs_rls(change: &Change, selectable: &[bool]) -> bool {
     let table = &change.table;
     table.rls
-        && (change.action != Action::Delete || has_old_image(change))
+        && (change.kind != ChangeKind::Delete || has_old_image(change))
         && !table.primary_key.is_empty()
         && table
             .primary_key
@@ -401,7 +326,7 @@ fn needs_rls(change: &Change, selectable: &[bool]) -> bool {
 
 /// A DELETE whose old row came whole, every value present.
 fn has_old_image(change: &Change) -> bool {
-    change.action == Action::Delete
+    change.kind == ChangeKind::Delete
         && !change.old_key_only
         && change
             .old
@@ -992,15 +917,10 @@ fn render_data(
     limits: RenderLimits,
 ) -> String {
     let table = &change.table;
-    let kind = match change.action {
-        Action::Insert => "INSERT",
-        Action::Update => "UPDATE",
-        Action::Delete => "DELETE",
-        Action::All => "*",
-    };
-    let with_record = matches!(change.action, Action::Insert | Action::Update);
-    let with_old = matches!(change.action, Action::Update | Action::Delete);
-    let error = if change.action == Action::Delete {
+    let kind = change.kind.label();
+    let with_record = matches!(change.kind, ChangeKind::Insert | ChangeKind::Update);
+    let with_old = matches!(change.kind, ChangeKind::Update | ChangeKind::Delete);
+    let error = if change.kind == ChangeKind::Delete {
         None
     } else if table.primary_key.is_empty() {
         Some("Error 400: Bad Request, no primary key")
@@ -1132,7 +1052,7 @@ fn old_fields<'a>(change: &'a Change, mask: &[bool]) -> Vec<(&'a str, String)> {
     // Keys only: default replica identity, or a DELETE on a table with row level security.
     let keys_only = change.old_key_only
         || change.old.is_none()
-        || (change.action == Action::Delete && table.rls);
+        || (change.kind == ChangeKind::Delete && table.rls);
     let source = match change.old.as_ref() {
         Some(old) => old,
         // UPDATE without an old tuple: the key did not change, so the new row has it.

@@ -1,5 +1,5 @@
 //! The replication task: streams pgoutput from the slot and writes committed transactions to
-//! the change [`Journal`](crate::journal::Journal) (the change feed delivers from there).
+//! the change [`Journal`](crate::changes::journal::Journal) (the change feed delivers from there).
 //! A transaction's end LSN is confirmed to the slot only once the journal holds it on stable
 //! storage and every live subscriber's socket got (or did not need) each of its changes.
 //!
@@ -19,16 +19,17 @@ use realtide_replication::stream::{self, ReplicationConfig, StreamError, WalMess
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broadcast::{self, StoredBody, StoredMessage};
-use crate::catalog::{Table, quote_ident};
-use crate::changes::Action;
-use crate::database::DbError;
-use crate::delivery::{Cell, Change};
-use crate::feed::Stages;
-use crate::journal::{JournalError, Seq};
+use crate::changes::change::ChangeKind;
+use crate::changes::change::{Cell, Change};
+use crate::changes::feed::Stages;
+use crate::changes::journal::{JournalError, Seq};
+use crate::changes::postgres::Postgres;
+use crate::changes::progress::{Problem, ReplicationStatus};
+use crate::channels::broadcast::{StoredBody, StoredMessage};
+use crate::db::catalog::{Table, quote_ident};
+use crate::db::pool::DbError;
+use crate::db::schema;
 use crate::metrics::Metrics;
-use crate::postgres::Postgres;
-use crate::schema;
 
 /// Why a replication session ended.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +47,6 @@ pub enum ReplicationError {
     #[error("the server ended the replication stream")]
     Ended,
 }
-
-/// 2000-01-01 (PostgreSQL's epoch) in Unix microseconds.
-const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// The journal is synced (and the slot confirmed) at most this long after a commit, so that
 /// busy streams share one sync.
@@ -125,139 +123,6 @@ pub async fn run(
     }
 }
 
-/// Where the replication stream stands; subscribers and `/api/health` watch it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicationStatus {
-    /// Not connected yet, or stopping.
-    Starting,
-    /// Connected and streaming.
-    Streaming,
-    /// The last attempt failed; retried with backoff.
-    Down {
-        /// What is wrong, and what to do about it when known.
-        problem: Arc<str>,
-        /// Whether it is a setting or privilege to fix (else an outage).
-        configuration: bool,
-    },
-}
-
-impl ReplicationStatus {
-    /// The `system` error a postgres_changes subscriber gets while replication is down: the
-    /// fix for configuration problems, the reference's text for outages.
-    pub fn subscriber_message(&self) -> Option<String> {
-        match self {
-            ReplicationStatus::Down {
-                problem,
-                configuration: true,
-            } => Some(format!(
-                "Realtime was unable to start replication: {problem}"
-            )),
-            ReplicationStatus::Down { .. } => {
-                Some("Realtime was unable to connect to the project database".into())
-            }
-            ReplicationStatus::Starting | ReplicationStatus::Streaming => None,
-        }
-    }
-
-    /// `starting`, `streaming` or `down`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ReplicationStatus::Starting => "starting",
-            ReplicationStatus::Streaming => "streaming",
-            ReplicationStatus::Down { .. } => "down",
-        }
-    }
-}
-
-/// What a failed replication attempt means for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// One line: what is wrong and how to fix it.
-    pub text: String,
-    /// A setting or privilege to fix (logged at error level), not an outage to wait out.
-    pub configuration: bool,
-}
-
-impl Problem {
-    /// Reads the SQLSTATE and message of the first database error in `error`'s chain.
-    pub fn of(error: &(dyn std::error::Error + 'static), url: &str) -> Problem {
-        let mut code: Option<String> = None;
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(current) = source {
-            if code.is_none() {
-                if let Some(StreamError::Server { code: c, .. }) =
-                    current.downcast_ref::<StreamError>()
-                {
-                    code = Some(c.clone());
-                } else if let Some(db) = current
-                    .downcast_ref::<tokio_postgres::Error>()
-                    .and_then(tokio_postgres::Error::as_db_error)
-                {
-                    code = Some(db.code().code().to_owned());
-                }
-            }
-            source = current.source();
-        }
-        let user = url
-            .parse::<tokio_postgres::Config>()
-            .ok()
-            .and_then(|c| c.get_user().map(str::to_owned))
-            .unwrap_or_else(|| "postgres".into());
-        Problem::classify(code.as_deref(), &crate::logs::error_chain(error), &user)
-    }
-
-    /// The fix for the known causes; the error text for the rest.
-    pub fn classify(code: Option<&str>, text: &str, user: &str) -> Problem {
-        let lower = text.to_ascii_lowercase();
-        let fix = |text: String| Problem {
-            text,
-            configuration: true,
-        };
-        if lower.contains("wal_level") {
-            return fix(
-                "wal_level must be logical: set wal_level = logical in postgresql.conf and restart PostgreSQL".into(),
-            );
-        }
-        if lower.contains("replication")
-            && (code == Some("42501")
-                || lower.contains("permission denied")
-                || lower.contains("must be superuser"))
-        {
-            return fix(format!(
-                "role {user} needs REPLICATION: ALTER ROLE \"{user}\" WITH REPLICATION"
-            ));
-        }
-        if code == Some("53400") || lower.contains("all replication slots are in use") {
-            return fix(
-                "max_replication_slots is reached: drop an unused slot (see pg_replication_slots) or raise max_replication_slots".into(),
-            );
-        }
-        if lower.contains("max_wal_senders") {
-            return fix("max_wal_senders is reached: raise max_wal_senders".into());
-        }
-        if lower.contains("pg_hba.conf") {
-            return fix(format!(
-                "pg_hba.conf does not let {user} connect for replication: add a `host replication {user} ...` line"
-            ));
-        }
-        if code == Some("28P01") || lower.contains("password authentication failed") {
-            return fix(format!("the password of {user} in DB_URL was refused"));
-        }
-        if code == Some("3D000") {
-            return fix("the database named in DB_URL does not exist".into());
-        }
-        if code == Some("42501") {
-            return fix(format!(
-                "role {user} lacks a privilege realtide needs: {text}"
-            ));
-        }
-        Problem {
-            text: format!("cannot stream from the database: {text}"),
-            configuration: false,
-        }
-    }
-}
-
 /// Drops the slot (SLOT_DROP_ON_SHUTDOWN). The walsender may hold it for a moment after the
 /// stream closed, so a busy slot is retried briefly.
 async fn drop_slot(postgres: &Postgres) {
@@ -316,7 +181,7 @@ async fn ensure_publication(postgres: &Postgres) -> Result<(), DbError> {
 #[derive(Debug, Clone)]
 pub struct Outlet {
     /// The process's publish path.
-    pub publisher: crate::publish::Publisher,
+    pub publisher: crate::channels::publish::Publisher,
     /// Largest deliverable payload.
     pub max_payload: usize,
 }
@@ -455,9 +320,7 @@ async fn confirm(
 ) -> Result<(), ReplicationError> {
     if let Some(lsn) = unconfirmed.confirmable(postgres) {
         stream.confirm(lsn).await?;
-        postgres
-            .confirmed_lsn
-            .store(stream.confirmed().0, Ordering::Relaxed);
+        postgres.progress.set_confirmed(stream.confirmed());
     }
     Ok(())
 }
@@ -508,13 +371,11 @@ async fn session(
     // What this process already confirmed. PostgreSQL 15 does not always persist a slot's
     // confirmed position across its own restart, so the slot may resend transactions we
     // confirmed (or journaled): those are skipped, and the position is confirmed again.
-    let resume = Lsn(postgres.confirmed_lsn.load(Ordering::Relaxed));
+    let resume = postgres.progress.confirmed();
     if resume > stream.confirmed() {
         stream.confirm(resume).await?;
     }
-    postgres
-        .confirmed_lsn
-        .fetch_max(stream.confirmed().0, Ordering::Relaxed);
+    postgres.progress.raise_confirmed(stream.confirmed());
     tracing::info!(slot = %config.slot, from = %stream.confirmed(), journal_head = journal.head(), "replication streaming");
 
     let mut decoder = Decoder {
@@ -563,7 +424,7 @@ async fn session(
                 stages.replication_stopped.cancel();
                 // Sessions close once the change feed delivered the journal to them; then
                 // everything in the journal reached a socket or a resume record.
-                let deadline = crate::feed::DRAIN_DEADLINE + Duration::from_secs(15);
+                let deadline = crate::changes::feed::DRAIN_DEADLINE + Duration::from_secs(15);
                 tokio::select! {
                     biased;
                     () = finished.cancelled() => {}
@@ -591,9 +452,7 @@ async fn session(
         };
         let (wal_end, message) = match message {
             WalMessage::Keepalive(keepalive) => {
-                postgres
-                    .server_lsn
-                    .fetch_max(keepalive.wal_end.0, Ordering::Relaxed);
+                postgres.progress.saw_server_end(keepalive.wal_end);
                 let lag = postgres.lag_bytes();
                 if lag > postgres.config.lag_warn_bytes {
                     tracing::warn!(lag_bytes = lag, "replication slot is lagging");
@@ -602,9 +461,7 @@ async fn session(
                 if !in_transaction && unconfirmed.commits.is_empty() && sync_due.is_none() {
                     // Nothing in flight: the slot may advance over WAL with no changes for us.
                     stream.confirm(keepalive.wal_end).await?;
-                    postgres
-                        .confirmed_lsn
-                        .store(stream.confirmed().0, Ordering::Relaxed);
+                    postgres.progress.set_confirmed(stream.confirmed());
                 }
                 continue;
             }
@@ -612,7 +469,7 @@ async fn session(
                 wal_end, message, ..
             } => (wal_end, message),
         };
-        postgres.server_lsn.fetch_max(wal_end.0, Ordering::Relaxed);
+        postgres.progress.saw_server_end(wal_end);
         match message {
             LogicalMessage::Begin(begin) => {
                 in_transaction = true;
@@ -626,13 +483,6 @@ async fn session(
                 commit_micros = begin.commit_time_micros;
                 commit_timestamp =
                     Arc::from(pgoutput::format_commit_timestamp(begin.commit_time_micros));
-                // pgoutput counts from 2000-01-01.
-                postgres.batch_commit_micros.store(
-                    begin
-                        .commit_time_micros
-                        .saturating_add(POSTGRES_EPOCH_MICROS),
-                    Ordering::Relaxed,
-                );
             }
             LogicalMessage::Commit(commit) => {
                 in_transaction = false;
@@ -651,7 +501,11 @@ async fn session(
                 // Database broadcasts go out now (fan-out never waits); the slot is confirmed
                 // past this transaction only later, after its changes too.
                 for message in messages.drain(..) {
-                    broadcast::deliver_stored(&outlet.publisher, &message, outlet.max_payload);
+                    crate::channels::publish::deliver_stored(
+                        &outlet.publisher,
+                        &message,
+                        outlet.max_payload,
+                    );
                     metrics.database_events(1);
                 }
                 if sync_due.is_none() {
@@ -681,7 +535,7 @@ async fn session(
                         xid,
                         commit_micros,
                         table: layout.table.clone(),
-                        action: Action::Insert,
+                        kind: ChangeKind::Insert,
                         new: Some(cells(layout, &insert.new)),
                         old: None,
                         old_key_only: false,
@@ -699,7 +553,7 @@ async fn session(
                         xid,
                         commit_micros,
                         table: layout.table.clone(),
-                        action: Action::Update,
+                        kind: ChangeKind::Update,
                         new: Some(cells(layout, &update.new)),
                         old_key_only: update.old.as_ref().is_some_and(|o| o.kind == OldKind::Key),
                         old: update.old.as_ref().map(|o| cells(layout, &o.data)),
@@ -717,7 +571,7 @@ async fn session(
                         xid,
                         commit_micros,
                         table: layout.table.clone(),
-                        action: Action::Delete,
+                        kind: ChangeKind::Delete,
                         new: None,
                         old_key_only: delete.old.kind == OldKind::Key,
                         old: Some(cells(layout, &delete.old.data)),
@@ -735,64 +589,5 @@ async fn session(
             | LogicalMessage::StreamCommit(_)
             | LogicalMessage::StreamAbort { .. } => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Problem;
-
-    /// PostgreSQL 15's own messages for each cause (SQLSTATE, text) map to their fix.
-    #[test]
-    fn problems_are_classified_from_postgres_messages() {
-        let cases = [
-            (
-                Some("55000"),
-                "replication stream: PostgreSQL error 55000: logical decoding requires wal_level >= logical",
-                "wal_level must be logical",
-            ),
-            (
-                Some("42501"),
-                "replication stream: PostgreSQL error 42501: must be superuser or replication role to use replication slots",
-                "role app needs REPLICATION: ALTER ROLE \"app\" WITH REPLICATION",
-            ),
-            (
-                Some("53400"),
-                "replication stream: PostgreSQL error 53400: all replication slots are in use",
-                "max_replication_slots is reached",
-            ),
-            (
-                Some("53300"),
-                "replication stream: PostgreSQL error 53300: number of requested standby connections exceeds max_wal_senders (currently 0)",
-                "max_wal_senders is reached",
-            ),
-            (
-                Some("28000"),
-                "replication authentication: no pg_hba.conf entry for replication connection from host \"10.0.0.2\", user \"app\", no encryption",
-                "pg_hba.conf does not let app connect for replication",
-            ),
-            (
-                Some("28P01"),
-                "database: password authentication failed for user \"app\"",
-                "the password of app in DB_URL was refused",
-            ),
-            (
-                Some("3D000"),
-                "database: database \"nope\" does not exist",
-                "the database named in DB_URL does not exist",
-            ),
-            (
-                Some("42501"),
-                "database: permission denied for database postgres",
-                "role app lacks a privilege realtide needs",
-            ),
-        ];
-        for (code, text, fix) in cases {
-            let problem = Problem::classify(code, text, "app");
-            assert!(problem.configuration, "{text}");
-            assert!(problem.text.starts_with(fix), "{text} -> {}", problem.text);
-        }
-        let outage = Problem::classify(None, "replication connection: Connection refused", "app");
-        assert!(!outage.configuration);
     }
 }

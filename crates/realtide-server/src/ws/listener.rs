@@ -268,13 +268,6 @@ impl Connected<IncomingStream<'_, GuardedListener>> for Connection {
     }
 }
 
-impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for Connection {
-    fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> Connection {
-        // The guard sits under TLS, so that the handshake is within the deadline too.
-        stream.io().get_ref().0.connection()
-    }
-}
-
 /// Middleware: a request gets `HANDSHAKE_TIMEOUT_MS` from its start to be read and answered,
 /// the socket as long again after the response for the next request; an upgrade disarms it.
 pub async fn request_deadline(request: Request, next: Next) -> Response {

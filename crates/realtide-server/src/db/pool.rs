@@ -221,7 +221,7 @@ pub async fn connect(url: &str, tls: Option<&Arc<TlsConfig>>) -> Result<Client, 
             let mut config: tokio_postgres::Config = url.parse().map_err(DbError::Connect)?;
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, connection) = config
-                .connect(crate::postgres_tls::MakeRustls::new(tls.clone()))
+                .connect(crate::db::tls::MakeRustls::new(tls.clone()))
                 .await
                 .map_err(DbError::Connect)?;
             tokio::spawn(async move {

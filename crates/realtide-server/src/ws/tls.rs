@@ -1,7 +1,7 @@
 //! Native TLS for the HTTP and WebSocket listener (`TLS_CERT`, `TLS_KEY`).
 //!
 //! TCP connections are accepted by one task and counted and guarded at once
-//! ([`crate::listener`]); each TLS handshake runs in its own task (bounded by
+//! ([`crate::ws::listener`]); each TLS handshake runs in its own task (bounded by
 //! `HANDSHAKE_TIMEOUT_MS`) so that a slow or hostile handshake never holds up the accept loop;
 //! finished streams are handed to axum through a channel.
 
@@ -19,7 +19,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 
-use crate::listener::{Guarded, Sockets};
+use crate::ws::listener::{Connection, Guarded, Sockets};
 
 /// Handshakes finished but not yet taken by the server.
 const READY_QUEUE: usize = 1024;
@@ -145,5 +145,14 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for Connection
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Connection {
+        // The guard sits under TLS, so that the handshake is within the deadline too.
+        stream.io().get_ref().0.connection()
     }
 }

@@ -20,14 +20,15 @@ use realtide_replication::pgoutput::format_commit_timestamp;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
-use crate::changes::ChannelChanges;
-use crate::database::DbError;
-use crate::delivery::{self, Cell, Change, RenderLimits};
-use crate::journal::{Chunk, JournalError, StoredChange};
+use crate::changes::change::{Cell, Change};
+use crate::changes::delivery::{self, RenderLimits};
+use crate::changes::journal::{Chunk, JournalError, StoredChange};
+use crate::changes::postgres::Postgres;
+use crate::changes::subscriptions::ChannelChanges;
+use crate::db::catalog::Catalog;
+use crate::db::pool::DbError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::postgres::Postgres;
 
 /// Most changes read and delivered to one cohort in one step.
 const CHUNK: usize = 2_000;
@@ -279,7 +280,7 @@ async fn restore(
             commit_micros: change.commit_micros,
             commit_timestamp: Arc::from(format_commit_timestamp(change.commit_micros)),
             table,
-            action: change.action,
+            kind: change.kind,
             new: align(change.new),
             old: align(change.old),
             old_key_only: change.old_key_only,

@@ -9,7 +9,6 @@ use realtide_protocol::encode;
 use realtide_protocol::{UserEncoding, Vsn};
 
 use crate::outbox::OutFrame;
-use crate::registry::TopicKey;
 
 /// A broadcast body.
 #[derive(Debug, Clone, Copy)]
@@ -140,45 +139,6 @@ impl StoredMessage {
             StoredBody::Binary(bytes) => Body::Binary(bytes),
         }
     }
-}
-
-/// Publishes a stored message to its topic with metadata `{"id": ...}`. Messages over
-/// `max_payload`, or arriving while the events limit is tripped, are dropped, as the reference
-/// does.
-pub fn deliver_stored(
-    publisher: &crate::publish::Publisher,
-    message: &StoredMessage,
-    max_payload: usize,
-) -> usize {
-    if publisher.limits().events.tripped() {
-        // Counted all the same: a flood keeps the limit tripped.
-        publisher.limits().events.add(1);
-        tracing::warn!("dropping database broadcast: too many messages per second");
-        return 0;
-    }
-    if message.body().len() > max_payload {
-        publisher.limits().events.add(1);
-        tracing::warn!(
-            size = message.body().len(),
-            "dropping database broadcast over the payload size limit"
-        );
-        return 0;
-    }
-    let key = TopicKey {
-        private: message.private,
-        sub_topic: message.topic.as_str().into(),
-    };
-    let meta = id_meta(&message.id);
-    publisher.publish(
-        crate::publish::Origin::Database,
-        &key,
-        Some(&message.id),
-        crate::publish::Message::User {
-            event: &message.event,
-            body: message.body(),
-            meta: Some(&meta),
-        },
-    )
 }
 
 #[cfg(test)]

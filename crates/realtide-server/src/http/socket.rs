@@ -55,7 +55,8 @@ pub async fn websocket(
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    let request_headers: Arc<str> = crate::authorization::request_headers(&headers, true).into();
+    let request_headers: Arc<str> =
+        crate::db::authorization::request_headers(&headers, true).into();
     let session_app = app.clone();
     app.tasks.spawn(async move {
         let _slot = slot;

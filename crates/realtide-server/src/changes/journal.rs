@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::changes::Action;
-use crate::delivery::{Cell, Change};
+use crate::changes::change::ChangeKind;
+use crate::changes::change::{Cell, Change};
 
 /// A change's position in the journal. Position `n` is the `n`th change ever journaled.
 pub type Seq = u64;
@@ -83,7 +83,7 @@ pub struct StoredChange {
     /// Table oid.
     pub oid: u32,
     /// INSERT, UPDATE or DELETE.
-    pub action: Action,
+    pub kind: ChangeKind,
     /// Whether `old` holds only the replica identity.
     pub old_key_only: bool,
     /// Column names, in the order of the tuples.
@@ -595,12 +595,11 @@ fn write_frame(out: &mut BufWriter<File>, body: &[u8]) -> io::Result<u64> {
     Ok(8 + u64::from(len))
 }
 
-fn action_byte(action: Action) -> u8 {
-    match action {
-        Action::Insert => 1,
-        Action::Update => 2,
-        Action::Delete => 3,
-        Action::All => 0,
+fn kind_byte(kind: ChangeKind) -> u8 {
+    match kind {
+        ChangeKind::Insert => 1,
+        ChangeKind::Update => 2,
+        ChangeKind::Delete => 3,
     }
 }
 
@@ -630,7 +629,7 @@ fn encode_change(out: &mut Vec<u8>, change: &Change) {
     out.extend_from_slice(&change.xid.to_le_bytes());
     out.extend_from_slice(&change.commit_micros.to_le_bytes());
     out.extend_from_slice(&change.table.oid.to_le_bytes());
-    out.push(action_byte(change.action));
+    out.push(kind_byte(change.kind));
     out.push(u8::from(change.old_key_only));
     let columns = &change.table.columns;
     out.extend_from_slice(&u32::try_from(columns.len()).unwrap_or(0).to_le_bytes());
@@ -695,10 +694,10 @@ pub fn decode_change(bytes: &[u8]) -> Option<StoredChange> {
     let xid = body.u32()?;
     let commit_micros = i64::from_le_bytes(body.take(8)?.try_into().ok()?);
     let oid = body.u32()?;
-    let action = match body.u8()? {
-        1 => Action::Insert,
-        2 => Action::Update,
-        3 => Action::Delete,
+    let kind = match body.u8()? {
+        1 => ChangeKind::Insert,
+        2 => ChangeKind::Update,
+        3 => ChangeKind::Delete,
         _ => return None,
     };
     let old_key_only = body.u8()? != 0;
@@ -714,7 +713,7 @@ pub fn decode_change(bytes: &[u8]) -> Option<StoredChange> {
         xid,
         commit_micros,
         oid,
-        action,
+        kind,
         old_key_only,
         columns,
         new,
@@ -850,7 +849,7 @@ fn read_segment(path: &Path, start: u64, from: Seq, end: Seq) -> io::Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Column, Table};
+    use crate::db::catalog::{Column, Table};
 
     fn table() -> Arc<Table> {
         Arc::new(Table {
@@ -870,7 +869,7 @@ mod tests {
             commit_micros: 1_000,
             commit_timestamp: Arc::from("2000-01-01T00:00:00.001Z"),
             table: table(),
-            action: Action::Insert,
+            kind: ChangeKind::Insert,
             new: Some(vec![Cell::Text(n.to_string()), Cell::Null]),
             old: None,
             old_key_only: false,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use realtide_replication::value::{TypeInfo, TypeKind, builtin};
 
-use crate::database::{DbError, Pool};
+use crate::db::pool::{DbError, Pool};
 
 /// How long a table description is trusted without a Relation message.
 pub const TABLE_TTL: Duration = Duration::from_secs(10);

@@ -9,17 +9,17 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::database::{self, DbError};
+use crate::db::pool::{self as database, DbError};
 
 /// Versioned migrations, applied in order, each once.
 const MIGRATIONS: &[(i32, &str, &str)] = &[(
     1,
     "messages",
-    include_str!("../sql/realtime/0001_messages.sql"),
+    include_str!("../../sql/realtime/0001_messages.sql"),
 )];
 
 /// Run by every start: grants to roles that may have been created since.
-const GRANTS: &str = include_str!("../sql/realtime/0002_grants.sql");
+const GRANTS: &str = include_str!("../../sql/realtime/0002_grants.sql");
 
 /// Key of the advisory lock that serializes migrations across processes.
 const MIGRATION_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
@@ -127,9 +127,12 @@ pub async fn maintain_partitions(client: &Client, retention: Duration) -> Result
     Ok(dropped.unsigned_abs())
 }
 
-/// Keeps partitions ahead of time and drops expired ones, hourly, until shutdown.
+/// Keeps partitions ahead of time and drops expired ones, hourly, until shutdown; skips a turn
+/// while `ready` says the schema is not migrated yet.
 pub async fn janitor(
-    postgres: std::sync::Arc<crate::postgres::Postgres>,
+    pool: std::sync::Arc<crate::db::pool::Pool>,
+    retention: Duration,
+    ready: impl Fn() -> bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -138,15 +141,12 @@ pub async fn janitor(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(JANITOR_INTERVAL) => {}
         }
-        if !postgres
-            .schema_ready
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !ready() {
             continue;
         }
         let result = async {
-            let client = postgres.pool.client().await?;
-            maintain_partitions(&client, postgres.config.messages_retention).await
+            let client = pool.client().await?;
+            maintain_partitions(&client, retention).await
         }
         .await;
         if let Err(error) = result {

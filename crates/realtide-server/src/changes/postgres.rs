@@ -2,15 +2,16 @@
 //! replication task that feeds them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use crate::authorization::Authorizer;
-use crate::catalog::Catalog;
-use crate::changes::Subscriptions;
+use crate::changes::journal::{Journal, JournalError};
+use crate::changes::progress::{Progress, ReplicationStatus};
+use crate::changes::resume::ResumeBook;
+use crate::changes::subscriptions::Subscriptions;
 use crate::config::DatabaseConfig;
-use crate::database::Pool;
-use crate::journal::{Journal, JournalError};
-use crate::resume::ResumeBook;
+use crate::db::authorization::Authorizer;
+use crate::db::catalog::Catalog;
+use crate::db::pool::Pool;
 
 /// Shared database state.
 #[derive(Debug)]
@@ -28,13 +29,9 @@ pub struct Postgres {
     /// Whether this process has applied the `realtime` schema migrations.
     pub schema_ready: AtomicBool,
     /// Whether the replication stream is streaming, starting, or down and why.
-    pub replication: tokio::sync::watch::Sender<crate::replication::ReplicationStatus>,
-    /// Last LSN confirmed to the slot.
-    pub confirmed_lsn: AtomicU64,
-    /// Latest WAL end the server reported.
-    pub server_lsn: AtomicU64,
-    /// Commit time (Unix microseconds) of the newest transaction in the pending batch.
-    pub batch_commit_micros: std::sync::atomic::AtomicI64,
+    pub replication: tokio::sync::watch::Sender<ReplicationStatus>,
+    /// The positions the replication stream reached.
+    pub progress: Progress,
     /// Committed changes not yet everywhere they must go.
     pub journal: Arc<Journal>,
 }
@@ -66,21 +63,14 @@ impl Postgres {
             pool,
             config,
             subscriptions: Subscriptions::new(book),
-            replication: tokio::sync::watch::Sender::new(
-                crate::replication::ReplicationStatus::Starting,
-            ),
-            confirmed_lsn: AtomicU64::new(0),
-            server_lsn: AtomicU64::new(0),
-            batch_commit_micros: std::sync::atomic::AtomicI64::new(0),
+            replication: tokio::sync::watch::Sender::new(ReplicationStatus::Starting),
+            progress: Progress::default(),
         }))
     }
 
     /// Whether the replication stream is connected.
     pub fn replication_streaming(&self) -> bool {
-        matches!(
-            *self.replication.borrow(),
-            crate::replication::ReplicationStatus::Streaming
-        )
+        matches!(*self.replication.borrow(), ReplicationStatus::Streaming)
     }
 
     /// Whether a query connection answers `select 1` within two seconds.
@@ -97,8 +87,6 @@ impl Postgres {
 
     /// Replication lag in bytes (server WAL end minus confirmed position).
     pub fn lag_bytes(&self) -> u64 {
-        self.server_lsn
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.confirmed_lsn.load(Ordering::Relaxed))
+        self.progress.lag_bytes()
     }
 }

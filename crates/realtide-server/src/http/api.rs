@@ -19,11 +19,11 @@ use realtide_auth::Claims;
 use serde_json::{Map, Value};
 
 use crate::app::App;
-use crate::authorization::{AuthzError, Extension, Requester, request_headers};
-use crate::broadcast::{self, Body};
-use crate::changes::ClaimsGroup;
-use crate::publish::{Message, Origin};
-use crate::registry::TopicKey;
+use crate::channels::broadcast::{self, Body};
+use crate::channels::publish::{Message, Origin};
+use crate::channels::registry::TopicKey;
+use crate::db::authorization::{AuthzError, Extension, Requester, request_headers};
+use crate::db::claims::ClaimsGroup;
 
 /// Largest request body (as the reference's 8 MB octet-stream read limit).
 const BODY_LIMIT: usize = 8 * 1024 * 1024;

@@ -1,0 +1,27 @@
+//! postgres_changes: from the replication slot to the subscribers' sockets.
+//!
+//! - [`change`]: one committed row change ([`change::Change`], [`change::ChangeKind`]).
+//! - [`source`]: the replication task: reads the slot, decodes, journals, confirms, and sends
+//!   database broadcasts.
+//! - [`journal`]: the change journal on disk (segments, index, cache, spill).
+//! - [`feed`]: the task that delivers journaled changes to subscriber cursors (cohorts,
+//!   backpressure, retries, drain).
+//! - [`delivery`]: matching a batch of changes against subscriptions, RLS checks, rendering.
+//! - [`subscriptions`]: channels' postgres_changes bindings and their cursors.
+//! - [`resume`]: positions of departed subscribers, for a resume without a gap.
+//! - [`progress`]: replication status, problems and positions ([`progress::Progress`]).
+//! - [`postgres`]: the database side of a project in one value (pools, catalog,
+//!   subscriptions, journal, replication status).
+//!
+//! Imports run one way: this folder uses `db`, `channels`, `outbox`; nothing here imports
+//! `session`, `ws` or `http`.
+
+pub mod change;
+pub mod delivery;
+pub mod feed;
+pub mod journal;
+pub mod postgres;
+pub mod progress;
+pub mod resume;
+pub mod source;
+pub mod subscriptions;
