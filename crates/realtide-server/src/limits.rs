@@ -104,9 +104,8 @@ pub struct LimitSettings {
     pub tick: Duration,
 }
 
-#[cfg(test)]
 impl LimitSettings {
-    /// No limits (for unit tests).
+    /// No limits (unit tests and benchmarks).
     pub fn unlimited() -> LimitSettings {
         LimitSettings {
             events_per_second: 0,

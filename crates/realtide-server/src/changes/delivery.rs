@@ -18,6 +18,7 @@ use realtide_protocol::encode::{push_json_str, text_frame};
 use realtide_replication::value::to_json_text;
 
 use crate::changes::change::{Cell, Change, ChangeKind};
+use crate::changes::matching::{TableIndex, matching_ids};
 use crate::changes::subscriptions::ChannelChanges;
 use crate::db::catalog::{Catalog, ColumnMask, Table, quote_ident};
 use crate::db::claims::ClaimsGroup;
@@ -59,8 +60,12 @@ pub async fn deliver(
     let mut stopped: HashMap<usize, u64> = HashMap::new();
     let now = crate::db::claims::unix_now();
     let mut evaluated = 0usize;
+    let mut index = TableIndex::new(channels);
     for (ci, change) in changes.iter().enumerate() {
-        for channel in channels {
+        for &at in index.channels_for(&change.table).iter() {
+            let Some(channel) = channels.get(at) else {
+                continue;
+            };
             if stopped.contains_key(&channel_key(channel)) {
                 continue;
             }
@@ -72,22 +77,7 @@ pub async fn deliver(
                 evaluated = 0;
                 tokio::task::yield_now().await;
             }
-            let mut ids: Vec<u32> = Vec::new();
-            for binding in &channel.bindings {
-                if !binding.targets(&change.table, change.kind) {
-                    continue;
-                }
-                let Some(filters) = binding.filters_for(&change.table) else {
-                    continue;
-                };
-                if filters
-                    .iter()
-                    .all(|(i, f)| f.matches(change.filter_value(*i)))
-                    && !ids.contains(&binding.id)
-                {
-                    ids.push(binding.id);
-                }
-            }
+            let ids = matching_ids(channel, change);
             if !ids.is_empty() {
                 // The claims in force now decide, not those of the join: a token that expired
                 // gets nothing more (its session is closing the channel; the position stays

@@ -7,6 +7,7 @@
 //! - [`feed`]: the task that delivers journaled changes to subscriber cursors (cohorts,
 //!   backpressure, retries, drain).
 //! - [`delivery`]: matching a batch of changes against subscriptions, RLS checks, rendering.
+//! - [`matching`]: a cohort's bindings indexed by table, and a binding's match of a change.
 //! - [`subscriptions`]: channels' postgres_changes bindings and their cursors.
 //! - [`resume`]: positions of departed subscribers, for a resume without a gap.
 //! - [`progress`]: replication status, problems and positions ([`progress::Progress`]).
@@ -20,6 +21,7 @@ pub mod change;
 pub mod delivery;
 pub mod feed;
 pub mod journal;
+pub mod matching;
 pub mod postgres;
 pub mod progress;
 pub mod resume;

@@ -33,9 +33,8 @@ pub struct Column {
     pub type_sql: String,
 }
 
-#[cfg(test)]
 impl Column {
-    /// A column of a built-in type, for unit tests.
+    /// A column of a built-in type (unit tests and benchmarks build tables with it).
     pub fn test(name: &str, type_name: &str) -> Column {
         Column {
             name: name.to_owned(),
