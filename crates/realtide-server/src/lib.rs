@@ -42,7 +42,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::changes::{delivery, feed, source};
+use crate::changes::{feed, source};
 use crate::db::schema;
 
 /// What the serving code needs from the process around it.
@@ -113,7 +113,7 @@ pub async fn run(
             postgres.clone(),
             app.limits.clone(),
             app.metrics.clone(),
-            delivery::RenderLimits {
+            changes::render::RenderLimits {
                 max_record_bytes: postgres.config.max_record_bytes,
             },
             stages.clone(),

@@ -21,9 +21,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::changes::change::{Cell, Change};
-use crate::changes::delivery::{self, RenderLimits};
+use crate::changes::delivery;
 use crate::changes::journal::{Chunk, JournalError, StoredChange};
 use crate::changes::postgres::Postgres;
+use crate::changes::render::RenderLimits;
 use crate::changes::subscriptions::ChannelChanges;
 use crate::db::catalog::Catalog;
 use crate::db::pool::DbError;

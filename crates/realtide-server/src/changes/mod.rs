@@ -6,7 +6,9 @@
 //! - [`journal`]: the change journal on disk (segments, index, cache, spill).
 //! - [`feed`]: the task that delivers journaled changes to subscriber cursors (cohorts,
 //!   backpressure, retries, drain).
-//! - [`delivery`]: matching a batch of changes against subscriptions, RLS checks, rendering.
+//! - [`delivery`]: one delivery step: match a batch against a cohort, check, render, offer.
+//! - [`rls`]: row level security checks and column visibility.
+//! - [`render`]: the `data` object of a change.
 //! - [`matching`]: a cohort's bindings indexed by table, and a binding's match of a change.
 //! - [`subscriptions`]: channels' postgres_changes bindings and their cursors.
 //! - [`resume`]: positions of departed subscribers, for a resume without a gap.
@@ -24,6 +26,8 @@ pub mod journal;
 pub mod matching;
 pub mod postgres;
 pub mod progress;
+pub mod render;
 pub mod resume;
+pub mod rls;
 pub mod source;
 pub mod subscriptions;
