@@ -189,6 +189,125 @@ pub fn user_broadcast_json(event: &str, body: &str, meta: Option<&str>) -> Strin
     out
 }
 
+/// A user broadcast's body: JSON text or raw bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum UserBody<'a> {
+    /// JSON text (must be valid JSON).
+    Json(&'a str),
+    /// Raw bytes.
+    Binary(&'a [u8]),
+}
+
+impl UserBody<'_> {
+    /// The kind-4 encoding byte's meaning for this body.
+    pub fn encoding(&self) -> UserEncoding {
+        match self {
+            UserBody::Json(_) => UserEncoding::Json,
+            UserBody::Binary(_) => UserEncoding::Binary,
+        }
+    }
+
+    /// The body's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            UserBody::Json(text) => text.as_bytes(),
+            UserBody::Binary(bytes) => bytes,
+        }
+    }
+
+    /// Size counted against the payload limit.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether the body has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An encoded server frame: text (JSON) or binary (V2 kind 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodedFrame {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+}
+
+/// A user broadcast for one serializer: kind 4 for V2; the JSON text form for V1, which never
+/// receives binary payloads (`None`), nor a body that is not JSON. `meta` is a JSON object's
+/// text.
+pub fn user_broadcast(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    body: UserBody<'_>,
+    meta: Option<&str>,
+) -> Option<EncodedFrame> {
+    let json_form = || {
+        let UserBody::Json(text) = body else {
+            return None;
+        };
+        serde_json::from_str::<&serde_json::value::RawValue>(text).ok()?;
+        let payload = user_broadcast_json(event, text, meta);
+        Some(EncodedFrame::Text(text_frame(
+            vsn,
+            join_ref,
+            None,
+            topic,
+            "broadcast",
+            &payload,
+        )))
+    };
+    match vsn {
+        Vsn::V2 => {
+            let metadata = meta.unwrap_or("").as_bytes();
+            match user_broadcast_binary(topic, event, metadata, body.encoding(), body.bytes()) {
+                Ok(frame) => Some(EncodedFrame::Binary(frame)),
+                // Header fields over 255 bytes cannot be framed; JSON bodies still go as text.
+                Err(_) => json_form(),
+            }
+        }
+        Vsn::V1 => json_form(),
+    }
+}
+
+/// `{"id": <id>}`, the metadata of a stored message.
+pub fn id_meta(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 10);
+    out.push_str("{\"id\":");
+    push_json_str(&mut out, id);
+    out.push('}');
+    out
+}
+
+/// `{"replayed":true,"id": <id>}`, the metadata of a replayed message.
+pub fn replayed_meta(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 26);
+    out.push_str("{\"replayed\":true,\"id\":");
+    push_json_str(&mut out, id);
+    out.push('}');
+    out
+}
+
+/// The payload of a `postgres_changes` push: `{"ids":[...],"data":<data>}` (`data` is JSON).
+pub fn postgres_changes_payload(ids: &[u32], data: &str) -> String {
+    let mut out = String::with_capacity(data.len() + 16 + ids.len() * 8);
+    out.push_str("{\"ids\":[");
+    for (n, id) in ids.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push_str("],\"data\":");
+    out.push_str(data);
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +384,53 @@ mod tests {
         assert_eq!(frame, Ok(expected));
         let long = "x".repeat(256);
         assert!(user_broadcast_binary(&long, "e", b"", UserEncoding::Binary, b"").is_err());
+    }
+
+    #[test]
+    fn metas_and_postgres_changes_payloads() {
+        assert_eq!(id_meta("a\"b"), r#"{"id":"a\"b"}"#);
+        assert_eq!(replayed_meta("m1"), r#"{"replayed":true,"id":"m1"}"#);
+        assert_eq!(
+            postgres_changes_payload(&[3, 17], r#"{"x":1}"#),
+            r#"{"ids":[3,17],"data":{"x":1}}"#
+        );
+        assert_eq!(
+            postgres_changes_payload(&[], "{}"),
+            r#"{"ids":[],"data":{}}"#
+        );
+    }
+
+    #[test]
+    fn user_broadcasts_per_serializer() {
+        let binary = UserBody::Binary(b"\x01");
+        assert_eq!(
+            user_broadcast(Vsn::V1, None, "realtime:a", "e", binary, None),
+            None
+        );
+        let bad = UserBody::Json("{bad");
+        assert_eq!(
+            user_broadcast(Vsn::V1, None, "realtime:a", "e", bad, None),
+            None
+        );
+        assert_eq!(
+            user_broadcast(Vsn::V1, None, "realtime:a", "e", UserBody::Json(r#"{"x":1}"#), Some(&id_meta("m1"))),
+            Some(EncodedFrame::Text(
+                r#"{"topic":"realtime:a","event":"broadcast","payload":{"type":"broadcast","event":"e","payload":{"x":1},"meta":{"id":"m1"}},"ref":null}"#.into()
+            ))
+        );
+        assert!(matches!(
+            user_broadcast(Vsn::V2, None, "realtime:a", "e", binary, None),
+            Some(EncodedFrame::Binary(_))
+        ));
+        // A topic too long for the kind-4 header: JSON still goes as text, bytes not at all.
+        let long = "t".repeat(300);
+        assert!(matches!(
+            user_broadcast(Vsn::V2, None, &long, "e", UserBody::Json("1"), None),
+            Some(EncodedFrame::Text(_))
+        ));
+        assert_eq!(
+            user_broadcast(Vsn::V2, None, &long, "e", binary, None),
+            None
+        );
     }
 }

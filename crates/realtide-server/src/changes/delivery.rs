@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use indexmap::IndexMap;
 use realtide_protocol::Vsn;
-use realtide_protocol::encode::text_frame;
+use realtide_protocol::encode::{postgres_changes_payload, text_frame};
 
 use crate::changes::change::Change;
 use crate::changes::matching::{TableIndex, matching_ids};
@@ -261,17 +261,7 @@ fn hand_out(
                 channel.topic.clone(),
             ))
             .or_insert_with(|| {
-                let mut payload = String::with_capacity(data.len() + 32);
-                payload.push_str("{\"ids\":[");
-                for (n, id) in ids.iter().enumerate() {
-                    if n > 0 {
-                        payload.push(',');
-                    }
-                    payload.push_str(&id.to_string());
-                }
-                payload.push_str("],\"data\":");
-                payload.push_str(&data);
-                payload.push('}');
+                let payload = postgres_changes_payload(ids, &data);
                 Bytes::from(text_frame(
                     channel.vsn,
                     None,

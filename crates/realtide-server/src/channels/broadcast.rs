@@ -5,106 +5,32 @@
 //! `replayed`). V2 subscribers get the binary kind-4 frame; V1 subscribers get the JSON text
 //! form, and never binary bodies.
 
-use realtide_protocol::encode;
-use realtide_protocol::{UserEncoding, Vsn};
+use realtide_protocol::Vsn;
+use realtide_protocol::encode::{self, EncodedFrame, UserBody};
 
 use crate::outbox::OutFrame;
 
-/// A broadcast body.
-#[derive(Debug, Clone, Copy)]
-pub enum Body<'a> {
-    /// JSON text (must be valid JSON).
-    Json(&'a str),
-    /// Raw bytes.
-    Binary(&'a [u8]),
-}
-
-impl Body<'_> {
-    fn encoding(&self) -> UserEncoding {
-        match self {
-            Body::Json(_) => UserEncoding::Json,
-            Body::Binary(_) => UserEncoding::Binary,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Body::Json(text) => text.as_bytes(),
-            Body::Binary(bytes) => bytes,
-        }
-    }
-
-    /// Size counted against the payload limit.
-    pub fn len(&self) -> usize {
-        self.bytes().len()
-    }
-
-    /// Whether the body has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A user broadcast for one serializer: kind 4 for V2; the JSON text form for V1, which never
-/// receives binary payloads. `meta` is a JSON object's text.
+/// A user broadcast for one serializer, as an outbound frame (see
+/// [`encode::user_broadcast`]).
 pub fn user_frame(
     vsn: Vsn,
     join_ref: Option<&str>,
     topic: &str,
     event: &str,
-    body: Body<'_>,
+    body: UserBody<'_>,
     meta: Option<&str>,
 ) -> Option<OutFrame> {
-    let json_form = || {
-        let Body::Json(text) = body else {
-            return None;
-        };
-        serde_json::from_str::<&serde_json::value::RawValue>(text).ok()?;
-        let payload = encode::user_broadcast_json(event, text, meta);
-        Some(OutFrame::Text(
-            encode::text_frame(vsn, join_ref, None, topic, "broadcast", &payload).into(),
-        ))
-    };
-    match vsn {
-        Vsn::V2 => {
-            let metadata = meta.unwrap_or("").as_bytes();
-            match encode::user_broadcast_binary(
-                topic,
-                event,
-                metadata,
-                body.encoding(),
-                body.bytes(),
-            ) {
-                Ok(frame) => Some(OutFrame::Binary(frame.into())),
-                // Header fields over 255 bytes cannot be framed; JSON bodies still go as text.
-                Err(_) => json_form(),
-            }
-        }
-        Vsn::V1 => json_form(),
-    }
+    Some(
+        match encode::user_broadcast(vsn, join_ref, topic, event, body, meta)? {
+            EncodedFrame::Text(text) => OutFrame::Text(text.into()),
+            EncodedFrame::Binary(bytes) => OutFrame::Binary(bytes.into()),
+        },
+    )
 }
 
 /// The text broadcast form for every serializer (client JSON pushes, HTTP batch messages).
 pub fn text_frame(vsn: Vsn, topic: &str, payload: &str) -> OutFrame {
     OutFrame::Text(encode::text_frame(vsn, None, None, topic, "broadcast", payload).into())
-}
-
-/// `{"id": <id>}`, the metadata of a stored message.
-pub fn id_meta(id: &str) -> String {
-    let mut out = String::with_capacity(id.len() + 10);
-    out.push_str("{\"id\":");
-    encode::push_json_str(&mut out, id);
-    out.push('}');
-    out
-}
-
-/// `{"replayed":true,"id": <id>}`, the metadata of a replayed message.
-pub fn replayed_meta(id: &str) -> String {
-    let mut out = String::with_capacity(id.len() + 26);
-    out.push_str("{\"replayed\":true,\"id\":");
-    encode::push_json_str(&mut out, id);
-    out.push('}');
-    out
 }
 
 /// A broadcast stored in `realtime.messages`, as the replication stream delivers it.
@@ -132,11 +58,11 @@ pub enum StoredBody {
 }
 
 impl StoredMessage {
-    /// The body as a [`Body`].
-    pub fn body(&self) -> Body<'_> {
+    /// The body as a [`UserBody`].
+    pub fn body(&self) -> UserBody<'_> {
         match &self.body {
-            StoredBody::Json(text) => Body::Json(text),
-            StoredBody::Binary(bytes) => Body::Binary(bytes),
+            StoredBody::Json(text) => UserBody::Json(text),
+            StoredBody::Binary(bytes) => UserBody::Binary(bytes),
         }
     }
 }
@@ -148,17 +74,17 @@ mod tests {
 
     #[test]
     fn binary_user_broadcasts_never_reach_v1() {
-        let binary = Body::Binary(b"\x01");
+        let binary = UserBody::Binary(b"\x01");
         assert!(user_frame(Vsn::V1, None, "realtime:a", "e", binary, None).is_none());
-        let bad = Body::Json("{bad");
+        let bad = UserBody::Json("{bad");
         assert!(user_frame(Vsn::V1, None, "realtime:a", "e", bad, None).is_none());
         let Some(OutFrame::Text(text)) = user_frame(
             Vsn::V1,
             None,
             "realtime:a",
             "e",
-            Body::Json(r#"{"x":1}"#),
-            Some(&id_meta("m1")),
+            UserBody::Json(r#"{"x":1}"#),
+            Some(&encode::id_meta("m1")),
         ) else {
             panic!("expected a text frame");
         };
@@ -179,12 +105,12 @@ mod tests {
             None,
             "realtime:room1",
             "cursor",
-            Body::Json(r#"{"x":3,"y":4}"#),
-            Some(&replayed_meta("msg-uuid-1")),
+            UserBody::Json(r#"{"x":3,"y":4}"#),
+            Some(&encode::replayed_meta("msg-uuid-1")),
         ) else {
             panic!("expected a binary frame");
         };
-        let meta = replayed_meta("msg-uuid-1");
+        let meta = encode::replayed_meta("msg-uuid-1");
         let mut expected = vec![4u8, 14, 6, meta.len() as u8, 1];
         expected.extend_from_slice(b"realtime:room1cursor");
         expected.extend_from_slice(meta.as_bytes());

@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
-use crate::channels::broadcast::{self, Body, StoredMessage};
+use crate::channels::broadcast::{self, StoredMessage};
 use crate::channels::id::ChannelId;
 use crate::channels::registry::{Audience, Registry, Room, TopicKey};
 use crate::limits::Limits;
+use realtide_protocol::encode::UserBody;
 
 /// Who published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub enum Message<'a> {
         /// The user event.
         event: &'a str,
         /// The body.
-        body: Body<'a>,
+        body: UserBody<'a>,
         /// Metadata, as JSON text.
         meta: Option<&'a str>,
     },
@@ -163,7 +164,7 @@ pub fn deliver_stored(publisher: &Publisher, message: &StoredMessage, max_payloa
         private: message.private,
         sub_topic: message.topic.as_str().into(),
     };
-    let meta = broadcast::id_meta(&message.id);
+    let meta = realtide_protocol::encode::id_meta(&message.id);
     publisher.publish(
         Origin::Database,
         &key,

@@ -19,11 +19,11 @@ use realtide_auth::Claims;
 use serde_json::{Map, Value};
 
 use crate::app::App;
-use crate::channels::broadcast::{self, Body};
 use crate::channels::publish::{Message, Origin};
 use crate::channels::registry::TopicKey;
 use crate::db::authorization::{AuthzError, Extension, Requester, request_headers};
 use crate::db::claims::ClaimsGroup;
+use realtide_protocol::encode::UserBody;
 
 /// Largest request body (as the reference's 8 MB octet-stream read limit).
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -288,7 +288,10 @@ async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
             continue;
         }
         app.metrics.event_in();
-        let meta = message.id.as_deref().map(broadcast::id_meta);
+        let meta = message
+            .id
+            .as_deref()
+            .map(realtide_protocol::encode::id_meta);
         let payload = realtide_protocol::encode::user_broadcast_json(
             &message.event,
             &message.payload,
@@ -356,13 +359,13 @@ async fn single(
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let json_text;
     let body = match content {
-        Content::Octets => Body::Binary(&body),
+        Content::Octets => UserBody::Binary(&body),
         Content::Json => {
             // Re-encoded compactly, as the reference does.
             match serde_json::from_slice::<Value>(&body) {
                 Ok(value @ Value::Object(_)) => {
                     json_text = value.to_string();
-                    Body::Json(&json_text)
+                    UserBody::Json(&json_text)
                 }
                 Ok(_) => {
                     return message(

@@ -53,10 +53,10 @@ impl Session {
             BroadcastPush::User(user) => {
                 let body = match user.encoding {
                     UserEncoding::Json => match std::str::from_utf8(&user.body) {
-                        Ok(text) => Body::Json(text),
-                        Err(_) => Body::Binary(&user.body),
+                        Ok(text) => UserBody::Json(text),
+                        Err(_) => UserBody::Binary(&user.body),
                     },
-                    UserEncoding::Binary => Body::Binary(&user.body),
+                    UserEncoding::Binary => UserBody::Binary(&user.body),
                 };
                 self.app.publisher.publish_in(
                     &channel.topic,

@@ -331,14 +331,14 @@ fn replay_frame(
     topic: &str,
     message: &StoredMessage,
 ) -> Option<OutFrame> {
-    let meta = crate::channels::broadcast::replayed_meta(&message.id);
+    let meta = realtide_protocol::encode::replayed_meta(&message.id);
     match message.body() {
-        Body::Json(text) => {
+        UserBody::Json(text) => {
             let payload = encode::user_broadcast_json(&message.event, text, Some(&meta));
             let frame = encode::text_frame(vsn, join_ref, None, topic, "broadcast", &payload);
             Some(OutFrame::Text(frame.into()))
         }
-        body @ Body::Binary(_) => crate::channels::broadcast::user_frame(
+        body @ UserBody::Binary(_) => crate::channels::broadcast::user_frame(
             vsn,
             None,
             topic,

@@ -35,7 +35,7 @@ use crate::app::App;
 use crate::changes::postgres::Postgres;
 use crate::changes::resume::{self, Resume};
 use crate::changes::subscriptions::{self as changes, ChannelChanges, Registered};
-use crate::channels::broadcast::{Body, StoredMessage};
+use crate::channels::broadcast::StoredMessage;
 use crate::channels::id::ChannelId;
 use crate::channels::publish::{Message, Origin};
 use crate::channels::registry::{
@@ -52,6 +52,7 @@ use crate::outbox::{
     self, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RESTART, CLOSE_TOO_BIG, Cursor, OutFrame, Outbox,
 };
 use crate::ws::frames::{FrameReader, Opcode, ReadError};
+use realtide_protocol::encode::UserBody;
 
 /// A joined channel, owned by its session.
 #[derive(Debug)]
