@@ -140,13 +140,28 @@ fn locate_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A running `realtide` process; killed when dropped.
+/// A running `realtide` process; killed when dropped. Connects through its [`Endpoint`].
 #[derive(Debug)]
 pub struct Server {
     child: Child,
+    endpoint: Endpoint,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Where a realtide server listens, and the clients that connect to it (for a server process
+/// and for one running in the test's own process alike).
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
     /// The address it listens on.
     pub addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 /// Settings every test server gets unless overridden.
@@ -270,7 +285,7 @@ impl Server {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Server {
             child,
-            addr,
+            endpoint: Endpoint { addr },
             stderr,
         })
     }
@@ -317,7 +332,7 @@ impl Server {
         }
         Ok(Server {
             child,
-            addr,
+            endpoint: Endpoint { addr },
             stderr: Arc::new(Mutex::new(String::new())),
         })
     }
@@ -354,7 +369,9 @@ impl Server {
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
+}
 
+impl Endpoint {
     /// Connects to `/socket/websocket?apikey=<anon>&vsn=<vsn>`.
     pub async fn connect(&self, vsn: Vsn) -> Result<Client> {
         self.connect_token(vsn, &anon()).await

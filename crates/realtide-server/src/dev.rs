@@ -451,6 +451,7 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
         let process = crate::Process {
             logs: logs.clone(),
             forced_exit: Some(cluster.stopper()),
+            stop: None,
         };
         crate::run(config, listener, process).await
     });

@@ -51,6 +51,10 @@ pub struct Process {
     pub logs: logs::LogOutput,
     /// Runs before a forced exit.
     pub forced_exit: Option<shutdown::ForcedExit>,
+    /// How a shutdown is asked for: `None` for SIGTERM/SIGINT (with the forced exit after
+    /// `SHUTDOWN_TIMEOUT_MS`); a token for a server embedded in another program (tests), which
+    /// watches no signal and never exits the process.
+    pub stop: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for Process {
@@ -78,13 +82,22 @@ pub async fn run(
     let local = listener.local_addr()?;
     let app = app::App::new(config)
         .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
-    shutdown::watch(
-        app.shutdown.clone(),
-        app.config.shutdown_timeout,
-        process.logs,
-        process.forced_exit,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot watch for signals: {e}"))?;
+    match process.stop {
+        None => shutdown::watch(
+            app.shutdown.clone(),
+            app.config.shutdown_timeout,
+            process.logs,
+            process.forced_exit,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot watch for signals: {e}"))?,
+        Some(stop) => {
+            let shutdown = app.shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                shutdown.cancel();
+            });
+        }
+    }
     app.tasks
         .spawn(app.limits.clone().run(app.shutdown.clone()));
     // Shutdown runs in stages: the signal stops the accept loop and the replication stream;

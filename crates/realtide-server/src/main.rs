@@ -111,6 +111,7 @@ fn main() -> ExitCode {
     let process = Process {
         logs: logs.clone(),
         forced_exit: None,
+        stop: None,
     };
     let result = runtime.block_on(serve(config, process));
     // Tasks still waiting on something are not waited for.
