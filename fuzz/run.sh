@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes with libFuzzer via cargo-fuzz: decode_frame (the realtide-protocol decoders) or
-# client_frames (the server's WebSocket frame reader, crates/realtide-server/src/frames.rs).
+# client_frames (the server's WebSocket frame reader, crates/realtide-server/src/ws/frames.rs).
 #
 #   fuzz/run.sh [SECONDS] [TARGET]        default 120 decode_frame
 #

@@ -1,11 +1,11 @@
 //! Arbitrary bytes as the stream a client sends after the upgrade, read by the server's frame
-//! reader (`crates/realtide-server/src/frames.rs`, compiled in here): no panic, every frame
+//! reader (`crates/realtide-server/src/ws/frames.rs`, compiled in here): no panic, every frame
 //! returned fits the limit, control frames are whole and short, and the reader never reports
 //! more payload than the stream carried.
 
 #![no_main]
 
-#[path = "../../crates/realtide-server/src/frames.rs"]
+#[path = "../../crates/realtide-server/src/ws/frames.rs"]
 #[allow(dead_code, unused_imports)]
 mod frames;
 
