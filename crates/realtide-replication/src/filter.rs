@@ -405,17 +405,18 @@ pub fn inspect_string(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Errors in the form the reference's Postgrex exceptions print
 
-/// `ERROR <sqlstate> (<condition>) <message>`, as `Exception.message/1` prints a Postgrex error.
-fn pg_error(code: &str, condition: &str, message: impl fmt::Display) -> String {
-    format!("ERROR {code} ({condition}) {message}")
-}
-
-/// A PostgreSQL error raised while reading or comparing a value.
-#[derive(Debug, Clone)]
-struct ValueError {
-    code: &'static str,
-    condition: &'static str,
-    message: String,
+/// A PostgreSQL error raised while reading or comparing a value, or why a filter cannot apply
+/// to its column: displayed as `ERROR <sqlstate> (<condition>) <message>`, the text the
+/// reference puts after `Exception: ` in its `system` message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ERROR {code} ({condition}) {message}")]
+pub struct ValueError {
+    /// SQLSTATE.
+    pub code: &'static str,
+    /// Its condition name.
+    pub condition: &'static str,
+    /// PostgreSQL's message.
+    pub message: String,
 }
 
 impl ValueError {
@@ -453,9 +454,6 @@ impl ValueError {
             condition: "raise_exception",
             message,
         }
-    }
-    fn render(&self) -> String {
-        pg_error(self.code, self.condition, &self.message)
     }
 }
 
@@ -1498,7 +1496,7 @@ impl CompiledFilter {
 /// `ERROR 22P02 (invalid_text_representation) invalid input syntax for type bigint: "abc"` or
 /// ``ERROR P0001 (raise_exception) too many values for `in` filter. Maximum 100``. Checking that
 /// the column exists and is SELECT-able (`invalid column for filter <col>`) is the caller's job.
-pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilter, String> {
+pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilter, ValueError> {
     let cat = category_of(column_type);
     let type_name = regtype_name(column_type);
     let element_name = regtype_name(column_type.resolved());
@@ -1508,7 +1506,6 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
             "operator {} is not supported on column {} of type {}: {}",
             filter.op, filter.column, type_name, reason
         ))
-        .render()
     };
     let no_operator = |sym: &str| format!("operator does not exist: {type_name} {sym} {type_name}");
     let compiled = |kind: Kind| CompiledFilter {
@@ -1524,19 +1521,17 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
             let items = value::parse_array(raw, b',').ok_or_else(|| {
                 ValueError::syntax("", "")
                     .with_message(format!("malformed array literal: \"{raw}\""))
-                    .render()
             })?;
             if items.len() > 100 {
                 return Err(ValueError::raise(
                     "too many values for `in` filter. Maximum 100".to_owned(),
-                )
-                .render());
+                ));
             }
             let mut list = Vec::new();
             for item in flatten(&items) {
                 match item {
                     None => list.push(None),
-                    Some(text) => list.push(Some(scalar(&text).map_err(|e| e.render())?)),
+                    Some(text) => list.push(Some(scalar(&text)?)),
                 }
             }
             if cat == TypeCategory::Json {
@@ -1553,8 +1548,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     if !is_bool {
                         return Err(ValueError::raise(format!(
                             "is {raw} filter requires a boolean column, got {type_name}"
-                        ))
-                        .render());
+                        )));
                     }
                     match raw {
                         "true" => Kind::IsBool(true),
@@ -1566,8 +1560,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     return Err(ValueError::raise(
                         "invalid value for is filter: must be null, true, false, or unknown"
                             .to_owned(),
-                    )
-                    .render());
+                    ));
                 }
             };
             Ok(compiled(kind))
@@ -1583,7 +1576,6 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                         "invalid regular expression for {} filter: invalid regular expression: {first}",
                         filter.op
                     ))
-                    .render()
                 })?;
             match cat {
                 TypeCategory::Text | TypeCategory::Char1 | TypeCategory::Bpchar => {
@@ -1631,7 +1623,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
             }
         }
         Op::Eq | Op::Neq | Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::IsDistinct => {
-            let rhs = scalar(raw).map_err(|e| e.render())?;
+            let rhs = scalar(raw)?;
             let ordering = matches!(filter.op, Op::Lt | Op::Lte | Op::Gt | Op::Gte);
             let sym = match filter.op {
                 Op::Eq | Op::IsDistinct => "=",

@@ -11,6 +11,7 @@
 //! not hold WAL). A keepalive that asks for a reply is answered automatically with the position
 //! already confirmed, never a newer one (or none, see `queue_reply`).
 
+use crate::sql::{quote_ident, quote_literal};
 use std::io;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -465,14 +466,6 @@ fn check_slot_name(slot: &str) -> Result<(), StreamError> {
             "invalid slot name {slot:?}: use 1 to 63 of a-z, 0-9 and _"
         )))
     }
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Checks that `url` is a connection URL this client can use (`postgres://...`), without

@@ -11,9 +11,10 @@ use indexmap::IndexMap;
 
 use crate::changes::change::{Cell, Change, ChangeKind};
 use crate::changes::subscriptions::ChannelChanges;
-use crate::db::catalog::{Table, quote_ident};
+use crate::db::catalog::Table;
 use crate::db::claims::ClaimsGroup;
 use crate::db::pool::{DbError, Pool};
+use realtide_replication::sql::quote_ident;
 
 /// Waits briefly for the transactions `xids` to become visible to a new snapshot; returns
 /// [`DbError::NotVisible`] when one still is not (the caller retries later).

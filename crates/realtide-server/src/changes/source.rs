@@ -26,10 +26,11 @@ use crate::changes::journal::{JournalError, Seq};
 use crate::changes::postgres::Postgres;
 use crate::changes::progress::{Problem, ReplicationStatus};
 use crate::channels::broadcast::{StoredBody, StoredMessage};
-use crate::db::catalog::{Table, quote_ident};
+use crate::db::catalog::Table;
 use crate::db::pool::DbError;
 use crate::db::schema;
 use crate::metrics::Metrics;
+use realtide_replication::sql::quote_ident;
 
 /// Why a replication session ended.
 #[derive(Debug, thiserror::Error)]

@@ -174,7 +174,11 @@ fn compile(filters: &[Filter], table: &Table) -> Result<TableFilters, String> {
                 .columns
                 .get(index)
                 .ok_or_else(|| format!("invalid column for filter {}", filter.column))?;
-            Ok((index, validate(filter, &column.ty)?))
+            // The rejection's text is the `system` message the client sees.
+            Ok((
+                index,
+                validate(filter, &column.ty).map_err(|e| e.to_string())?,
+            ))
         })
         .collect()
 }

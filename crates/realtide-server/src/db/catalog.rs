@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use realtide_replication::sql::quote_ident;
 use realtide_replication::value::{TypeInfo, TypeKind, builtin};
 
 use crate::db::pool::{DbError, Pool};
@@ -76,11 +77,6 @@ impl Table {
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Per column of a table, whether something holds (e.g. a role may select it).
