@@ -1,11 +1,11 @@
 //! Test harness for the realtide integration tests.
 //!
 //! - [`Server`] runs the real `realtide` binary on a free port and kills it on drop.
-//! - [`Client`] is a small WebSocket client (its own RFC 6455 framing over a `TcpStream`) that
-//!   speaks the Supabase Realtime wire protocol with `realtide-protocol`: text frames are encoded
-//!   with [`realtide_protocol::encode::text_frame`] (V2) or as V1 objects, decoded with
-//!   [`realtide_protocol::frame::decode_text`]; kind-3 binary pushes are built by
-//!   [`kind3_frame`].
+//! - [`Client`] is a small WebSocket client (RFC 6455 framing from [`realtide_protocol::wsframe`]
+//!   over a `TcpStream`) that speaks the Supabase Realtime wire protocol with `realtide-protocol`:
+//!   text frames are encoded with [`realtide_protocol::encode::text_frame`] (V2) or as V1
+//!   objects, decoded with [`realtide_protocol::frame::decode_text`]; kind-3 binary pushes are
+//!   built by [`kind3_frame`].
 //! - [`token`] / [`sign`] mint HS256 JWTs with the test secret through `realtide-auth`.
 //!
 //! Everything returns `anyhow::Result`; timeouts are generous and only bound how long a test
@@ -19,9 +19,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use bytes::BytesMut;
 use realtide_protocol::Inbound;
 pub use realtide_protocol::Vsn;
 use realtide_protocol::frame::{InboundPayload, decode_text};
+pub use realtide_protocol::wsframe::Opcode;
+use realtide_protocol::wsframe::{Assembler, Message, Rules, push_frame, take_frame};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -786,16 +789,8 @@ pub fn kind4_frame(topic: &str, user_event: &str, encoding: u8, body: &[u8]) -> 
     )?)
 }
 
-const OP_CONTINUATION: u8 = 0x0;
-/// Text frame opcode.
-pub const OP_TEXT: u8 = 0x1;
-/// Binary frame opcode.
-pub const OP_BINARY: u8 = 0x2;
-/// Close frame opcode.
-pub const OP_CLOSE: u8 = 0x8;
-/// Ping opcode.
-pub const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// Largest server frame, and reassembled message, the client accepts.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// A WebSocket client speaking the Realtime protocol.
 #[derive(Debug)]
@@ -838,7 +833,7 @@ impl Client {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let vsn = self.vsn;
-        tokio::spawn(read_loop(vsn, BufReader::new(reader), tx));
+        tokio::spawn(read_loop(vsn, reader, tx));
         self.rx = Some(rx);
     }
 
@@ -849,30 +844,17 @@ impl Client {
     }
 
     /// Sends one unfragmented frame with an opcode.
-    pub async fn send_raw(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
+    pub async fn send_raw(&mut self, opcode: Opcode, payload: &[u8]) -> Result<()> {
         self.mask_seed = self
             .mask_seed
             .wrapping_mul(1_664_525)
             .wrapping_add(1_013_904_223);
-        let mask = self.mask_seed.to_be_bytes();
         let mut out = Vec::with_capacity(payload.len() + 14);
-        out.push(0x80 | opcode);
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | u8::try_from(len)?);
-        } else if let Ok(len) = u16::try_from(len) {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&len.to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&u64::try_from(len)?.to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(
-            payload
-                .iter()
-                .zip(mask.iter().cycle())
-                .map(|(byte, key)| byte ^ key),
+        push_frame(
+            &mut out,
+            opcode,
+            payload,
+            Some(self.mask_seed.to_be_bytes()),
         );
         self.writer.write_all(&out).await?;
         Ok(())
@@ -880,12 +862,12 @@ impl Client {
 
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
-        self.send_raw(OP_TEXT, text.as_bytes()).await
+        self.send_raw(Opcode::Text, text.as_bytes()).await
     }
 
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<()> {
-        self.send_raw(OP_BINARY, bytes).await
+        self.send_raw(Opcode::Binary, bytes).await
     }
 
     /// Encodes a client push for this socket's serializer: a V2 array (via
@@ -1139,30 +1121,29 @@ impl Client {
     }
 }
 
-/// Reads server frames until the stream ends; forwards each to `tx`.
+/// Reads server frames until the stream ends; forwards each message to `tx`.
 async fn read_loop<R: AsyncRead + Unpin>(
     vsn: Vsn,
-    mut reader: BufReader<R>,
+    mut reader: R,
     tx: mpsc::UnboundedSender<Incoming>,
 ) {
-    let mut message: Option<(u8, Vec<u8>)> = None;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut assembler = Assembler::new(MAX_MESSAGE);
     loop {
-        let frame = match read_frame(&mut reader).await {
-            Ok(frame) => frame,
+        let message = match next_message(&mut reader, &mut buf, &mut assembler).await {
+            Ok(message) => message,
             Err(error) => {
                 let _ = tx.send(Incoming::Eof(format!("{error:#}")));
                 return;
             }
         };
-        let (fin, opcode, payload) = frame;
-        let item = match opcode {
-            OP_CLOSE => {
-                let code = payload.get(..2).map(|b| {
-                    u16::from_be_bytes([
-                        b.first().copied().unwrap_or(0),
-                        b.get(1).copied().unwrap_or(0),
-                    ])
-                });
+        let payload = message.payload;
+        let item = match message.opcode {
+            Opcode::Close => {
+                let code = match payload.get(..2) {
+                    Some(&[a, b]) => Some(u16::from_be_bytes([a, b])),
+                    _ => None,
+                };
                 let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
                 let _ = tx.send(Incoming::Close(code, reason.into_owned()));
                 return;
@@ -1170,27 +1151,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // realtide pings after change frames to learn what the client has read; this client
             // does not answer them (it then counts as one that does not acknowledge) and does
             // not show them to the tests, like the WebSocket libraries of the real clients.
-            OP_PING => continue,
-            OP_PONG => Incoming::Pong(payload),
-            OP_TEXT | OP_BINARY if fin && message.is_none() => complete(vsn, opcode, payload),
-            OP_TEXT | OP_BINARY if message.is_none() => {
-                message = Some((opcode, payload));
-                continue;
-            }
-            OP_CONTINUATION => match message.as_mut() {
-                Some((_, buffer)) => {
-                    buffer.extend_from_slice(&payload);
-                    if !fin {
-                        continue;
-                    }
-                    match message.take() {
-                        Some((opcode, buffer)) => complete(vsn, opcode, buffer),
-                        None => continue,
-                    }
-                }
-                None => Incoming::Eof("continuation without a started message".into()),
-            },
-            other => Incoming::Eof(format!("unexpected opcode {other:#x}")),
+            Opcode::Ping => continue,
+            Opcode::Pong => Incoming::Pong(payload.to_vec()),
+            Opcode::Binary => Incoming::Binary(payload.to_vec()),
+            Opcode::Text | Opcode::Continuation => complete_text(vsn, payload.to_vec()),
         };
         let end = item.is_end();
         if tx.send(item).is_err() || end {
@@ -1199,10 +1163,29 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-fn complete(vsn: Vsn, opcode: u8, payload: Vec<u8>) -> Incoming {
-    if opcode == OP_BINARY {
-        return Incoming::Binary(payload);
+/// The next whole message (fragments reassembled, control frames as they come) from unmasked
+/// server frames.
+async fn next_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    assembler: &mut Assembler,
+) -> Result<Message> {
+    loop {
+        while let Some(frame) = take_frame(buf, Rules::from_server(MAX_MESSAGE))? {
+            if let Some(message) = assembler.push(frame)? {
+                return Ok(message);
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8 * 1024);
+        }
+        if reader.read_buf(buf).await? == 0 {
+            bail!("early eof");
+        }
     }
+}
+
+fn complete_text(vsn: Vsn, payload: Vec<u8>) -> Incoming {
     match String::from_utf8(payload) {
         Ok(text) => match decode_server_text(vsn, &text) {
             Some(msg) => Incoming::Text(msg),
@@ -1210,21 +1193,6 @@ fn complete(vsn: Vsn, opcode: u8, payload: Vec<u8>) -> Incoming {
         },
         Err(error) => Incoming::BadText(String::from_utf8_lossy(error.as_bytes()).into_owned()),
     }
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(bool, u8, Vec<u8>)> {
-    let first = reader.read_u8().await?;
-    let second = reader.read_u8().await?;
-    ensure!(second & 0x80 == 0, "server frame is masked");
-    let len = match second & 0x7f {
-        126 => u64::from(reader.read_u16().await?),
-        127 => reader.read_u64().await?,
-        n => u64::from(n),
-    };
-    ensure!(len <= 256 * 1024 * 1024, "frame of {len} bytes");
-    let mut payload = vec![0; usize::try_from(len)?];
-    reader.read_exact(&mut payload).await?;
-    Ok((first & 0x80 != 0, first & 0x0f, payload))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use realtide_tests::{Client, Connect, Server, Vsn, WAIT, anon};
+use realtide_tests::{Client, Connect, Opcode, Server, Vsn, WAIT, anon};
 use serde_json::{Value, json};
 
 const TICK: &str = "200";
@@ -217,7 +217,7 @@ async fn max_connections_refuses_upgrades_with_503() -> Result<()> {
         response.status == 503 && response.body == r#"{"error":"Too many connections"}"#,
         "{response:?}"
     );
-    one.send_raw(0x8, &[0x03, 0xe8]).await?;
+    one.send_raw(Opcode::Close, &[0x03, 0xe8]).await?;
     one.expect_end(WAIT).await?;
     // The slot is released when the connection ends.
     let deadline = tokio::time::Instant::now() + WAIT;

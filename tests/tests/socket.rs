@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
-use realtide_tests::{Incoming, QUIET, Server, Vsn, anon, kind3_frame};
+use realtide_tests::{Incoming, Opcode, QUIET, Server, Vsn, anon, kind3_frame};
 use serde_json::json;
 
 #[tokio::test]
@@ -274,9 +274,12 @@ async fn text_frames_that_are_not_utf8_are_dropped_and_the_socket_survives() -> 
     let server = Server::start(&[]).await?;
     let mut client = server.connect(Vsn::V2).await?;
     client
-        .send_raw(0x1, b"[null,\"1\",\"phoenix\",\"heart\xffbeat\",{}]")
+        .send_raw(
+            Opcode::Text,
+            b"[null,\"1\",\"phoenix\",\"heart\xffbeat\",{}]",
+        )
         .await?;
-    client.send_raw(0x1, &[0xc3, 0x28]).await?;
+    client.send_raw(Opcode::Text, &[0xc3, 0x28]).await?;
     client.assert_no_frame(Duration::from_millis(150)).await?;
     let reply = client.heartbeat().await?;
     ensure!(reply.reference.is_some());

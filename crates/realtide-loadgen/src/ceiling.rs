@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
+use realtide_protocol::wsframe::{Frame, Opcode, Rules, push_frame, take_frame};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,22 +40,13 @@ pub async fn serve(listener: TcpListener) -> Result<()> {
     }
 }
 
+/// Largest client frame accepted: realtide's default `WEBSOCKET_MAX_FRAME_SIZE`.
+const MAX_FRAME: usize = 5_000_000;
+
 /// A server frame (unmasked).
-fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+fn frame(opcode: Opcode, payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(payload.len() + 10);
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= 0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
+    push_frame(&mut out, opcode, payload, None);
     Bytes::from(out)
 }
 
@@ -104,15 +96,18 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) -> Result<()> {
     let mut joined: Vec<String> = Vec::new();
     let result = async {
         loop {
-            let Some((opcode, payload)) = next_frame(&mut rd, &mut buf).await? else {
+            let Some(Frame {
+                opcode, payload, ..
+            }) = next_frame(&mut rd, &mut buf).await?
+            else {
                 return Ok::<(), anyhow::Error>(());
             };
             match opcode {
-                0x8 => return Ok(()),
-                0x9 => {
-                    let _ = tx.send(frame(0xA, &payload));
+                Opcode::Close => return Ok(()),
+                Opcode::Ping => {
+                    let _ = tx.send(frame(Opcode::Pong, &payload));
                 }
-                0x1 => on_text(&state, id, &tx, &payload, &mut joined),
+                Opcode::Text => on_text(&state, id, &tx, &payload, &mut joined),
                 _ => {}
             }
         }
@@ -146,7 +141,7 @@ fn on_text(
     match event {
         "\"broadcast\"" => {
             let out = frame(
-                0x1,
+                Opcode::Text,
                 format!("[null,null,{topic},\"broadcast\",{}]", text(4)).as_bytes(),
             );
             let topics = state.topics.lock();
@@ -169,13 +164,13 @@ fn on_text(
             let reply = format!(
                 "[{reference},{reference},{topic},\"phx_reply\",{{\"status\":\"ok\",\"response\":{{}}}}]"
             );
-            let _ = tx.send(frame(0x1, reply.as_bytes()));
+            let _ = tx.send(frame(Opcode::Text, reply.as_bytes()));
         }
         _ => {
             let reply = format!(
                 "[null,{reference},{topic},\"phx_reply\",{{\"status\":\"ok\",\"response\":{{}}}}]"
             );
-            let _ = tx.send(frame(0x1, reply.as_bytes()));
+            let _ = tx.send(frame(Opcode::Text, reply.as_bytes()));
         }
     }
 }
@@ -184,58 +179,13 @@ fn on_text(
 async fn next_frame(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     buf: &mut BytesMut,
-) -> Result<Option<(u8, Vec<u8>)>> {
+) -> Result<Option<Frame>> {
     loop {
-        if let Some(parsed) = parse(buf)? {
-            return Ok(Some(parsed));
+        if let Some(frame) = take_frame(buf, Rules::from_client(MAX_FRAME))? {
+            return Ok(Some(frame));
         }
         if rd.read_buf(buf).await? == 0 {
             return Ok(None);
         }
     }
-}
-
-fn parse(buf: &mut BytesMut) -> Result<Option<(u8, Vec<u8>)>> {
-    let (b0, b1) = match buf.get(..2) {
-        Some(&[a, b]) => (a, b),
-        _ => return Ok(None),
-    };
-    let opcode = b0 & 0x0F;
-    let masked = b1 & 0x80 != 0;
-    let (header, len) = match b1 & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(&[a, b]) => (4, usize::from(u16::from_be_bytes([a, b]))),
-            _ => return Ok(None),
-        },
-        127 => match buf.get(2..10) {
-            Some(bytes) => {
-                let mut raw = [0u8; 8];
-                raw.copy_from_slice(bytes);
-                (
-                    10,
-                    usize::try_from(u64::from_be_bytes(raw))
-                        .map_err(|_| anyhow!("frame too big"))?,
-                )
-            }
-            None => return Ok(None),
-        },
-        n => (2, usize::from(n)),
-    };
-    let mask_len = if masked { 4 } else { 0 };
-    if buf.len() < header + mask_len + len {
-        return Ok(None);
-    }
-    let mask: [u8; 4] = if masked {
-        buf.get(header..header + 4)
-            .and_then(|m| m.try_into().ok())
-            .unwrap_or([0; 4])
-    } else {
-        [0; 4]
-    };
-    buf.advance(header + mask_len);
-    let mut payload = buf.split_to(len).to_vec();
-    for (b, m) in payload.iter_mut().zip(mask.iter().cycle()) {
-        *b ^= m;
-    }
-    Ok(Some((opcode, payload)))
 }

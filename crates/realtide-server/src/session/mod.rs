@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use realtide_auth::Claims;
 use realtide_protocol::encode::{self, Status};
 use realtide_protocol::message::{BroadcastPush, JoinRequest, PresencePush, binding_id};
 use realtide_protocol::system::{SystemStatus, system_payload};
+use realtide_protocol::wsframe::Assembler;
 use realtide_protocol::{ClientMessage, Inbound, JoinRef, Ref, Topic, UserEncoding, Vsn};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
@@ -51,7 +52,7 @@ use crate::limits::PresenceWindow;
 use crate::outbox::{
     self, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RESTART, CLOSE_TOO_BIG, Cursor, OutFrame, Outbox,
 };
-use crate::ws::frames::{FrameReader, Opcode, ReadError};
+use crate::ws::frames::{FrameError, FrameReader, Opcode, ReadError};
 use realtide_protocol::encode::UserBody;
 
 /// A joined channel, owned by its session.
@@ -111,48 +112,6 @@ struct Session {
 enum Flow {
     Continue,
     Stop,
-}
-
-/// Reassembles fragmented messages, bounded by the frame size limit in total.
-struct Assembler {
-    opcode: Option<Opcode>,
-    buffer: BytesMut,
-    max: usize,
-}
-
-enum Assembled {
-    Message(Opcode, Bytes),
-    Partial,
-    TooBig,
-    Invalid,
-}
-
-impl Assembler {
-    fn push(&mut self, fin: bool, opcode: Opcode, payload: Bytes) -> Assembled {
-        match (opcode, self.opcode) {
-            (Opcode::Text | Opcode::Binary, None) if fin => Assembled::Message(opcode, payload),
-            (Opcode::Text | Opcode::Binary, None) => {
-                self.opcode = Some(opcode);
-                self.append(&payload)
-            }
-            (Opcode::Continuation, Some(started)) => match self.append(&payload) {
-                Assembled::Partial if fin => {
-                    self.opcode = None;
-                    Assembled::Message(started, std::mem::take(&mut self.buffer).freeze())
-                }
-                other => other,
-            },
-            _ => Assembled::Invalid,
-        }
-    }
-
-    fn append(&mut self, payload: &[u8]) -> Assembled {
-        if self.buffer.len() + payload.len() > self.max {
-            return Assembled::TooBig;
-        }
-        self.buffer.extend_from_slice(payload);
-        Assembled::Partial
-    }
 }
 
 /// Why [`Session::serve`] returned.
@@ -260,11 +219,8 @@ impl Session {
         let mut last_frame = Instant::now();
         let idle_timer = tokio::time::sleep_until(last_frame + idle);
         tokio::pin!(idle_timer);
-        let mut assembler = Assembler {
-            opcode: None,
-            buffer: BytesMut::new(),
-            max: app.config.max_frame_size,
-        };
+        // Fragments add up to at most the frame size limit.
+        let mut assembler = Assembler::new(app.config.max_frame_size);
         loop {
             let token_check = self.next_token_check();
             tokio::select! {
@@ -300,13 +256,8 @@ impl Session {
                 result = reader.next() => {
                     let frame = match result {
                         Ok(frame) => frame,
-                        Err(ReadError::TooLarge) => {
-                            self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
-                            return Ending::Other;
-                        }
-                        Err(ReadError::Protocol(reason)) => {
-                            tracing::debug!(reason, "closing socket on a framing error");
-                            self.outbox.push(OutFrame::Close(CLOSE_PROTOCOL, "protocol error"));
+                        Err(ReadError::Frame(error)) => {
+                            self.close_on(&error);
                             return Ending::Other;
                         }
                         Err(error) => {
@@ -328,19 +279,15 @@ impl Session {
                             self.outbox.receipts().pong(&frame.payload);
                             Flow::Continue
                         }
-                        _ => match assembler.push(frame.fin, frame.opcode, frame.payload) {
+                        _ => match assembler.push(frame) {
                             // Boxed: the join/authorization futures are large and rare; they
                             // must not inflate every idle session's future.
-                            Assembled::Message(opcode, message) => {
-                                Box::pin(self.on_message(opcode, message)).await
+                            Ok(Some(message)) => {
+                                Box::pin(self.on_message(message.opcode, message.payload)).await
                             }
-                            Assembled::Partial => Flow::Continue,
-                            Assembled::TooBig => {
-                                self.outbox.push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
-                                Flow::Stop
-                            }
-                            Assembled::Invalid => {
-                                self.outbox.push(OutFrame::Close(CLOSE_PROTOCOL, "protocol error"));
+                            Ok(None) => Flow::Continue,
+                            Err(error) => {
+                                self.close_on(&error);
                                 Flow::Stop
                             }
                         },
@@ -350,6 +297,18 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Closes the socket on a framing error: 1009 for sizes over the limit, 1002 otherwise.
+    fn close_on(&self, error: &FrameError) {
+        if error.is_too_large() {
+            self.outbox
+                .push(OutFrame::Close(CLOSE_TOO_BIG, "frame too large"));
+        } else {
+            tracing::debug!(%error, "closing socket on a framing error");
+            self.outbox
+                .push(OutFrame::Close(CLOSE_PROTOCOL, "protocol error"));
         }
     }
 

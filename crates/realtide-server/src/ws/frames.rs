@@ -1,46 +1,21 @@
-//! The server side of RFC 6455 framing for reads: client frames (masked) parsed from a small
-//! buffer that grows only for large messages and is released afterwards.
+//! The server side of RFC 6455 framing for reads: client frames (masked) parsed by
+//! [`realtide_protocol::wsframe`] from a small buffer that grows only for large messages and is
+//! released afterwards.
 //!
 //! Idle connections dominate a realtime server's memory, so the read buffer starts empty and
 //! grows on demand (a fixed 8 KiB buffer per socket was the largest single cost). Reading is
 //! cancel-safe: bytes stay in the buffer until a whole frame is there, so the session's
 //! `select!` can poll [`FrameReader::next`] afresh on every turn.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+pub use realtide_protocol::wsframe::{Frame, FrameError, Opcode};
+use realtide_protocol::wsframe::{Rules, take_frame};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// First allocation of a read buffer; enough for a join or a small broadcast.
 const INITIAL: usize = 512;
 /// A buffer that grew beyond this is released once empty.
 const KEEP: usize = 16 * 1024;
-
-/// A frame's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opcode {
-    /// Continuation of a fragmented message.
-    Continuation,
-    /// UTF-8 text (validated by the caller).
-    Text,
-    /// Binary.
-    Binary,
-    /// Close.
-    Close,
-    /// Ping.
-    Ping,
-    /// Pong.
-    Pong,
-}
-
-/// One frame, unmasked.
-#[derive(Debug)]
-pub struct Frame {
-    /// Last frame of its message.
-    pub fin: bool,
-    /// Type.
-    pub opcode: Opcode,
-    /// Payload.
-    pub payload: Bytes,
-}
 
 /// Why reading stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +26,9 @@ pub enum ReadError {
     /// The peer closed the connection.
     #[error("connection closed")]
     Closed,
-    /// A frame announced more than the maximum message size.
-    #[error("frame too large")]
-    TooLarge,
-    /// The peer broke the framing rules (unmasked frame, reserved bits, bad control frame).
-    #[error("protocol error: {0}")]
-    Protocol(&'static str),
+    /// The peer broke the framing rules or exceeded the frame size limit.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
 }
 
 /// Reads client frames from `io`.
@@ -64,23 +36,28 @@ pub enum ReadError {
 pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
-    max: usize,
+    rules: Rules,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader accepting frames of at most `max` payload bytes.
+    /// A reader accepting masked client frames of at most `max` payload bytes.
     pub fn new(io: R, max: usize) -> FrameReader<R> {
         FrameReader {
             io,
             buf: BytesMut::new(),
-            max,
+            rules: Rules::from_client(max),
         }
     }
 
-    /// The next frame. Cancel-safe.
+    /// The next frame, unmasked. Cancel-safe.
     pub async fn next(&mut self) -> Result<Frame, ReadError> {
         loop {
-            if let Some(frame) = self.parse()? {
+            // Takes nothing until the whole frame is buffered (and reserves room for it).
+            if let Some(frame) = take_frame(&mut self.buf, self.rules)? {
+                if self.buf.is_empty() && self.buf.capacity() > KEEP {
+                    // A large message passed: do not keep its buffer on an idle socket.
+                    self.buf = BytesMut::new();
+                }
                 return Ok(frame);
             }
             if self.buf.capacity() == self.buf.len() {
@@ -91,95 +68,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
-
-    /// Takes one whole frame from the buffer, or reserves room for the rest of it.
-    fn parse(&mut self) -> Result<Option<Frame>, ReadError> {
-        let Some(header) = parse_header(&self.buf, self.max)? else {
-            return Ok(None);
-        };
-        let total = header.header_len + header.len;
-        if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
-            return Ok(None);
-        }
-        let head = self.buf.split_to(header.header_len);
-        let mut payload = self.buf.split_to(header.len);
-        let mask = head
-            .get(header.header_len - 4..)
-            .and_then(|m| <[u8; 4]>::try_from(m).ok())
-            .unwrap_or([0; 4]);
-        for (byte, key) in payload.iter_mut().zip(mask.iter().cycle()) {
-            *byte ^= key;
-        }
-        if self.buf.is_empty() && self.buf.capacity() > KEEP {
-            // A large message passed: do not keep its buffer on an idle socket.
-            self.buf = BytesMut::new();
-        }
-        Ok(Some(Frame {
-            fin: header.fin,
-            opcode: header.opcode,
-            payload: payload.freeze(),
-        }))
-    }
-}
-
-struct Header {
-    fin: bool,
-    opcode: Opcode,
-    header_len: usize,
-    len: usize,
-}
-
-/// Parses a frame header (with its mask key) from the front of `buf`; `None` when incomplete.
-fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, ReadError> {
-    let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
-        return Ok(None);
-    };
-    if b0 & 0x70 != 0 {
-        return Err(ReadError::Protocol("reserved bits set"));
-    }
-    if b1 & 0x80 == 0 {
-        return Err(ReadError::Protocol("client frame not masked"));
-    }
-    let fin = b0 & 0x80 != 0;
-    let opcode = match b0 & 0x0F {
-        0x0 => Opcode::Continuation,
-        0x1 => Opcode::Text,
-        0x2 => Opcode::Binary,
-        0x8 => Opcode::Close,
-        0x9 => Opcode::Ping,
-        0xA => Opcode::Pong,
-        _ => return Err(ReadError::Protocol("unknown opcode")),
-    };
-    let (len_bytes, len) = match b1 & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(&[a, b]) => (2, u64::from(u16::from_be_bytes([a, b]))),
-            _ => return Ok(None),
-        },
-        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(bytes) => (8, u64::from_be_bytes(bytes)),
-            None => return Ok(None),
-        },
-        short => (0, u64::from(short)),
-    };
-    let control = matches!(opcode, Opcode::Close | Opcode::Ping | Opcode::Pong);
-    if control && (!fin || len > 125) {
-        return Err(ReadError::Protocol("invalid control frame"));
-    }
-    let len = usize::try_from(len).map_err(|_| ReadError::TooLarge)?;
-    if len > max {
-        return Err(ReadError::TooLarge);
-    }
-    let header_len = 2 + len_bytes + 4;
-    if buf.len() < header_len {
-        return Ok(None);
-    }
-    Ok(Some(Header {
-        fin,
-        opcode,
-        header_len,
-        len,
-    }))
 }
 
 #[cfg(test)]
@@ -247,7 +135,7 @@ mod tests {
         let too_big = client_frame(0x82, &[0u8; 2000], [1, 2, 3, 4]);
         assert_eq!(
             read_all(too_big, 1000).await,
-            vec![Err("frame too large".into())]
+            vec![Err("frame of 2000 bytes exceeds the limit of 1000".into())]
         );
         let mut unmasked = client_frame(0x81, b"x", [0; 4]);
         if let Some(b) = unmasked.get_mut(1) {

@@ -7,30 +7,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use realtide_protocol::wsframe::{Opcode, push_frame, push_header};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Metrics;
 use crate::outbox::{CLOSE_SLOW_CONSUMER, Cursor, OutFrame, OutboxReceiver, Shared, WRITE_BATCH};
-
-/// Appends an unmasked server frame (RFC 6455, section 5.2) to `out`.
-fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    push_header(out, opcode, payload.len());
-    out.extend_from_slice(payload);
-}
-
-/// Appends the header of an unmasked server frame with a payload of `len` bytes.
-fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&len.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-}
 
 /// Payloads from this size on are written from their shared buffer instead of being copied
 /// into the batch: a large broadcast to many slow readers is then held once, not once per
@@ -58,14 +39,20 @@ impl Batch {
     }
 
     /// Appends a frame, sharing a large payload instead of copying it.
-    fn frame(&mut self, opcode: u8, payload: &Bytes) {
+    fn frame(&mut self, opcode: Opcode, payload: &Bytes) {
         self.framed(opcode, &[], payload, &[]);
     }
 
     /// Appends a frame whose payload is `head + body + tail`, sharing a large body.
-    fn framed(&mut self, opcode: u8, head: &[u8], body: &Bytes, tail: &[u8]) {
+    fn framed(&mut self, opcode: Opcode, head: &[u8], body: &Bytes, tail: &[u8]) {
         let before = self.own.len();
-        push_header(&mut self.own, opcode, head.len() + body.len() + tail.len());
+        push_header(
+            &mut self.own,
+            opcode,
+            true,
+            head.len() + body.len() + tail.len(),
+            None,
+        );
         self.own.extend_from_slice(head);
         if body.len() < SHARED_PAYLOAD {
             self.own.extend_from_slice(body);
@@ -78,9 +65,9 @@ impl Batch {
     }
 
     /// Appends a small frame built from a slice.
-    fn small(&mut self, opcode: u8, payload: &[u8]) {
+    fn small(&mut self, opcode: Opcode, payload: &[u8]) {
         let before = self.own.len();
-        push_frame(&mut self.own, opcode, payload);
+        push_frame(&mut self.own, opcode, payload, None);
         self.len += self.own.len() - before;
     }
 
@@ -115,12 +102,6 @@ impl Batch {
     }
 }
 
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
 /// Runs the writer: drains the queue in batches into the socket until a close frame, the end of
 /// the queue, a write error or a slow-consumer overflow. A slow consumer's last batch and close
 /// frame are still written, for up to `grace`, so that a client that reads again in time gets
@@ -141,7 +122,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
     tokio::pin!(cut_expired);
     let mut batch = Batch::default();
     if let Some(number) = receipts.first_ping() {
-        batch.small(OP_PING, &number.to_be_bytes());
+        batch.small(Opcode::Ping, &number.to_be_bytes());
     }
     // Change frames in the batch (cursor, position, offset of the frame's end in the batch):
     // their cursors move once the socket took the frame.
@@ -175,7 +156,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
                 && !closing
                 && let Some(number) = receipts.writing(&marks)
             {
-                batch.small(OP_PING, &number.to_be_bytes());
+                batch.small(Opcode::Ping, &number.to_be_bytes());
             }
         }
         // Written piece by piece, so that change frames count as written as soon as the
@@ -258,7 +239,7 @@ fn push_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(reason.as_bytes());
-    push_frame(out, OP_CLOSE, &payload);
+    push_frame(out, Opcode::Close, &payload, None);
 }
 
 /// Encodes one queued frame; returns true for close frames.
@@ -272,14 +253,14 @@ fn encode_into(
         .queued_bytes
         .fetch_sub(frame.cost(), Ordering::Relaxed);
     match frame {
-        OutFrame::Text(b) => batch.frame(OP_TEXT, b),
+        OutFrame::Text(b) => batch.frame(Opcode::Text, b),
         OutFrame::Change { frame, cursor, end } => {
-            batch.frame(OP_TEXT, frame);
+            batch.frame(Opcode::Text, frame);
             marks.push((cursor.clone(), *end, batch.len()));
         }
-        OutFrame::Framed { head, body, tail } => batch.framed(OP_TEXT, head, body, tail),
-        OutFrame::Binary(b) => batch.frame(OP_BINARY, b),
-        OutFrame::Pong(b) => batch.small(OP_PONG, b),
+        OutFrame::Framed { head, body, tail } => batch.framed(Opcode::Text, head, body, tail),
+        OutFrame::Binary(b) => batch.frame(Opcode::Binary, b),
+        OutFrame::Pong(b) => batch.small(Opcode::Pong, b),
         OutFrame::Close(code, reason) => {
             let mut close = Vec::new();
             push_close(&mut close, *code, reason);
@@ -288,7 +269,7 @@ fn encode_into(
             return true;
         }
         OutFrame::CloseEcho(b) => {
-            batch.small(OP_CLOSE, b);
+            batch.small(Opcode::Close, b);
             return true;
         }
     }
@@ -302,13 +283,13 @@ mod tests {
     #[test]
     fn frame_headers() {
         let mut out = Vec::new();
-        push_frame(&mut out, OP_TEXT, b"hi");
+        push_frame(&mut out, Opcode::Text, b"hi", None);
         assert_eq!(out, [0x81, 2, b'h', b'i']);
         out.clear();
-        push_frame(&mut out, OP_BINARY, &[0u8; 300]);
+        push_frame(&mut out, Opcode::Binary, &[0u8; 300], None);
         assert_eq!(out.get(..4), Some(&[0x82, 126, 1, 44][..]));
         out.clear();
-        push_frame(&mut out, OP_TEXT, &vec![0u8; 70_000]);
+        push_frame(&mut out, Opcode::Text, &vec![0u8; 70_000], None);
         assert_eq!(
             out.get(..10),
             Some(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70][..])
@@ -322,16 +303,16 @@ mod tests {
         let mut batch = Batch::default();
         let mut expected = Vec::new();
         for (opcode, payload) in [
-            (OP_TEXT, &small),
-            (OP_TEXT, &large),
-            (OP_BINARY, &large),
-            (OP_TEXT, &small),
+            (Opcode::Text, &small),
+            (Opcode::Text, &large),
+            (Opcode::Binary, &large),
+            (Opcode::Text, &small),
         ] {
             batch.frame(opcode, payload);
-            push_frame(&mut expected, opcode, payload);
+            push_frame(&mut expected, opcode, payload, None);
         }
-        batch.small(OP_PING, &7u64.to_be_bytes());
-        push_frame(&mut expected, OP_PING, &7u64.to_be_bytes());
+        batch.small(Opcode::Ping, &7u64.to_be_bytes());
+        push_frame(&mut expected, Opcode::Ping, &7u64.to_be_bytes(), None);
         assert_eq!(batch.len(), expected.len());
         // Two large payloads are referenced, not copied.
         assert_eq!(batch.shared.len(), 2);
