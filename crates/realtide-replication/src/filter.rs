@@ -405,18 +405,14 @@ pub fn inspect_string(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Errors in the form the reference's Postgrex exceptions print
 
-/// A PostgreSQL error raised while reading or comparing a value, or why a filter cannot apply
-/// to its column: displayed as `ERROR <sqlstate> (<condition>) <message>`, the text the
-/// reference puts after `Exception: ` in its `system` message.
+/// A PostgreSQL error raised while reading a filter value as its column's type. `Display` is
+/// `ERROR <sqlstate> (<condition>) <message>`, as `Exception.message/1` prints a Postgrex error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ERROR {code} ({condition}) {message}")]
 pub struct ValueError {
-    /// SQLSTATE.
-    pub code: &'static str,
-    /// Its condition name.
-    pub condition: &'static str,
-    /// PostgreSQL's message.
-    pub message: String,
+    code: &'static str,
+    condition: &'static str,
+    message: String,
 }
 
 impl ValueError {
@@ -448,13 +444,109 @@ impl ValueError {
             message,
         }
     }
-    fn raise(message: String) -> ValueError {
-        ValueError {
-            code: "P0001",
-            condition: "raise_exception",
-            message,
-        }
+
+    /// The SQLSTATE code (`22P02`, ...).
+    pub fn sqlstate(&self) -> &'static str {
+        self.code
     }
+
+    /// The message alone, without code and condition.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Why [`validate`] refused a filter. `Display` is the text the reference puts after
+/// `Exception: ` in its `system` message: Postgrex's rendering of the error its
+/// `subscription_check_filters` trigger raises.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ValidateError {
+    /// The value, or an `in` element, is not a value of the column's type.
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    /// An `in` list that is not an array literal.
+    #[error("ERROR 22P02 (invalid_text_representation) malformed array literal: \"{0}\"")]
+    MalformedList(String),
+    /// An `in` list of more than 100 values.
+    #[error("ERROR P0001 (raise_exception) too many values for `in` filter. Maximum 100")]
+    TooManyValues,
+    /// `is.true`, `is.false` or `is.unknown` on a column that is not boolean.
+    #[error(
+        "ERROR P0001 (raise_exception) is {value} filter requires a boolean column, got {type_name}"
+    )]
+    IsNeedsBoolean {
+        /// `true`, `false` or `unknown`.
+        value: String,
+        /// The column's type.
+        type_name: String,
+    },
+    /// `is` with anything but `null`, `true`, `false` or `unknown`.
+    #[error(
+        "ERROR P0001 (raise_exception) invalid value for is filter: must be null, true, false, or unknown"
+    )]
+    InvalidIsValue,
+    /// A `match`/`imatch` pattern the regex engine refuses (its last line is shown).
+    #[error(
+        "ERROR P0001 (raise_exception) invalid regular expression for {op} filter: invalid regular expression: {}",
+        last_line(source)
+    )]
+    InvalidRegex {
+        /// `match` or `imatch`.
+        op: Op,
+        /// The regex engine's error.
+        #[source]
+        source: regex::Error,
+    },
+    /// An operator the column's type has no meaning for.
+    #[error(
+        "ERROR P0001 (raise_exception) operator {op} is not supported on column {column} of type {type_name}: {reason}"
+    )]
+    Unsupported {
+        /// The filter's operator.
+        op: Op,
+        /// The filter's column.
+        column: String,
+        /// The column's type.
+        type_name: String,
+        /// Why.
+        reason: Unsupported,
+    },
+}
+
+/// Why an operator is not supported on a column; `Display` is the reason's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// PostgreSQL has no such operator for the type.
+    #[error("operator does not exist: {type_name} {symbol} {type_name}")]
+    NoOperator {
+        /// The operand type.
+        type_name: String,
+        /// `=`, `~~`, ...
+        symbol: &'static str,
+    },
+    /// A `like` pattern ending in a lone `\`.
+    #[error("LIKE pattern must not end with escape character")]
+    LikeEndsWithEscape,
+    /// The value does not read as the column's type (the message alone).
+    #[error("{}", .0.message)]
+    Value(#[source] ValueError),
+    /// `isdistinct` on `json`.
+    #[error("could not identify an equality operator for type {0}")]
+    NoEquality(String),
+    /// Ordering operators on a type without an implemented ordering.
+    #[error("realtide does not implement ordering for type {0}")]
+    NoOrdering(String),
+}
+
+/// The last line of a regex error, trimmed: the reason without the echoed pattern.
+fn last_line(error: &regex::Error) -> String {
+    error
+        .to_string()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1491,23 +1583,26 @@ impl CompiledFilter {
 /// Check `filter` against its column's type once, at subscribe time, as the reference's
 /// `subscription_check_filters` trigger does, and compile it for [`CompiledFilter::matches`].
 ///
-/// The error is the text the reference puts after `Exception: ` in its `system` message, i.e.
-/// Postgrex's rendering `ERROR <sqlstate> (<condition>) <message>`, for example
+/// The error's `Display` is the text the reference puts after `Exception: ` in its `system`
+/// message, i.e. Postgrex's rendering `ERROR <sqlstate> (<condition>) <message>`, for example
 /// `ERROR 22P02 (invalid_text_representation) invalid input syntax for type bigint: "abc"` or
 /// ``ERROR P0001 (raise_exception) too many values for `in` filter. Maximum 100``. Checking that
 /// the column exists and is SELECT-able (`invalid column for filter <col>`) is the caller's job.
-pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilter, ValueError> {
+pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilter, ValidateError> {
     let cat = category_of(column_type);
     let type_name = regtype_name(column_type);
     let element_name = regtype_name(column_type.resolved());
     let raw = filter.raw_value.as_str();
-    let unsupported = |reason: &str| {
-        ValueError::raise(format!(
-            "operator {} is not supported on column {} of type {}: {}",
-            filter.op, filter.column, type_name, reason
-        ))
+    let unsupported = |reason: Unsupported| ValidateError::Unsupported {
+        op: filter.op,
+        column: filter.column.clone(),
+        type_name: type_name.clone(),
+        reason,
     };
-    let no_operator = |sym: &str| format!("operator does not exist: {type_name} {sym} {type_name}");
+    let no_operator = |symbol: &'static str| Unsupported::NoOperator {
+        type_name: type_name.clone(),
+        symbol,
+    };
     let compiled = |kind: Kind| CompiledFilter {
         negate: filter.negate,
         cat,
@@ -1518,14 +1613,10 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
 
     match filter.op {
         Op::In => {
-            let items = value::parse_array(raw, b',').ok_or_else(|| {
-                ValueError::syntax("", "")
-                    .with_message(format!("malformed array literal: \"{raw}\""))
-            })?;
+            let items = value::parse_array(raw, b',')
+                .ok_or_else(|| ValidateError::MalformedList(raw.to_owned()))?;
             if items.len() > 100 {
-                return Err(ValueError::raise(
-                    "too many values for `in` filter. Maximum 100".to_owned(),
-                ));
+                return Err(ValidateError::TooManyValues);
             }
             let mut list = Vec::new();
             for item in flatten(&items) {
@@ -1535,7 +1626,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                 }
             }
             if cat == TypeCategory::Json {
-                return Err(unsupported(&no_operator("=")));
+                return Err(unsupported(no_operator("=")));
             }
             Ok(compiled(Kind::In(list)))
         }
@@ -1546,9 +1637,10 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     let is_bool = matches!(column_type.kind, TypeKind::Base)
                         && value::base_name(column_type) == "bool";
                     if !is_bool {
-                        return Err(ValueError::raise(format!(
-                            "is {raw} filter requires a boolean column, got {type_name}"
-                        )));
+                        return Err(ValidateError::IsNeedsBoolean {
+                            value: raw.to_owned(),
+                            type_name,
+                        });
                     }
                     match raw {
                         "true" => Kind::IsBool(true),
@@ -1556,12 +1648,7 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                         _ => Kind::IsNull,
                     }
                 }
-                _ => {
-                    return Err(ValueError::raise(
-                        "invalid value for is filter: must be null, true, false, or unknown"
-                            .to_owned(),
-                    ));
-                }
+                _ => return Err(ValidateError::InvalidIsValue),
             };
             Ok(compiled(kind))
         }
@@ -1570,26 +1657,23 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                 .case_insensitive(filter.op == Op::Imatch)
                 .size_limit(1 << 20)
                 .build()
-                .map_err(|e| {
-                    let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
-                    ValueError::raise(format!(
-                        "invalid regular expression for {} filter: invalid regular expression: {first}",
-                        filter.op
-                    ))
+                .map_err(|source| ValidateError::InvalidRegex {
+                    op: filter.op,
+                    source,
                 })?;
             match cat {
                 TypeCategory::Text | TypeCategory::Char1 | TypeCategory::Bpchar => {
                     Ok(compiled(Kind::Regex(re)))
                 }
-                _ => Err(unsupported(&match scalar(raw) {
-                    Err(e) => e.message,
+                _ => Err(unsupported(match scalar(raw) {
+                    Err(e) => Unsupported::Value(e),
                     Ok(_) => no_operator(if filter.op == Op::Match { "~" } else { "~*" }),
                 })),
             }
         }
         Op::Like | Op::Ilike => {
             let ci = filter.op == Op::Ilike;
-            let end_escape = || unsupported("LIKE pattern must not end with escape character");
+            let end_escape = || unsupported(Unsupported::LikeEndsWithEscape);
             match cat {
                 TypeCategory::Text | TypeCategory::Char1 | TypeCategory::Bpchar => {
                     let operand: Vec<char> = match cat {
@@ -1612,12 +1696,12 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                     Ok(compiled(Kind::LikeChars(LikeMatcher::new(&pat), ci)))
                 }
                 TypeCategory::Bytea if !ci => {
-                    let bytes = read_bytea(raw).map_err(|e| unsupported(&e.message))?;
+                    let bytes = read_bytea(raw).map_err(|e| unsupported(Unsupported::Value(e)))?;
                     let pat = like_compile(&bytes, b'%', b'_', b'\\').ok_or_else(end_escape)?;
                     Ok(compiled(Kind::LikeBytes(LikeMatcher::new(&pat))))
                 }
-                _ => Err(unsupported(&match scalar(raw) {
-                    Err(e) => e.message,
+                _ => Err(unsupported(match scalar(raw) {
+                    Err(e) => Unsupported::Value(e),
                     Ok(_) => no_operator(if ci { "~~*" } else { "~~" }),
                 })),
             }
@@ -1635,16 +1719,12 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
             };
             if cat == TypeCategory::Json {
                 if filter.op == Op::IsDistinct {
-                    return Err(unsupported(&format!(
-                        "could not identify an equality operator for type {type_name}"
-                    )));
+                    return Err(unsupported(Unsupported::NoEquality(type_name.clone())));
                 }
-                return Err(unsupported(&no_operator(sym)));
+                return Err(unsupported(no_operator(sym)));
             }
             if ordering && matches!(cat, TypeCategory::Jsonb | TypeCategory::Other) {
-                return Err(unsupported(&format!(
-                    "realtide does not implement ordering for type {type_name}"
-                )));
+                return Err(unsupported(Unsupported::NoOrdering(type_name.clone())));
             }
             Ok(compiled(if filter.op == Op::IsDistinct {
                 Kind::IsDistinct(rhs)
@@ -1652,13 +1732,6 @@ pub fn validate(filter: &Filter, column_type: &TypeInfo) -> Result<CompiledFilte
                 Kind::Cmp(filter.op, rhs)
             }))
         }
-    }
-}
-
-impl ValueError {
-    fn with_message(mut self, message: String) -> ValueError {
-        self.message = message;
-        self
     }
 }
 

@@ -1,7 +1,8 @@
 //! The filter grammar, its error texts, Elixir-inspect rendering and subscribe-time validation.
 
 use realtide_replication::filter::{
-    Filter, FilterValue, Op, inspect, inspect_string, parse_filters, validate,
+    Filter, FilterValue, Op, Unsupported, ValidateError, inspect, inspect_string, parse_filters,
+    validate,
 };
 use realtide_replication::value::{TypeInfo, TypeKind, builtin};
 
@@ -270,6 +271,60 @@ fn validation_errors_follow_the_reference() -> Result<(), String> {
     assert_eq!(
         validation_error(r#"c=in.(1,"2)"#, 23)?,
         r#"ERROR 22P02 (invalid_text_representation) malformed array literal: "{1,"2}""#
+    );
+    Ok(())
+}
+
+#[test]
+fn validation_errors_are_typed() -> Result<(), String> {
+    let error = |filter: &str, oid: u32| -> Result<ValidateError, String> {
+        match validate(&one(filter)?, &ty(oid)?) {
+            Ok(_) => Err(format!("{filter} on {oid} unexpectedly valid")),
+            Err(e) => Ok(e),
+        }
+    };
+    let value = error("id=eq.abc", 20)?;
+    assert!(
+        matches!(&value, ValidateError::Value(e) if e.sqlstate() == "22P02"),
+        "{value:?}"
+    );
+    assert!(matches!(
+        error(r#"id=in.(1,"2)"#, 20)?,
+        ValidateError::MalformedList(_)
+    ));
+    assert!(matches!(
+        error("id=is.false", 20)?,
+        ValidateError::IsNeedsBoolean { .. }
+    ));
+    // The regex engine's error is kept as the source; the text shows its last line.
+    let regex = error("t=imatch.(ab", 25)?;
+    assert!(matches!(
+        regex,
+        ValidateError::InvalidRegex { op: Op::Imatch, .. }
+    ));
+    let source = std::error::Error::source(&regex).map(ToString::to_string);
+    let shown = regex.to_string();
+    assert!(source.is_some_and(|s| s.lines().last().is_some_and(|l| shown.ends_with(l.trim()))));
+    // The reasons no other test spells out.
+    let distinct = error("j=isdistinct.{}", 114)?;
+    assert!(matches!(
+        &distinct,
+        ValidateError::Unsupported {
+            reason: Unsupported::NoEquality(_),
+            ..
+        }
+    ));
+    assert_eq!(
+        distinct.to_string(),
+        "ERROR P0001 (raise_exception) operator isdistinct is not supported on column j of type json: could not identify an equality operator for type json"
+    );
+    assert_eq!(
+        error("j=gt.{}", 3802)?.to_string(),
+        "ERROR P0001 (raise_exception) operator gt is not supported on column j of type jsonb: realtide does not implement ordering for type jsonb"
+    );
+    assert_eq!(
+        error(r"b=like.\x4g", 17)?.to_string(),
+        r#"ERROR P0001 (raise_exception) operator like is not supported on column b of type bytea: invalid hexadecimal digit: "g""#
     );
     Ok(())
 }
