@@ -34,6 +34,18 @@ async fn health_becomes(app: &Endpoint, want: u16, limit: Duration) -> Result<St
     }
 }
 
+/// Joins a public channel; returns its join ref once the reply is `ok`.
+async fn join_public(client: &mut Client, topic: &str) -> Result<String> {
+    let config = json!({"config": {"broadcast": {"self": false, "ack": false}, "presence": {"key": "", "enabled": false}, "private": false}});
+    let (join_ref, reply) = client.join(topic, &config).await?;
+    ensure!(
+        reply.payload.pointer("/status").and_then(Value::as_str) == Some("ok"),
+        "public join: {}",
+        reply.raw
+    );
+    Ok(join_ref)
+}
+
 async fn private_join(client: &mut Client, topic: &str) -> Result<Value> {
     let join_ref = client
         .send_join(
@@ -94,29 +106,8 @@ async fn a_database_that_stops_answering_delays_only_what_needs_it() -> Result<(
     // Public channels do not need the database: a broadcast round trip still works.
     let mut sender = app.connect(Vsn::V2).await?;
     let mut receiver = app.connect(Vsn::V2).await?;
-    let config = json!({"config": {"broadcast": {"self": false, "ack": false}, "presence": {"key": "", "enabled": false}, "private": false}});
-    let (_, reply) = receiver.join("realtime:public-room", &config).await?;
-    ensure!(
-        reply
-            .payload
-            .pointer("/status")
-            .cloned()
-            .unwrap_or_default()
-            == "ok",
-        "public join: {}",
-        reply.raw
-    );
-    let (join_ref, reply) = sender.join("realtime:public-room", &config).await?;
-    ensure!(
-        reply
-            .payload
-            .pointer("/status")
-            .cloned()
-            .unwrap_or_default()
-            == "ok",
-        "public join: {}",
-        reply.raw
-    );
+    join_public(&mut receiver, "realtime:public-room").await?;
+    let join_ref = join_public(&mut sender, "realtime:public-room").await?;
     sender
         .broadcast(&join_ref, "realtime:public-room", "ping", json!({"n": 1}))
         .await?;

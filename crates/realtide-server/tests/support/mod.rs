@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -142,9 +141,8 @@ impl Gate {
                 };
                 let (in_read, in_write) = inbound.into_split();
                 let (out_read, out_write) = outbound.into_split();
-                let stopped = Arc::new(stopped.clone());
                 tokio::spawn(relay(in_read, out_write, watching.clone(), stopped.clone()));
-                tokio::spawn(relay(out_read, in_write, watching.clone(), stopped));
+                tokio::spawn(relay(out_read, in_write, watching.clone(), stopped.clone()));
             }
         });
         Ok(Gate { addr, frozen, stop })
@@ -171,7 +169,7 @@ async fn relay(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut frozen: watch::Receiver<bool>,
-    stop: Arc<CancellationToken>,
+    stop: CancellationToken,
 ) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
