@@ -7,6 +7,8 @@
 //!   objects, decoded with [`realtide_protocol::frame::decode_text`]; kind-3 binary pushes are
 //!   built by [`kind3_frame`].
 //! - [`token`] / [`sign`] mint HS256 JWTs with the test secret through `realtide-auth`.
+//! - [`nats`] runs a throwaway `nats-server` with JetStream; [`cluster`] runs N realtide
+//!   nodes sharing one PostgreSQL and that NATS (cluster mode).
 //!
 //! Everything returns `anyhow::Result`; timeouts are generous and only bound how long a test
 //! waits, they are never asserted on.
@@ -31,6 +33,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+pub mod cluster;
+pub mod nats;
 
 /// The HS256 secret every test server is started with.
 pub const SECRET: &str = "realtide-integration-test-secret-0123456789";
@@ -203,6 +208,13 @@ const SCRUBBED_ENV: &[&str] = &[
     "MAX_CONNECTIONS",
     "CLIENT_PRESENCE_MAX_CALLS",
     "PRIVATE_ONLY",
+    "CLUSTER_NATS_URL",
+    "CLUSTER_NODE_NAME",
+    "CLUSTER_NATS_CREDS",
+    "CLUSTER_NATS_TOKEN",
+    "CLUSTER_NATS_TLS_CA",
+    "CLUSTER_HEARTBEAT_MS",
+    "CLUSTER_NODE_TIMEOUT_MS",
 ];
 
 /// The default `CHANGES_DIR` of test servers using the database at `url`.
