@@ -346,7 +346,12 @@ impl ClusterEnv {
             ));
         }
         out.push_str(&format!(
-            "--- nats-server log tail ---\n{}\n",
+            "--- nats-server ({}) log tail ---\n{}\n",
+            if self.nats.alive() {
+                "running"
+            } else {
+                "not running"
+            },
             tail(&self.nats.log(), 20)
         ));
         out

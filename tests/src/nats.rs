@@ -167,6 +167,20 @@ impl Nats {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
+    /// Whether the server process is alive (not exited, not a zombie), without reaping it.
+    pub fn alive(&self) -> bool {
+        let Some(pid) = self.child.as_ref().and_then(Child::id) else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .is_some_and(|zombie| !zombie)
+    }
+
     /// Everything the server logged (all generations), for failure messages.
     pub fn log(&self) -> String {
         self.log.lock().map(|s| s.clone()).unwrap_or_default()
