@@ -210,7 +210,8 @@ describe('cluster of three nodes', () => {
     for (const m of members) assert.equal(m.ch.presenceState()['key-2'][0].presence_ref, ref2)
     // A late joiner on node-2 gets the state of all three in its presence_state.
     const late = client(1, 'late')
-    const lateCh = late.supabase.channel(topic, { config: { presence: { key: 'late' } } })
+    // A presence listener makes realtime-js join with presence enabled.
+    const lateCh = late.supabase.channel(topic, { config: { presence: { key: 'late' } } }).on('presence', { event: 'sync' }, () => {})
     await h.subscribeOk(lateCh, [late])
     await wait(() => Object.keys(lateCh.presenceState()).length === 3, 'late sees three', [late])
 
