@@ -2,15 +2,23 @@
 # The test command: builds the workspace, runs the Rust tests, then the
 # end-to-end suites with the real JavaScript and Python clients against the
 # realtide binary. Works from any directory and on a fresh machine (needs
-# cargo, node/npm and python3 on PATH, and PostgreSQL server binaries for the
-# postgres_changes suites, which start throwaway clusters with tests/pg/cluster.sh;
-# .ci/run installs what is missing).
+# cargo, node/npm and python3 on PATH, PostgreSQL server binaries for the
+# postgres_changes suites, which start throwaway clusters with tests/pg/cluster.sh, and
+# nats-server for the cluster suites; .ci/run installs what is missing).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 say() { printf '\n==> %s\n' "$*"; }
+
+# The cluster suites start their own nats-server (with JetStream); without one they fail, each
+# with a message saying so. .ci/run installs it (Debian package nats-server).
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] && [ ! -x /usr/local/bin/nats-server ] \
+  && [ -z "${NATS_SERVER:-}" ]; then
+  echo "warning: nats-server not found (PATH, /usr/sbin, /usr/local/bin or NATS_SERVER): the cluster tests will fail;" \
+    "install it with \`apt-get install nats-server\`" >&2
+fi
 
 say "cargo build --workspace"
 cargo build --workspace

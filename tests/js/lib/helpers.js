@@ -57,10 +57,11 @@ function startServer(extraEnv = {}) {
   if (!fs.existsSync(bin)) {
     throw new Error(`realtide binary not found at ${bin}: run \`cargo build -p realtide-server\` or set REALTIDE_BIN`)
   }
-  // Database settings come only from `extraEnv`: a DB_URL in the caller's
+  // Database and cluster settings come only from `extraEnv`: a DB_URL in the caller's
   // environment must not turn the database-less suites into database ones.
   const inherited = { ...process.env }
-  for (const k of ['DB_URL', 'SLOT_NAME', 'PUBLICATION']) delete inherited[k]
+  // Nor may cluster settings turn a single node into a cluster node.
+  for (const k of ['DB_URL', 'SLOT_NAME', 'PUBLICATION', 'CLUSTER_NATS_URL', 'CLUSTER_NODE_NAME']) delete inherited[k]
   const env = {
     ...inherited,
     PORT: '0',
