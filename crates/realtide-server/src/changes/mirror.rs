@@ -140,6 +140,7 @@ async fn read_session(
     let journal = &postgres.journal;
     let mut open: Option<Open> = None;
     let mut unsynced: Option<u64> = None;
+    let mut parts = crate::changes::shared::Parts::default();
     loop {
         // Backpressure: while the journal is over its bound, stop reading (the stream keeps
         // the messages).
@@ -173,7 +174,24 @@ async fn read_session(
         };
         metrics.cluster.received(message.payload.len());
         metrics.cluster.stream_lag.store(pending, Ordering::Relaxed);
-        let records = match peer::decode(&message.payload) {
+        let whole;
+        let payload: &[u8] = match message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::changes::shared::PART_HEADER))
+        {
+            None => &message.payload,
+            Some(part) => match parts.take(part.as_str(), &message.payload) {
+                Some(bytes) => {
+                    whole = bytes;
+                    &whole
+                }
+                // The position stays before the message's first part until its last one
+                // arrived, so a restart reads the whole message again.
+                None => continue,
+            },
+        };
+        let records = match peer::decode(payload) {
             Ok(PeerMessage::Records(records)) => records,
             Ok(_) | Err(_) => {
                 tracing::error!(seq, "undecodable change stream message skipped");

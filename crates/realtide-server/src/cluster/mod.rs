@@ -261,6 +261,11 @@ impl Cluster {
     /// Waits (bounded) until `room` receives the other nodes' messages, and for a
     /// presence-enabled join also holds their members.
     pub async fn ready(&self, room: &Arc<Room>, presence: bool) {
+        if !self.connected() {
+            // NATS is away: this node serves its own clients alone meanwhile; the topic links
+            // (and presences are exchanged again) when the connection returns.
+            return;
+        }
         if room.link() < Link::Subscribed && !room.wait_link(Link::Subscribed, LINK_WAIT).await {
             tracing::warn!("topic subscription to the cluster not ready in time; joining anyway");
             return;
@@ -320,6 +325,13 @@ impl Cluster {
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    fn connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
     }
 
     fn next_seq(&self) -> u64 {
@@ -384,10 +396,7 @@ impl Cluster {
                 () = self.stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let connected = matches!(
-                self.client.connection_state(),
-                async_nats::connection::State::Connected
-            );
+            let connected = self.connected();
             if connected && !was_connected {
                 tracing::info!("reconnected to NATS; publishing this node's presences again");
                 self.publish_all_snapshots();
