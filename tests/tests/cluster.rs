@@ -159,6 +159,11 @@ async fn joined(
 #[tokio::test]
 async fn health_and_metrics_show_the_cluster() -> Result<()> {
     let mut env = ClusterEnv::start(3, &[], "").await?;
+    let outcome = health_and_metrics_show_the_cluster_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn health_and_metrics_show_the_cluster_body(env: &mut ClusterEnv) -> Result<()> {
     let holder = env.wait_formed(Duration::from_secs(20)).await?;
     let names: Vec<String> = (0..3).map(node_name).collect();
     for node in &env.nodes {
@@ -259,7 +264,12 @@ async fn health_and_metrics_show_the_cluster() -> Result<()> {
 
 #[tokio::test]
 async fn broadcast_crosses_nodes_with_self_ack_and_binary() -> Result<()> {
-    let env = ClusterEnv::start(3, &[], "").await?;
+    let mut env = ClusterEnv::start(3, &[], "").await?;
+    let outcome = broadcast_crosses_nodes_with_self_ack_and_binary_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn broadcast_crosses_nodes_with_self_ack_and_binary_body(env: &mut ClusterEnv) -> Result<()> {
     let topic = "realtime:xroom";
     let (mut a, a_ref) = joined(
         env.node(0)?,
@@ -390,7 +400,15 @@ async fn broadcast_crosses_nodes_with_self_ack_and_binary() -> Result<()> {
 
 #[tokio::test]
 async fn one_publishers_messages_arrive_once_and_in_order_on_every_node() -> Result<()> {
-    let env = ClusterEnv::start(3, &[], "").await?;
+    let mut env = ClusterEnv::start(3, &[], "").await?;
+    let outcome =
+        one_publishers_messages_arrive_once_and_in_order_on_every_node_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn one_publishers_messages_arrive_once_and_in_order_on_every_node_body(
+    env: &mut ClusterEnv,
+) -> Result<()> {
     let topic = "realtime:ordered";
     let (mut publisher, publisher_ref) = joined(env.node(0)?, Vsn::V2, topic, json!({})).await?;
     let mut receivers = vec![
@@ -445,7 +463,12 @@ async fn one_publishers_messages_arrive_once_and_in_order_on_every_node() -> Res
 
 #[tokio::test]
 async fn http_api_and_realtime_send_reach_every_node_once() -> Result<()> {
-    let env = ClusterEnv::start(3, &[], "").await?;
+    let mut env = ClusterEnv::start(3, &[], "").await?;
+    let outcome = http_api_and_realtime_send_reach_every_node_once_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn http_api_and_realtime_send_reach_every_node_once_body(env: &mut ClusterEnv) -> Result<()> {
     let topic = "realtime:news";
     let mut subscribers = Vec::new();
     for i in 0..3 {
@@ -593,7 +616,12 @@ async fn track_ok(client: &mut Client, join_ref: &str, topic: &str, meta: Value)
 
 #[tokio::test]
 async fn presence_state_and_diffs_are_shared_across_nodes() -> Result<()> {
-    let env = ClusterEnv::start(3, &[], "").await?;
+    let mut env = ClusterEnv::start(3, &[], "").await?;
+    let outcome = presence_state_and_diffs_are_shared_across_nodes_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn presence_state_and_diffs_are_shared_across_nodes_body(env: &mut ClusterEnv) -> Result<()> {
     let topic = "realtime:presence-x";
     let (mut o2, _, _) = presence_client(env.node(1)?, topic, "observer-2").await?;
     let (mut o3, _, _) = presence_client(env.node(2)?, topic, "observer-3").await?;
@@ -706,7 +734,12 @@ async fn join_private(node: &Endpoint, topic: &str, user: &str) -> Result<(Clien
 
 #[tokio::test]
 async fn private_channels_are_authorized_on_every_node() -> Result<()> {
-    let env = ClusterEnv::start(3, &[], POLICIES).await?;
+    let mut env = ClusterEnv::start(3, &[], POLICIES).await?;
+    let outcome = private_channels_are_authorized_on_every_node_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn private_channels_are_authorized_on_every_node_body(env: &mut ClusterEnv) -> Result<()> {
     let topic = "realtime:room:1";
     let alice = user_token("authenticated", ALICE);
     let bob = user_token("authenticated", BOB);
@@ -810,7 +843,12 @@ fn kinds(list: &[(&str, i64)]) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn postgres_changes_with_rls_on_every_node() -> Result<()> {
-    let env = ClusterEnv::start(3, &[], &notes_setup()).await?;
+    let mut env = ClusterEnv::start(3, &[], &notes_setup()).await?;
+    let outcome = postgres_changes_with_rls_on_every_node_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn postgres_changes_with_rls_on_every_node_body(env: &mut ClusterEnv) -> Result<()> {
     let bindings = json!([{"event": "*", "schema": "public", "table": "notes"}]);
     let a = user_token("authenticated", ALICE);
     let b = user_token("authenticated", BOB);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use realtide_tests::cluster::{ClusterEnv, FORM_WAIT};
+use realtide_tests::cluster::{ClusterEnv, FORM_WAIT, metric_value};
 use realtide_tests::{
     Client, Endpoint, Incoming, Msg, QUIET, SECRET, TEST_PUBLICATION, TEST_SLOT, Vsn, binary,
     user_token,
@@ -80,12 +80,20 @@ fn others(env: &ClusterEnv, skip: usize) -> Vec<usize> {
 #[tokio::test]
 async fn kill_of_a_non_consuming_node_makes_its_members_leave_elsewhere() -> Result<()> {
     let mut env = ClusterEnv::start(3, &[], "").await?;
+    let outcome =
+        kill_of_a_non_consuming_node_makes_its_members_leave_elsewhere_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn kill_of_a_non_consuming_node_makes_its_members_leave_elsewhere_body(
+    env: &mut ClusterEnv,
+) -> Result<()> {
     let holder = env.holder().await?;
-    let victim = others(&env, holder)
+    let victim = others(env, holder)
         .first()
         .copied()
         .context("no second node")?;
-    let survivors = others(&env, victim);
+    let survivors = others(env, victim);
     let topic = "realtime:kill-members";
 
     let mut observers = Vec::new();
@@ -110,12 +118,11 @@ async fn kill_of_a_non_consuming_node_makes_its_members_leave_elsewhere() -> Res
             .await
             .with_context(|| {
                 format!(
-                    "after kill -9 of {}\n{}",
+                    "after kill -9 of {}",
                     env.nodes
                         .get(victim)
                         .map(|n| n.name.as_str())
-                        .unwrap_or("?"),
-                    env.logs()
+                        .unwrap_or("?")
                 )
             })?;
     }
@@ -242,9 +249,17 @@ fn delivery_problems(seqs: &[i64], expected: &[i64]) -> Option<String> {
 #[tokio::test]
 async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once() -> Result<()> {
     let mut env = ClusterEnv::start(3, &[], &items_setup()).await?;
+    let outcome =
+        kill_of_the_consuming_node_during_inserts_delivers_every_row_once_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once_body(
+    env: &mut ClusterEnv,
+) -> Result<()> {
     let holder = env.holder().await?;
     let holder_name = env.node(holder)?.name.clone();
-    let survivors = others(&env, holder);
+    let survivors = others(env, holder);
     let watcher = survivors.first().copied().context("no survivor")?;
     let topic = "realtime:items";
     let mut subscriber = subscribe_items(env.node(watcher)?, topic).await?;
@@ -287,9 +302,8 @@ async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once() -> 
         if Instant::now() >= deadline {
             stop.store(true, Ordering::Relaxed);
             bail!(
-                "no other node took the slot within {SLOT_TAKEOVER:?} of kill -9 of {holder_name}:\n{}\n{}",
-                last.join("\n"),
-                env.logs()
+                "no other node took the slot within {SLOT_TAKEOVER:?} of kill -9 of {holder_name}:\n{}",
+                last.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -316,15 +330,9 @@ async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once() -> 
         expected.len()
     );
     let last_seq = *expected.last().context("no rows committed")?;
-    let seqs = seqs_until(&mut subscriber, topic, last_seq)
-        .await
-        .with_context(|| env.logs())?;
+    let seqs = seqs_until(&mut subscriber, topic, last_seq).await?;
     if let Some(problems) = delivery_problems(&seqs, &expected) {
-        bail!(
-            "subscriber on {}: {problems}\n{}",
-            env.node(watcher)?.name,
-            env.logs()
-        );
+        bail!("subscriber on {}: {problems}", env.node(watcher)?.name);
     }
     let extra = subscriber.drain(QUIET).await?;
     ensure!(
@@ -333,8 +341,30 @@ async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once() -> 
             .any(|i| i.text().is_some_and(|m| m.event == "postgres_changes")),
         "changes after the last row: {extra:?}"
     );
-    // The survivors settle on the two of them.
+    // The survivors settle on the two of them; the new holder counted its takeover, and each
+    // survivor has applied the whole change stream.
     env.wait_agree(&survivors, FORM_WAIT).await?;
+    let text = env.node(env.index_of(&new_holder)?)?.metrics_text().await?;
+    ensure!(
+        metric_value(&text, "realtide_cluster_failovers_total").is_some_and(|n| n >= 1.0),
+        "{new_holder} took the slot over but realtide_cluster_failovers_total says otherwise:\n{text}"
+    );
+    for &i in &survivors {
+        let deadline = Instant::now() + FORM_WAIT;
+        loop {
+            let text = env.node(i)?.metrics_text().await?;
+            let lag = metric_value(&text, "realtide_cluster_stream_lag");
+            if lag == Some(0.0) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{}: realtide_cluster_stream_lag stays {lag:?} after every row was delivered",
+                env.node(i)?.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     Ok(())
 }
 
@@ -373,8 +403,33 @@ async fn events_until(
 
 #[tokio::test]
 async fn nats_restart_during_traffic_keeps_clients_connected() -> Result<()> {
-    let mut env = ClusterEnv::start(3, &[], "").await?;
+    // A short node timeout, so that the outage below outlasts it: the nodes stop showing each
+    // other's members, and must show them all again once NATS is back.
+    let mut env = ClusterEnv::start(
+        3,
+        &[
+            ("CLUSTER_HEARTBEAT_MS", "300"),
+            ("CLUSTER_NODE_TIMEOUT_MS", "1500"),
+        ],
+        "",
+    )
+    .await?;
+    let outcome = nats_restart_during_traffic_keeps_clients_connected_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn nats_restart_during_traffic_keeps_clients_connected_body(
+    env: &mut ClusterEnv,
+) -> Result<()> {
     let topic = "realtime:nats-restart";
+    let presence_topic = "realtime:nats-restart-presence";
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let key = format!("member-{i}");
+        let (mut client, join_ref, _) = presence_client(env.node(i)?, presence_topic, &key).await?;
+        track_ok(&mut client, &join_ref, presence_topic, json!({"node": i})).await?;
+        members.push((key, client));
+    }
     let mut clients = Vec::new();
     for i in 0..3 {
         let mut client = env.node(i)?.connect(Vsn::V2).await?;
@@ -402,7 +457,7 @@ async fn nats_restart_during_traffic_keeps_clients_connected() -> Result<()> {
 
     // NATS goes away while the clients keep sending; it comes back on the same port and store.
     env.nats.stop().await?;
-    for round in 0..10 {
+    for round in 0..15 {
         for (who, client, join_ref) in &mut clients {
             let join_ref = join_ref.clone();
             client
@@ -418,7 +473,7 @@ async fn nats_restart_during_traffic_keeps_clients_connected() -> Result<()> {
             .await
             .with_context(|| format!("{who} during the NATS outage"))?;
     }
-    env.nats.start_again().await.with_context(|| env.logs())?;
+    env.nats.start_again().await?;
     env.wait_formed(Duration::from_secs(30)).await?;
 
     // After recovery, a broadcast from each node reaches both others exactly once.
@@ -433,15 +488,39 @@ async fn nats_restart_during_traffic_keeps_clients_connected() -> Result<()> {
         }
         for (j, (who, client, _)) in clients.iter_mut().enumerate() {
             if j != k {
-                let events = events_until(client, who, topic, &event)
-                    .await
-                    .with_context(|| env.logs())?;
+                let events = events_until(client, who, topic, &event).await?;
                 ensure!(
                     events.iter().filter(|e| e.starts_with("after-")).count() == 1,
                     "{who} received {events:?}"
                 );
             }
         }
+    }
+    // Presence is whole again: a joiner on each node sees the members of all three.
+    let keys: Vec<String> = members.iter().map(|(k, _)| k.clone()).collect();
+    for i in 0..3 {
+        let deadline = Instant::now() + CROSS_WAIT;
+        loop {
+            let (_, _, state) =
+                presence_client(env.node(i)?, presence_topic, &format!("late-{i}")).await?;
+            if keys.iter().all(|k| state.payload.get(k).is_some()) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} does not show every member after NATS returned: {}",
+                    env.node(i)?.name,
+                    state.raw
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    for (key, client) in &mut members {
+        client
+            .heartbeat()
+            .await
+            .with_context(|| format!("presence client {key}"))?;
     }
     for (who, client, _) in &mut clients {
         let items = client.drain(QUIET).await?;
@@ -466,9 +545,14 @@ async fn sigterm_of_the_consuming_node_makes_its_members_leave_and_hands_over_th
     // orderly shutdown, not from the others noticing the silence.
     let mut env =
         ClusterEnv::start(3, &[("CLUSTER_NODE_TIMEOUT_MS", "60000")], &items_setup()).await?;
+    let outcome = sigterm_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+async fn sigterm_body(env: &mut ClusterEnv) -> Result<()> {
     let holder = env.holder().await?;
     let holder_name = env.node(holder)?.name.clone();
-    let survivors = others(&env, holder);
+    let survivors = others(env, holder);
     let topic = "realtime:sigterm";
     let mut observers = Vec::new();
     for &i in &survivors {
@@ -495,9 +579,7 @@ async fn sigterm_of_the_consuming_node_makes_its_members_leave_and_hands_over_th
     ensure!(status.success(), "{holder_name} exited with {status}");
     let deadline = Instant::now() + KILLED_MEMBERS_LEAVE;
     for (who, client) in &mut observers {
-        diff_by(client, who, topic, "leaves", "leaving", deadline)
-            .await
-            .with_context(|| env.logs())?;
+        diff_by(client, who, topic, "leaves", "leaving", deadline).await?;
     }
     let new_holder = env.wait_agree(&survivors, Duration::from_secs(45)).await?;
     ensure!(
@@ -507,10 +589,7 @@ async fn sigterm_of_the_consuming_node_makes_its_members_leave_and_hands_over_th
     env.pg.wait_slot_active(TEST_SLOT).await?;
     env.exec("insert into public.items (note) values ('after the handover')")
         .await?;
-    let msg = subscriber
-        .next_change(changes_topic)
-        .await
-        .with_context(|| env.logs())?;
+    let msg = subscriber.next_change(changes_topic).await?;
     ensure!(
         msg.payload.pointer("/data/record/note") == Some(&json!("after the handover")),
         "{}",
