@@ -108,7 +108,11 @@ describe('cluster of three nodes', () => {
   it('send() on each node reaches every node once, with self and ack', async () => {
     const topic = h.uniqueTopic('xbroadcast')
     const subs = []
-    for (let i = 0; i < 3; i++) subs.push(await listen(client(i, `echo${i}`), topic, { broadcast: { self: true, ack: true } }))
+    // node-2's subscriber speaks vsn 1.0.0, the others 2.0.0.
+    for (let i = 0; i < 3; i++) {
+      const vsn = i === 1 ? '1.0.0' : '2.0.0'
+      subs.push(await listen(client(i, `echo${i}(${vsn})`, { vsn }), topic, { broadcast: { self: true, ack: true } }))
+    }
     const quiet = await listen(client(1, 'quiet'), topic, { broadcast: { self: false } })
     const all = subs.map((s) => s.c).concat(quiet.c)
     for (let k = 0; k < 3; k++) {
