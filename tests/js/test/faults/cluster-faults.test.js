@@ -4,11 +4,13 @@
 // the node consuming the replication slot gets kill -9. Checked: another node takes the slot
 // within 10 s (the documented bound), and a supabase-js 2.119.1 subscriber connected to a
 // surviving node receives every committed row exactly once, in commit (= seq) order, without
-// reconnecting. A second case kills a node that does not consume the slot: the members it
+// reconnecting; so does a user on the other survivor under an owner-only RLS policy (and never
+// a row of another owner, interleaved in the same table). A second case kills a node that does not consume the slot: the members it
 // served leave on the others within 15 s.
 
 const { describe, it, before, after } = require('node:test')
 const assert = require('node:assert/strict')
+const crypto = require('node:crypto')
 const h = require('../../lib/helpers')
 const f = require('../../lib/faults')
 const { startCluster } = require('../../lib/pg')
@@ -26,6 +28,7 @@ before(async () => {
   db = await startCluster()
   await f.installInserter(db)
   await f.createItemsTable(db, 'cluster_items')
+  await f.createItemsTable(db, 'cluster_items_rls', { rls: true })
 })
 after(async () => {
   await h.closeAllClients()
@@ -43,8 +46,23 @@ describe('cluster faults', () => {
     const c = f.anonClient(watcher.endpoint, `subscriber@${watcher.name}`)
     const sub = await f.subscribeRows(c, 'cluster_items')
     const ws = f.wsOf(c)
+    // On the other survivor, a user under an owner-only policy; every third row is another
+    // owner's and must never reach it.
+    const rlsNode = survivors[1]
+    const owner = crypto.randomUUID()
+    const stranger = crypto.randomUUID()
+    const u = f.userClient(rlsNode.endpoint, `owner@${rlsNode.name}`, owner)
+    const rlsSub = await f.subscribeRows(u, 'cluster_items_rls', { owner })
 
     const ins = f.startInserter(db, { table: 'cluster_items', rate: RATE, seconds: SECONDS })
+    const rlsIns = f.startInserter(db, {
+      table: 'cluster_items_rls',
+      rate: RATE / 2,
+      seconds: SECONDS,
+      owner,
+      other: stranger,
+      otherEvery: 3,
+    })
     await h.sleep(KILL_AFTER_MS)
     await holder.signal('SIGKILL')
     const killedAt = Date.now()
@@ -70,13 +88,20 @@ describe('cluster faults', () => {
     assert.notEqual(newHolder, holder.name)
 
     const res = await ins.done
+    const rlsRes = await rlsIns.done
     const expected = await f.committedSeqs(db, 'cluster_items')
     assert.ok(expected.length > 0, 'no rows committed')
     await f.settle(sub.tracker, expected.length, { timeoutMs: 90000 })
     f.assertExact(sub.tracker, expected, () => `inserter ${JSON.stringify(res)}; ${f.connectionSummary(c)}\n${cluster.output()}`)
-    // The same socket all along: the subscriber never had to reconnect.
+    const mine = await f.committedSeqs(db, 'cluster_items_rls', owner)
+    assert.ok(mine.length > 0, 'no rows of the owner committed')
+    await f.settle(rlsSub.tracker, mine.length, { timeoutMs: 90000 })
+    f.assertExact(rlsSub.tracker, mine, () => `inserter ${JSON.stringify(rlsRes)}; ${f.connectionSummary(u)}\n${cluster.output()}`)
+    assert.deepEqual(rlsSub.foreign, [], 'rows of another owner reached the owner-only subscriber')
+    // The same socket all along: the subscribers never had to reconnect.
     assert.equal(f.wsOf(c), ws, f.connectionSummary(c))
     assert.equal(c.log.urls.length, 1, f.connectionSummary(c))
+    assert.equal(u.log.urls.length, 1, f.connectionSummary(u))
     await cluster.waitFormed({ nodes: survivors, timeout: 20000 })
   })
 
