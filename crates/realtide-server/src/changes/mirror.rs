@@ -70,18 +70,26 @@ pub async fn read(
     let mut backoff = Duration::from_millis(200);
     // The last message applied, across reconnects; at start, where the last run stopped.
     let mut position = load_position(&postgres);
+    let Some(mut local) = shared.local_reader.lock().take() else {
+        return;
+    };
+    let mut open: Option<Open> = None;
     loop {
         let result = read_session(
             &postgres,
             &shared,
             &mut position,
+            &mut open,
+            &mut local,
             &publisher,
             max_payload,
             &metrics,
             &shutdown,
         )
         .await;
-        if let Err(error) = postgres.journal.abort() {
+        if open.take().is_some()
+            && let Err(error) = postgres.journal.abort()
+        {
             tracing::warn!(error = %crate::logs::error_chain(&error), "could not cut an unfinished transaction from the change journal");
         }
         if let Err(error) = postgres.journal.sync().await {
@@ -93,10 +101,26 @@ pub async fn read(
                 tracing::warn!(%error, "change stream reader stopped; reconnecting");
             }
         }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+        // While the stream is unreachable, this node's own transactions (when it consumes the
+        // slot) still come through the local hand-over.
+        let retry = tokio::time::sleep(backoff);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = &mut retry => break,
+                Some(records) = local.recv() => {
+                    for record in records {
+                        if let Err(error) = apply(&postgres, &mut open, record, &publisher, max_payload, &metrics, &shutdown).await {
+                            tracing::warn!(%error, "could not apply a local transaction");
+                        }
+                    }
+                    if let Err(error) = postgres.journal.sync().await {
+                        tracing::warn!(error = %crate::logs::error_chain(&error), "could not sync the change journal");
+                    }
+                }
+            }
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -106,6 +130,8 @@ async fn read_session(
     postgres: &Arc<Postgres>,
     shared: &SharedStream,
     position: &mut Option<u64>,
+    open: &mut Option<Open>,
+    local: &mut tokio::sync::mpsc::Receiver<Vec<Record>>,
     publisher: &Publisher,
     max_payload: usize,
     metrics: &Metrics,
@@ -138,8 +164,10 @@ async fn read_session(
         });
     tracing::info!(stream = %shared.name(), "reading the cluster's change stream");
     let journal = &postgres.journal;
-    let mut open: Option<Open> = None;
     let mut unsynced: Option<u64> = None;
+    // A NATS server restart loses the consumer; it is made again from the last position.
+    let mut was_lost = false;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
     let mut parts = crate::changes::shared::Parts::default();
     loop {
         // Backpressure: while the journal is over its bound, stop reading (the stream keeps
@@ -160,6 +188,22 @@ async fn read_session(
                     journal.sync().await.map_err(|e| e.to_string())?;
                     save_position(postgres, seq);
                 }
+                continue;
+            }
+            _ = check.tick() => {
+                if !shared.connected() {
+                    was_lost = true;
+                } else if was_lost {
+                    return Err("NATS reconnected; reading the change stream again from the last position".to_owned());
+                }
+                continue;
+            }
+            // This node consumes the slot and NATS is away: its transactions come straight.
+            Some(records) = local.recv() => {
+                for record in records {
+                    apply(postgres, open, record, publisher, max_payload, metrics, shutdown).await?;
+                }
+                journal.sync().await.map_err(|e| e.to_string())?;
                 continue;
             }
             next = messages.next() => next,
@@ -201,7 +245,7 @@ async fn read_session(
         for record in records {
             apply(
                 postgres,
-                &mut open,
+                open,
                 record,
                 publisher,
                 max_payload,
