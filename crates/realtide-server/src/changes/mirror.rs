@@ -55,6 +55,15 @@ struct Open {
     messages: Vec<StoredMessage>,
 }
 
+/// What the reader works with.
+struct Context<'a> {
+    postgres: &'a Arc<Postgres>,
+    publisher: &'a Publisher,
+    max_payload: usize,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
 /// Reads the shared stream into this node's journal until shutdown; database broadcasts go to
 /// this node's subscribers only (every node reads them from the stream).
 pub async fn read(
@@ -74,19 +83,15 @@ pub async fn read(
         return;
     };
     let mut open: Option<Open> = None;
+    let ctx = Context {
+        postgres: &postgres,
+        publisher: &publisher,
+        max_payload,
+        metrics: &metrics,
+        shutdown: &shutdown,
+    };
     loop {
-        let result = read_session(
-            &postgres,
-            &shared,
-            &mut position,
-            &mut open,
-            &mut local,
-            &publisher,
-            max_payload,
-            &metrics,
-            &shutdown,
-        )
-        .await;
+        let result = read_session(&ctx, &shared, &mut position, &mut open, &mut local).await;
         if open.take().is_some()
             && let Err(error) = postgres.journal.abort()
         {
@@ -112,7 +117,7 @@ pub async fn read(
                 () = &mut retry => break,
                 Some(records) = local.recv() => {
                     for record in records {
-                        if let Err(error) = apply(&postgres, &mut open, record, &publisher, max_payload, &metrics, &shutdown).await {
+                        if let Err(error) = apply(&ctx, &mut open, record).await {
                             tracing::warn!(%error, "could not apply a local transaction");
                         }
                     }
@@ -127,16 +132,18 @@ pub async fn read(
 }
 
 async fn read_session(
-    postgres: &Arc<Postgres>,
+    ctx: &Context<'_>,
     shared: &SharedStream,
     position: &mut Option<u64>,
     open: &mut Option<Open>,
     local: &mut tokio::sync::mpsc::Receiver<Vec<Record>>,
-    publisher: &Publisher,
-    max_payload: usize,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
 ) -> Result<(), String> {
+    let Context {
+        postgres,
+        metrics,
+        shutdown,
+        ..
+    } = *ctx;
     let stream = shared.stream().await.map_err(|e| e.to_string())?;
     let deliver_policy = match *position {
         Some(seq) => jetstream::consumer::DeliverPolicy::ByStartSequence {
@@ -201,7 +208,7 @@ async fn read_session(
             // This node consumes the slot and NATS is away: its transactions come straight.
             Some(records) = local.recv() => {
                 for record in records {
-                    apply(postgres, open, record, publisher, max_payload, metrics, shutdown).await?;
+                    apply(ctx, open, record).await?;
                 }
                 journal.sync().await.map_err(|e| e.to_string())?;
                 continue;
@@ -243,16 +250,7 @@ async fn read_session(
             }
         };
         for record in records {
-            apply(
-                postgres,
-                open,
-                record,
-                publisher,
-                max_payload,
-                metrics,
-                shutdown,
-            )
-            .await?;
+            apply(ctx, open, record).await?;
         }
         *position = Some(seq);
         unsynced = Some(seq);
@@ -264,15 +262,14 @@ async fn read_session(
     }
 }
 
-async fn apply(
-    postgres: &Arc<Postgres>,
-    open: &mut Option<Open>,
-    record: Record,
-    publisher: &Publisher,
-    max_payload: usize,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> Result<(), String> {
+async fn apply(ctx: &Context<'_>, open: &mut Option<Open>, record: Record) -> Result<(), String> {
+    let Context {
+        postgres,
+        publisher,
+        max_payload,
+        metrics,
+        shutdown,
+    } = *ctx;
     let journal = &postgres.journal;
     match record {
         Record::Begin {
