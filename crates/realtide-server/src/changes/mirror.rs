@@ -308,9 +308,26 @@ async fn apply(ctx: &Context<'_>, open: &mut Option<Open>, record: Record) -> Re
             let Some(txn) = open.as_ref().filter(|t| t.journaling) else {
                 return Ok(());
             };
-            let Some(table) = table(postgres, relation, shutdown).await? else {
+            let Some(mut table) = table(postgres, relation, shutdown).await? else {
                 return Ok(());
             };
+            let same = |table: &crate::db::catalog::Table| {
+                table.columns.len() == columns.len()
+                    && table
+                        .columns
+                        .iter()
+                        .zip(&columns)
+                        .all(|(c, n)| c.name == *n)
+            };
+            if !same(&table) {
+                // The consuming node saw a DDL change this node's catalog cache has not: look
+                // the table up again (the consumer invalidates its cache on Relation messages).
+                postgres.catalog.invalidate(relation);
+                match self::table(postgres, relation, shutdown).await? {
+                    Some(fresh) => table = fresh,
+                    None => return Ok(()),
+                }
+            }
             let align = |values: Option<Vec<Value>>| {
                 values.map(|values| {
                     table
