@@ -120,6 +120,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
     if let Some(cluster) = &app.cluster {
         cluster.start();
+        cluster.settle().await;
     }
     match process.stop {
         None => shutdown::watch(

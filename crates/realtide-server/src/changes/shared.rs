@@ -57,6 +57,12 @@ pub struct SharedStream {
     pub refused: AtomicBool,
     /// Woken when another node said it released the slot (its drain at SIGTERM).
     pub slot_freed: tokio::sync::Notify,
+    /// While NATS is away, the consuming node hands its transactions straight to its own
+    /// reader (its subscribers keep getting changes; the slot is not confirmed, so they are
+    /// appended to the stream for the other nodes once NATS is back).
+    local: tokio::sync::mpsc::Sender<Vec<Record>>,
+    /// The reader's end of `local`, taken once by the reader.
+    pub local_reader: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<Vec<Record>>>>,
 }
 
 impl SharedStream {
@@ -94,7 +100,10 @@ impl SharedStream {
                 }
             }
         }
+        let (local, local_reader) = tokio::sync::mpsc::channel(64);
         Ok(SharedStream {
+            local,
+            local_reader: parking_lot::Mutex::new(Some(local_reader)),
             client,
             js,
             stream,
@@ -297,6 +306,19 @@ pub fn record_size(record: &Record) -> usize {
 }
 
 impl SharedStream {
+    /// Whether the NATS connection is up.
+    pub fn connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
+    /// Hands records to this node's own reader (NATS is away).
+    pub async fn hand_locally(&self, records: Vec<Record>) {
+        let _ = self.local.send(records).await;
+    }
+
     /// Its JetStream stream.
     pub async fn stream(&self) -> Result<jetstream::stream::Stream, SharedError> {
         self.js
