@@ -667,6 +667,17 @@ async fn presence_state_and_diffs_are_shared_across_nodes_body(env: &mut Cluster
         state.raw
     );
 
+    // A node that joins the cluster now: its first joiner's state already holds both.
+    let node4 = env.start_node("node-4").await?;
+    env.nodes.push(node4);
+    let (_, _, state) = presence_client(env.node(3)?, topic, "u5").await?;
+    ensure!(
+        meta_ref(&state.payload, "", "u1").as_deref() == Some(u1_ref.as_str())
+            && meta_ref(&state.payload, "", "u2").as_deref() == Some(u2_ref.as_str()),
+        "state on a node started after the tracks: {}",
+        state.raw
+    );
+
     // u2's socket goes away: it leaves on node-1 and node-3.
     drop(p2);
     for (who, client) in [("p1", &mut p1), ("o3", &mut o3), ("p3", &mut p3)] {

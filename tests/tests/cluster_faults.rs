@@ -1,8 +1,9 @@
 //! Cluster mode under faults: `kill -9` of a node that does not consume the slot (its
 //! presences leave on the others within 15 s), `kill -9` of the consuming node during a stream
 //! of inserts (another node takes the slot within 10 s and a subscriber on a surviving node
-//! receives every committed row exactly once, in order), a NATS restart during traffic
-//! (clients stay connected, broadcasts after recovery reach every node), SIGTERM of the
+//! receives every committed row and database broadcast exactly once, in order), a NATS restart
+//! during traffic (clients stay connected, broadcasts after recovery reach every node, presence
+//! is whole again, rows committed meanwhile reach every node once), SIGTERM of the
 //! consuming node (its presences leave at once, another node takes the slot), and an
 //! unreachable `CLUSTER_NATS_URL` at start (exit 2, one line naming the setting).
 //!
@@ -17,8 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use realtide_tests::cluster::{ClusterEnv, FORM_WAIT, metric_value};
 use realtide_tests::{
-    Client, Endpoint, Incoming, Msg, QUIET, SECRET, TEST_PUBLICATION, TEST_SLOT, Vsn, binary,
-    user_token,
+    Client, Endpoint, Incoming, Msg, PG_WAIT, QUIET, SECRET, TEST_PUBLICATION, TEST_SLOT, Vsn,
+    binary, user_token,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -189,6 +190,59 @@ fn start_inserter(
     (stop, task)
 }
 
+/// Sends `realtime.send({"n": i}, 'tick', <topic>, false)` for i = 1, 2, ..., one transaction
+/// each, every `every`, until stopped; returns the last `i` sent.
+fn start_db_sender(
+    db: tokio_postgres::Client,
+    topic: &'static str,
+    every: Duration,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Result<i64>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut n = 0i64;
+        while !flag.load(Ordering::Relaxed) {
+            db.execute(
+                "select realtime.send(jsonb_build_object('n', $1::int8), 'tick', $2, false)",
+                &[&(n + 1), &topic],
+            )
+            .await?;
+            n += 1;
+            tokio::time::sleep(every).await;
+        }
+        Ok(n)
+    });
+    (stop, task)
+}
+
+/// The `n` of every `tick` broadcast a V1 client received on `topic` until `last` arrived.
+async fn ticks_until(client: &mut Client, topic: &str, last: i64) -> Result<Vec<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ns = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = client
+            .expect_text_within(left.min(PG_WAIT), |m| {
+                m.topic == topic
+                    && m.event == "broadcast"
+                    && m.payload.get("event") == Some(&json!("tick"))
+            })
+            .await
+            .with_context(|| {
+                format!("received {} ticks so far, up to {:?}", ns.len(), ns.last())
+            })?;
+        let n = msg
+            .payload
+            .pointer("/payload/n")
+            .and_then(Value::as_i64)
+            .with_context(|| format!("no payload.n in {}", msg.raw))?;
+        ns.push(n);
+        if n == last {
+            return Ok(ns);
+        }
+    }
+}
+
 /// The `seq` of every change received on `topic` until `last` arrived (bounded overall).
 async fn seqs_until(client: &mut Client, topic: &str, last: i64) -> Result<Vec<i64>> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -263,8 +317,17 @@ async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once_body(
     let watcher = survivors.first().copied().context("no survivor")?;
     let topic = "realtime:items";
     let mut subscriber = subscribe_items(env.node(watcher)?, topic).await?;
+    // Database broadcasts ride the same replication stream: a V1 subscriber of them on the
+    // other survivor.
+    let ticker_node = survivors.get(1).copied().context("no second survivor")?;
+    let mut ticker = env.node(ticker_node)?.connect(Vsn::V1).await?;
+    ticker
+        .join_config("realtime:ticks", json!({"broadcast": {"self": false}}))
+        .await?;
 
     let (stop, inserter) = start_inserter(env.pg.connect().await?, Duration::from_millis(20));
+    let (stop_ticks, sender) =
+        start_db_sender(env.pg.connect().await?, "ticks", Duration::from_millis(50));
     // Some rows before the kill (pacing, not a measurement).
     tokio::time::sleep(Duration::from_secs(2)).await;
     env.node_mut(holder)?.server.kill().await?;
@@ -301,6 +364,7 @@ async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once_body(
         }
         if Instant::now() >= deadline {
             stop.store(true, Ordering::Relaxed);
+            stop_ticks.store(true, Ordering::Relaxed);
             bail!(
                 "no other node took the slot within {SLOT_TAKEOVER:?} of kill -9 of {holder_name}:\n{}",
                 last.join("\n")
@@ -316,7 +380,9 @@ async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once_body(
     // More rows under the new consumer, then stop and account for every committed row.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
+    stop_ticks.store(true, Ordering::Relaxed);
     let inserted = inserter.await??;
+    let last_tick = sender.await??;
     let expected: Vec<i64> = env
         .db
         .query("select seq from public.items order by seq", &[])
@@ -333,6 +399,14 @@ async fn kill_of_the_consuming_node_during_inserts_delivers_every_row_once_body(
     let seqs = seqs_until(&mut subscriber, topic, last_seq).await?;
     if let Some(problems) = delivery_problems(&seqs, &expected) {
         bail!("subscriber on {}: {problems}", env.node(watcher)?.name);
+    }
+    let ticks = ticks_until(&mut ticker, "realtime:ticks", last_tick).await?;
+    let want: Vec<i64> = (1..=last_tick).collect();
+    if let Some(problems) = delivery_problems(&ticks, &want) {
+        bail!(
+            "database broadcasts on {}: {problems}",
+            env.node(ticker_node)?.name
+        );
     }
     let extra = subscriber.drain(QUIET).await?;
     ensure!(
@@ -411,7 +485,7 @@ async fn nats_restart_during_traffic_keeps_clients_connected() -> Result<()> {
             ("CLUSTER_HEARTBEAT_MS", "300"),
             ("CLUSTER_NODE_TIMEOUT_MS", "1500"),
         ],
-        "",
+        &items_setup(),
     )
     .await?;
     let outcome = nats_restart_during_traffic_keeps_clients_connected_body(&mut env).await;
@@ -423,6 +497,15 @@ async fn nats_restart_during_traffic_keeps_clients_connected_body(
 ) -> Result<()> {
     let topic = "realtime:nats-restart";
     let presence_topic = "realtime:nats-restart-presence";
+    // Rows committed before, during and after the outage reach a subscriber on every node,
+    // each once and in order.
+    let mut row_subscribers = Vec::new();
+    for i in 0..3 {
+        let changes_topic = format!("realtime:items-{i}");
+        let client = subscribe_items(env.node(i)?, &changes_topic).await?;
+        row_subscribers.push((env.node(i)?.name.clone(), changes_topic, client));
+    }
+    let (stop_rows, inserter) = start_inserter(env.pg.connect().await?, Duration::from_millis(50));
     let mut members = Vec::new();
     for i in 0..3 {
         let key = format!("member-{i}");
@@ -516,6 +599,38 @@ async fn nats_restart_during_traffic_keeps_clients_connected_body(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    stop_rows.store(true, Ordering::Relaxed);
+    let inserted = inserter.await??;
+    let expected: Vec<i64> = env
+        .db
+        .query("select seq from public.items order by seq", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure!(
+        expected.len() == usize::try_from(inserted)?,
+        "{inserted} inserts but {} rows",
+        expected.len()
+    );
+    let last_seq = *expected.last().context("no rows committed")?;
+    // Every node's account first, then the verdict.
+    let mut problems = Vec::new();
+    for (who, changes_topic, client) in &mut row_subscribers {
+        match seqs_until(client, changes_topic, last_seq).await {
+            Ok(seqs) => {
+                if let Some(problem) = delivery_problems(&seqs, &expected) {
+                    problems.push(format!("row subscriber on {who}: {problem}"));
+                }
+            }
+            Err(error) => problems.push(format!("row subscriber on {who}: {error:#}")),
+        }
+    }
+    ensure!(
+        problems.is_empty(),
+        "rows committed across the NATS restart (1..={last_seq}):\n{}",
+        problems.join("\n")
+    );
     for (key, client) in &mut members {
         client
             .heartbeat()
