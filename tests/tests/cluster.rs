@@ -3,7 +3,8 @@
 //! HTTP API, `realtime.send`) reaches every subscriber on every node exactly once, in the
 //! publisher's order, with the usual `self`/`ack` semantics; presence state and diffs are
 //! shared; private channels are authorized on every node; postgres_changes reach each node's
-//! own subscribers under their own RLS claims while one node consumes the slot.
+//! own subscribers under their own RLS claims while one node consumes the slot;
+//! `TENANT_MAX_CONCURRENT_USERS` counts the users of every node.
 //!
 //! Exactly-once is checked with barriers: a later message from the same publisher that every
 //! receiver must get next (a duplicate or a stray message shows up before it), then a short
@@ -937,4 +938,108 @@ async fn postgres_changes_with_rls_on_every_node_body(env: &mut ClusterEnv) -> R
         );
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------------------ limits
+
+#[tokio::test]
+async fn concurrent_users_are_counted_across_the_cluster() -> Result<()> {
+    let mut env = ClusterEnv::start(
+        3,
+        &[
+            ("TENANT_MAX_CONCURRENT_USERS", "2"),
+            ("CLUSTER_HEARTBEAT_MS", "200"),
+        ],
+        "",
+    )
+    .await?;
+    let outcome = concurrent_users_body(&mut env).await;
+    outcome.with_context(|| env.logs())
+}
+
+/// A fresh socket of node `i` joining `topic`: `Ok(Ok((client, reply)))`, or `Ok(Err(refusal))`
+/// when the upgrade itself is refused.
+async fn try_join(
+    env: &ClusterEnv,
+    i: usize,
+    topic: &str,
+) -> Result<std::result::Result<(Client, Msg), realtide_tests::HttpResponse>> {
+    let query = format!("apikey={}&vsn=2.0.0", token("anon", 3600));
+    let mut client = match env
+        .node(i)?
+        .try_connect(Vsn::V2, "/socket/websocket", &query, &[])
+        .await?
+    {
+        realtide_tests::Connect::Open(client) => client,
+        realtide_tests::Connect::Refused(response) => return Ok(Err(response)),
+    };
+    let join_ref = client.send_join(topic, &json!({"config": {}})).await?;
+    let reply = client.expect_reply(topic, &join_ref).await?;
+    Ok(Ok((client, reply)))
+}
+
+/// Whether a connect or join attempt was refused for too many users (as a single node
+/// refuses: 429 on the upgrade, or the join's reason).
+fn too_many_users(
+    attempt: &std::result::Result<(Client, Msg), realtide_tests::HttpResponse>,
+) -> bool {
+    match attempt {
+        Err(response) => {
+            response.status == 429 && response.body == r#"{"error":"Too many connected users"}"#
+        }
+        Ok((_, reply)) => {
+            reply.response().get("reason")
+                == Some(&json!(
+                    "ConnectionRateLimitReached: Too many connected users"
+                ))
+        }
+    }
+}
+
+async fn concurrent_users_body(env: &mut ClusterEnv) -> Result<()> {
+    let topic = "realtime:users";
+    let Ok((mut first, reply)) = try_join(env, 0, topic).await? else {
+        bail!("user 1 refused on node-1");
+    };
+    ensure!(
+        reply.status() == Some("ok"),
+        "user 1 on node-1: {}",
+        reply.raw
+    );
+    let first_ref = reply.join_ref.clone().context("no join_ref")?;
+    let Ok((_second, reply)) = try_join(env, 1, topic).await? else {
+        bail!("user 2 refused on node-2");
+    };
+    ensure!(
+        reply.status() == Some("ok"),
+        "user 2 on node-2: {}",
+        reply.raw
+    );
+    // Several heartbeats later every node counts both.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let third = try_join(env, 2, topic).await?;
+    ensure!(
+        too_many_users(&third),
+        "a third user on node-3 while two are connected on node-1 and node-2: {:?}",
+        third.map(|(_, reply)| reply.raw)
+    );
+    // User 1 leaves: node-3 admits a user again (bounded retries).
+    first
+        .push(Some(&first_ref), topic, "phx_leave", &json!({}))
+        .await?;
+    let deadline = tokio::time::Instant::now() + CROSS_WAIT;
+    loop {
+        let attempt = try_join(env, 2, topic).await?;
+        if let Ok((_, reply)) = &attempt
+            && reply.status() == Some("ok")
+        {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "node-3 still refuses after user 1 left: {:?}",
+            attempt.map(|(_, reply)| reply.raw)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
