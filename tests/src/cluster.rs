@@ -328,6 +328,33 @@ impl ClusterEnv {
         self.index_of(&name)
     }
 
+    /// What every running node says now: its `/api/health` `cluster` and replication fields,
+    /// and its `realtide_cluster_*` series (for failure messages).
+    pub async fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let health = match node.health().await {
+                Ok(h) => serde_json::json!({
+                    "cluster": h.get("cluster"),
+                    "replication": h.get("replication"),
+                    "problem": h.get("problem"),
+                })
+                .to_string(),
+                Err(error) => format!("{error:#}"),
+            };
+            let series = match node.metrics_text().await {
+                Ok(text) => text
+                    .lines()
+                    .filter(|l| l.starts_with("realtide_cluster_"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                Err(error) => format!("{error:#}"),
+            };
+            out.push_str(&format!("{}: {health}\n  {series}\n", node.name));
+        }
+        out
+    }
+
     /// Every node's stderr tail and NATS's log tail, for failure messages.
     pub fn logs(&self) -> String {
         let tail = |text: &str, lines: usize| {

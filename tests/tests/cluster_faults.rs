@@ -626,11 +626,13 @@ async fn nats_restart_during_traffic_keeps_clients_connected_body(
             Err(error) => problems.push(format!("row subscriber on {who}: {error:#}")),
         }
     }
-    ensure!(
-        problems.is_empty(),
-        "rows committed across the NATS restart (1..={last_seq}):\n{}",
-        problems.join("\n")
-    );
+    if !problems.is_empty() {
+        bail!(
+            "rows committed across the NATS restart (1..={last_seq}):\n{}\nthe nodes now:\n{}",
+            problems.join("\n"),
+            env.diagnostics().await
+        );
+    }
     for (key, client) in &mut members {
         client
             .heartbeat()
