@@ -271,6 +271,25 @@ async fn seqs_until(client: &mut Client, topic: &str, last: i64) -> Result<Vec<i
     bail!("row {last} did not arrive; received {} rows", seqs.len())
 }
 
+/// `1-5, 9, 12-20` of ascending values.
+fn ranges(values: &[i64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut iter = values.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    out.join(", ")
+}
+
 /// `seqs` compared with `expected` (each once, in order): the differences, readable.
 fn delivery_problems(seqs: &[i64], expected: &[i64]) -> Option<String> {
     if seqs == expected {
@@ -293,10 +312,11 @@ fn delivery_problems(seqs: &[i64], expected: &[i64]) -> Option<String> {
         .collect();
     let inversions = seqs.windows(2).filter(|w| w.first() >= w.get(1)).count();
     Some(format!(
-        "received {} rows for {} committed: missing {missing:?}, duplicated {duplicated:?}, \
-         {inversions} out of order",
+        "received {} rows for {} committed: missing [{}], duplicated [{}], {inversions} out of order",
         seqs.len(),
-        expected.len()
+        expected.len(),
+        ranges(&missing),
+        ranges(&duplicated)
     ))
 }
 
@@ -599,6 +619,8 @@ async fn nats_restart_during_traffic_keeps_clients_connected_body(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    // Rows keep coming for a while after the recovery (pacing, not a measurement).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     stop_rows.store(true, Ordering::Relaxed);
     let inserted = inserter.await??;
     let expected: Vec<i64> = env
