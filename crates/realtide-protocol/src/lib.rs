@@ -11,6 +11,8 @@
 //! - [`encode`]: server frames: replies, pushes, broadcasts, V2 kind-4 user broadcasts.
 //! - [`presence`]: rendering of presence metas, `presence_state` and `presence_diff` payloads.
 //! - [`system`]: `system` message payloads.
+//! - [`peer`]: the binary messages realtide nodes of a cluster exchange over NATS (broadcasts,
+//!   presence, heartbeats, change stream records); decoding never panics.
 //! - [`wsframe`]: RFC 6455 framing shared by the server, the load generator and the tests'
 //!   client: opcodes, header encoding, masking, a frame parser that never panics on peer bytes
 //!   (client or server rules, a payload limit), and reassembly of fragmented messages.
@@ -19,6 +21,7 @@ pub mod encode;
 pub mod frame;
 pub mod id;
 pub mod message;
+pub mod peer;
 pub mod presence;
 pub mod system;
 pub mod wsframe;

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::changes::postgres::Postgres;
+use crate::changes::shared::SharedStream;
 use crate::channels::registry::Registry;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{Exporter, Metrics};
 
@@ -39,11 +41,25 @@ pub struct App {
     pub exporter: Exporter,
     /// Accepted sockets, counted from accept.
     pub sockets: Arc<crate::ws::listener::Sockets>,
+    /// This node's cluster, when CLUSTER_NATS_URL is set.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// A connected cluster link, made before the [`App`] (so a wrong URL fails at start).
+#[derive(Debug)]
+pub struct ClusterLink {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// The shared change stream (with a database).
+    pub shared: Option<Arc<SharedStream>>,
 }
 
 impl App {
     /// Builds the shared state.
-    pub fn new(config: Config) -> Result<Arc<App>, crate::changes::journal::JournalError> {
+    pub fn new(
+        config: Config,
+        link: Option<ClusterLink>,
+    ) -> Result<Arc<App>, crate::changes::journal::JournalError> {
         let metrics = Arc::new(Metrics::default());
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let exporter = Exporter::new(config.database.is_some());
@@ -52,14 +68,35 @@ impl App {
         let postgres = config
             .database
             .clone()
-            .map(|database| Postgres::new(database, exporter.authorization_histogram()))
+            .map(|database| {
+                Postgres::new(
+                    database,
+                    exporter.authorization_histogram(),
+                    link.as_ref().and_then(|l| l.shared.clone()),
+                )
+            })
             .transpose()?;
         let registry = Arc::new(Registry::new(metrics.clone(), limits.clone()));
-        let publisher = crate::channels::publish::Publisher::new(
-            registry.clone(),
-            limits.clone(),
-            Arc::new(crate::channels::publish::NoPeers),
-        );
+        let cluster = match (link, &config.cluster) {
+            (Some(link), Some(settings)) => Some(Cluster::new(
+                settings.clone(),
+                link.client,
+                registry.clone(),
+                limits.clone(),
+                metrics.clone(),
+                postgres.clone(),
+            )),
+            _ => None,
+        };
+        let peers: Arc<dyn crate::channels::publish::Peers> = match &cluster {
+            Some(cluster) => {
+                registry.set_watch(cluster.clone());
+                cluster.clone()
+            }
+            None => Arc::new(crate::channels::publish::NoPeers),
+        };
+        let publisher =
+            crate::channels::publish::Publisher::new(registry.clone(), limits.clone(), peers);
         Ok(Arc::new(App {
             exporter,
             postgres,
@@ -71,6 +108,7 @@ impl App {
             shutdown: CancellationToken::new(),
             disconnect: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            cluster,
             sockets: crate::ws::listener::Sockets::new(
                 config_limits_connections,
                 handshake_timeout,

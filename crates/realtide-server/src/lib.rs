@@ -7,6 +7,8 @@
 //! - [`http`]: routes, the WebSocket upgrade endpoint, the broadcast API, health, metrics.
 //! - [`session`]: one connection's reader loop, one file per client message kind.
 //! - [`app`]: the state of one project in one value ([`app::App`]).
+//! - [`cluster`]: several nodes as one over NATS: broadcasts, presence and membership across
+//!   nodes (the shared change stream is [`changes::shared`]).
 //! - [`changes`]: postgres_changes from the replication slot to the sockets (source, journal,
 //!   feed, delivery, subscriptions, resume).
 //! - [`db`]: pools, TLS to PostgreSQL, schema, catalog, private-channel authorization, replay.
@@ -22,6 +24,7 @@
 pub mod app;
 pub mod changes;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod dev;
@@ -80,8 +83,36 @@ pub async fn run(
     process: Process,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
-    let app = app::App::new(config)
+    let link = match &config.cluster {
+        None => None,
+        Some(settings) => {
+            let client = cluster::connect(settings)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", logs::error_chain(&e)))?;
+            let shared = match &config.database {
+                None => None,
+                Some(_) => Some(Arc::new(
+                    changes::shared::SharedStream::open(
+                        client.clone(),
+                        &settings.scope,
+                        settings.stream_max_age,
+                        settings.stream_replicas,
+                    )
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}", logs::error_chain(&cluster::ClusterError::Stream(e)))
+                    })?,
+                )),
+            };
+            tracing::info!(node = %settings.node, "joined the cluster");
+            Some(app::ClusterLink { client, shared })
+        }
+    };
+    let app = app::App::new(config, link)
         .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
+    if let Some(cluster) = &app.cluster {
+        cluster.start();
+    }
     match process.stop {
         None => shutdown::watch(
             app.shutdown.clone(),
@@ -132,6 +163,15 @@ pub async fn run(
             stages.clone(),
         ));
         background.spawn(feed::keeper(postgres.clone(), finished.clone()));
+        if postgres.shared.is_some() {
+            background.spawn(changes::mirror::read(
+                postgres.clone(),
+                app.publisher.clone(),
+                app.config.max_payload_bytes,
+                app.metrics.clone(),
+                app.shutdown.clone(),
+            ));
+        }
         let ready = postgres.clone();
         app.tasks.spawn(schema::janitor(
             postgres.pool.clone(),
@@ -154,7 +194,7 @@ pub async fn run(
     // Tests and scripts read the actual port from this line.
     logs::say(&format!("realtide listening on {local}"));
     tracing::info!(addr = %local, tls = app.config.tls.is_some(), "listening");
-    serve(app, listener).await?;
+    serve(app.clone(), listener).await?;
     // Every session closed: confirm the slot and save positions.
     finished.cancel();
     background.close();
@@ -163,6 +203,12 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("replication did not stop in time");
+    }
+    if let Some(cluster) = &app.cluster {
+        // After the slot was released: the others take it at once.
+        // With a database this node may have held the slot: the others ask for it at once
+        // (a node that did not hold it only makes them ask early).
+        cluster.goodbye(app.postgres.is_some()).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -142,6 +142,8 @@ pub struct Limits {
     /// Rendered presence metas held by all topics.
     presence_bytes: AtomicUsize,
     users: AtomicUsize,
+    /// Users on the other nodes of a cluster, from their last heartbeats.
+    remote_users: AtomicUsize,
     connections: AtomicUsize,
 }
 
@@ -160,6 +162,7 @@ impl Limits {
             }),
             presence_bytes: AtomicUsize::new(0),
             users: AtomicUsize::new(0),
+            remote_users: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
         }
     }
@@ -184,7 +187,23 @@ impl Limits {
     /// Whether another user (a socket with a first channel) would exceed the limit.
     pub fn users_full(&self) -> bool {
         let max = self.settings.concurrent_users;
-        max != 0 && self.users.load(Ordering::Relaxed) >= max
+        max != 0
+            && self
+                .users
+                .load(Ordering::Relaxed)
+                .saturating_add(self.remote_users.load(Ordering::Relaxed))
+                >= max
+    }
+
+    /// Users of this process (sockets with at least one channel).
+    pub fn users(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
+    }
+
+    /// Users on the other nodes of the cluster, as their heartbeats last said: the users limit
+    /// counts the whole cluster, within one heartbeat of accuracy.
+    pub fn set_remote_users(&self, users: usize) {
+        self.remote_users.store(users, Ordering::Relaxed);
     }
 
     /// A socket joined its first channel.

@@ -20,6 +20,67 @@ pub struct Metrics {
     queued_frames: AtomicI64,
     /// Commit-to-delivery delay of the last delivered transaction, in microseconds.
     replication_delay_micros: AtomicU64,
+    /// Between the nodes of a cluster.
+    pub cluster: ClusterCounters,
+}
+
+/// What crosses between the nodes of a cluster.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Messages received from NATS.
+    pub messages_in: AtomicU64,
+    /// Messages published to NATS.
+    pub messages_out: AtomicU64,
+    /// Payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes published.
+    pub bytes_out: AtomicU64,
+    /// Messages that could not be published (the outgoing queue was full).
+    pub dropped_out: AtomicU64,
+    /// Change stream messages not yet applied by this node.
+    pub stream_lag: AtomicU64,
+    /// Times this node took the replication slot over from another node.
+    pub failovers: AtomicU64,
+}
+
+impl ClusterCounters {
+    /// One message received.
+    pub fn received(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// One message published.
+    pub fn sent(&self, bytes: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text lines of these counters.
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# TYPE realtide_cluster_messages_total counter\n\
+             realtide_cluster_messages_total{{direction=\"in\"}} {}\n\
+             realtide_cluster_messages_total{{direction=\"out\"}} {}\n\
+             # TYPE realtide_cluster_bytes_total counter\n\
+             realtide_cluster_bytes_total{{direction=\"in\"}} {}\n\
+             realtide_cluster_bytes_total{{direction=\"out\"}} {}\n\
+             # TYPE realtide_cluster_dropped_total counter\n\
+             realtide_cluster_dropped_total {}\n\
+             # TYPE realtide_cluster_stream_lag gauge\n\
+             realtide_cluster_stream_lag {}\n\
+             # TYPE realtide_cluster_failovers_total counter\n\
+             realtide_cluster_failovers_total {}\n",
+            get(&self.messages_in),
+            get(&self.messages_out),
+            get(&self.bytes_in),
+            get(&self.bytes_out),
+            get(&self.dropped_out),
+            get(&self.stream_lag),
+            get(&self.failovers),
+        )
+    }
 }
 
 /// A point-in-time copy of the counters.

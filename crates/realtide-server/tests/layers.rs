@@ -27,10 +27,11 @@ fn layer(top: &str) -> Option<u8> {
         "db" => 3,
         "config" => 4,
         "changes" | "token" => 5,
-        "app" | "error" => 6,
-        "session" => 7,
-        "http" => 8,
-        "dev" => 9,
+        "cluster" => 6,
+        "app" | "error" => 7,
+        "session" => 8,
+        "http" => 9,
+        "dev" => 10,
         _ => return None,
     })
 }

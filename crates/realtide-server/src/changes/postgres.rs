@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use crate::changes::journal::{Journal, JournalError};
 use crate::changes::progress::{Progress, ReplicationStatus};
 use crate::changes::resume::ResumeBook;
+use crate::changes::shared::SharedStream;
 use crate::changes::subscriptions::Subscriptions;
 use crate::config::DatabaseConfig;
 use crate::db::authorization::Authorizer;
@@ -34,6 +35,8 @@ pub struct Postgres {
     pub progress: Progress,
     /// Committed changes not yet everywhere they must go.
     pub journal: Arc<Journal>,
+    /// The cluster's change stream, when this process is a node of a cluster.
+    pub shared: Option<Arc<SharedStream>>,
 }
 
 impl Postgres {
@@ -41,6 +44,7 @@ impl Postgres {
     pub fn new(
         config: DatabaseConfig,
         authorization_seconds: metrics::Histogram,
+        shared: Option<Arc<SharedStream>>,
     ) -> Result<Arc<Postgres>, JournalError> {
         let journal = Arc::new(Journal::open(&config.changes.dir)?);
         let book = ResumeBook::load(&config.changes.dir, config.resume);
@@ -65,6 +69,7 @@ impl Postgres {
             subscriptions: Subscriptions::new(book),
             replication: tokio::sync::watch::Sender::new(ReplicationStatus::Starting),
             progress: Progress::default(),
+            shared,
         }))
     }
 

@@ -25,11 +25,13 @@ use crate::changes::feed::Stages;
 use crate::changes::journal::{JournalError, Seq};
 use crate::changes::postgres::Postgres;
 use crate::changes::progress::{Problem, ReplicationStatus};
+use crate::changes::shared::{self, SharedError};
 use crate::channels::broadcast::{StoredBody, StoredMessage};
 use crate::db::catalog::Table;
 use crate::db::pool::DbError;
 use crate::db::schema;
 use crate::metrics::Metrics;
+use realtide_protocol::peer::Record;
 use realtide_replication::sql::quote_ident;
 
 /// Why a replication session ended.
@@ -44,6 +46,9 @@ pub enum ReplicationError {
     /// The change journal failed.
     #[error("change journal")]
     Journal(#[from] JournalError),
+    /// The cluster's change stream did not store an append.
+    #[error("cluster change stream")]
+    Shared(#[from] SharedError),
     /// The server ended the stream.
     #[error("the server ended the replication stream")]
     Ended,
@@ -56,6 +61,14 @@ const SYNC_WINDOW: Duration = Duration::from_millis(5);
 const CONFIRM_POLL: Duration = Duration::from_millis(50);
 /// Longest wait between reconnects.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a cluster node asks for the slot another node holds.
+const SLOT_RETRY: Duration = Duration::from_millis(1_000);
+
+/// Whether the walsender refused the slot because another connection holds it.
+fn slot_in_use(error: &ReplicationError) -> bool {
+    matches!(error, ReplicationError::Stream(e) if e.sqlstate() == Some("55006"))
+        || matches!(error, ReplicationError::Stream(StreamError::Server { message, .. }) if message.contains("is active for PID"))
+}
 
 /// Runs until shutdown. At shutdown, journals what it decoded, fires
 /// `stages.replication_stopped`, and once `finished` (every session closed) confirms what the
@@ -77,8 +90,31 @@ pub async fn run(
         if shutdown.is_cancelled() {
             stages.replication_stopped.cancel();
         }
-        if let Err(error) = postgres.journal.abort() {
+        if let Some(shared) = &postgres.shared {
+            shared.holding_slot.store(false, Ordering::Relaxed);
+        } else if let Err(error) = postgres.journal.abort() {
             tracing::warn!(error = %crate::logs::error_chain(&error), "could not cut an unfinished transaction from the change journal");
+        }
+        if let (Some(shared), Err(error)) = (&postgres.shared, &result)
+            && slot_in_use(error)
+        {
+            // Another node of the cluster consumes the slot; its changes reach this node
+            // through the shared stream. Ask again soon: when that node dies, the slot is free.
+            shared.refused.store(true, Ordering::Relaxed);
+            postgres
+                .replication
+                .send_replace(ReplicationStatus::Streaming);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    stages.replication_stopped.cancel();
+                    return;
+                }
+                () = shared.slot_freed.notified() => {}
+                () = tokio::time::sleep(SLOT_RETRY) => {}
+            }
+            backoff = Duration::from_millis(200);
+            continue;
         }
         match result {
             Ok(()) => {
@@ -288,12 +324,67 @@ fn cells(layout: &Layout, tuple: &[ColumnValue]) -> Vec<Cell> {
 #[derive(Debug, Default)]
 struct Unconfirmed {
     commits: std::collections::VecDeque<(Seq, Lsn)>,
+    /// In a cluster: the end LSN of the last transaction the shared stream stored.
+    stored: Lsn,
+    /// In a cluster: records not yet appended to the shared stream, and their size.
+    pending: Vec<Record>,
+    pending_bytes: usize,
+}
+
+impl Unconfirmed {
+    /// Appends the pending records (up to the last commit among them when `whole`) to the
+    /// shared stream and waits until it stored them.
+    async fn flush(
+        &mut self,
+        shared: &shared::SharedStream,
+        metrics: &Metrics,
+        whole: bool,
+    ) -> Result<(), ReplicationError> {
+        let take = if whole {
+            self.pending
+                .iter()
+                .rposition(|r| matches!(r, Record::Commit { .. }))
+                .map_or(0, |i| i + 1)
+        } else {
+            self.pending.len()
+        };
+        if take == 0 {
+            return Ok(());
+        }
+        let batch: Vec<Record> = self.pending.drain(..take).collect();
+        self.pending_bytes = self.pending.iter().map(shared::record_size).sum();
+        shared.append(&batch, metrics).await?;
+        if let Some(end) = batch.iter().rev().find_map(|r| match r {
+            Record::Commit { end_lsn, .. } => Some(*end_lsn),
+            _ => None,
+        }) {
+            self.stored = self.stored.max(Lsn(end));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, record: Record) {
+        self.pending_bytes += shared::record_size(&record);
+        self.pending.push(record);
+    }
 }
 
 impl Unconfirmed {
     /// The newest end LSN that may be confirmed: the journal has it on stable storage and
     /// every live subscriber has everything before it.
     fn confirmable(&mut self, postgres: &Postgres) -> Option<Lsn> {
+        if postgres.shared.is_some() {
+            // In a cluster: once the shared stream stored it.
+            let mut lsn = None;
+            while let Some((_, commit)) = self.commits.front().copied() {
+                if commit > self.stored {
+                    break;
+                }
+                lsn = Some(commit);
+                self.commits.pop_front();
+            }
+            return lsn;
+        }
         let front = self.commits.front()?.0;
         let mut done = postgres.journal.synced();
         if let Some(live) = postgres.subscriptions.min_live_position() {
@@ -312,6 +403,21 @@ impl Unconfirmed {
         }
         lsn
     }
+}
+
+/// Hands a decoded change to the journal, or in a cluster to the shared stream's batch.
+fn emit(
+    shared: Option<&shared::SharedStream>,
+    journal: &crate::changes::journal::Journal,
+    unconfirmed: &mut Unconfirmed,
+    change: Change,
+) -> Result<(), ReplicationError> {
+    if shared.is_some() {
+        unconfirmed.push(shared::record_of(&change));
+    } else {
+        journal.append(change)?;
+    }
+    Ok(())
 }
 
 async fn confirm(
@@ -363,7 +469,14 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         stream = connecting => stream?,
     };
-    if journal.bind_system(stream.system_id())? {
+    let shared = postgres.shared.clone();
+    if let Some(shared) = &shared {
+        shared.holding_slot.store(true, Ordering::Relaxed);
+        if shared.refused.swap(false, Ordering::Relaxed) {
+            metrics.cluster.failovers.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(slot = %config.slot, "took over the replication slot from another node");
+        }
+    } else if journal.bind_system(stream.system_id())? {
         tracing::warn!("the change journal belonged to another database cluster; it was emptied");
     }
     postgres
@@ -399,7 +512,11 @@ async fn session(
     loop {
         // Backpressure: while the journal is over its bound and live subscribers still need
         // all of it, stop reading (keeping the walsender's connection alive).
-        while !in_transaction && journal.bytes() > max_bytes && !shutdown.is_cancelled() {
+        while shared.is_none()
+            && !in_transaction
+            && journal.bytes() > max_bytes
+            && !shutdown.is_cancelled()
+        {
             tracing::warn!(
                 bytes = journal.bytes(),
                 max_bytes,
@@ -413,11 +530,28 @@ async fn session(
             confirm(postgres, &mut stream, &mut unconfirmed).await?;
             stream.keepalive_reply().await?;
         }
+        if let Some(shared) = &shared
+            && unconfirmed.pending_bytes > shared::CHUNK_BYTES
+        {
+            // A large transaction goes to the shared stream in chunks.
+            unconfirmed.flush(shared, metrics, false).await?;
+        }
         let poll = (!unconfirmed.commits.is_empty()).then(|| Instant::now() + CONFIRM_POLL);
         let message = tokio::select! {
             // Shutdown first; then a due sync; then confirmations; then the stream.
             biased;
             () = shutdown.cancelled() => {
+                if let Some(shared) = &shared {
+                    // What committed goes to the shared stream and is confirmed; the open
+                    // transaction is cut off (the next consumer streams it again).
+                    unconfirmed.flush(shared, metrics, true).await?;
+                    confirm(postgres, &mut stream, &mut unconfirmed).await?;
+                    stages.replication_stopped.cancel();
+                    tracing::info!(confirmed = %stream.confirmed(), "replication stopped at shutdown");
+                    stream.close().await?;
+                    shared.holding_slot.store(false, Ordering::Relaxed);
+                    return Ok(());
+                }
                 // Everything decoded and committed is in the journal; the open transaction is
                 // cut off (the slot streams it again after the restart).
                 journal.abort()?;
@@ -437,7 +571,11 @@ async fn session(
                 return Ok(());
             }
             () = tokio::time::sleep_until(sync_due.unwrap_or_else(Instant::now)), if sync_due.is_some() => {
-                journal.sync().await?;
+                if let Some(shared) = &shared {
+                    unconfirmed.flush(shared, metrics, false).await?;
+                } else {
+                    journal.sync().await?;
+                }
                 sync_due = None;
                 confirm(postgres, &mut stream, &mut unconfirmed).await?;
                 continue;
@@ -459,7 +597,11 @@ async fn session(
                     tracing::warn!(lag_bytes = lag, "replication slot is lagging");
                 }
                 confirm(postgres, &mut stream, &mut unconfirmed).await?;
-                if !in_transaction && unconfirmed.commits.is_empty() && sync_due.is_none() {
+                if !in_transaction
+                    && unconfirmed.commits.is_empty()
+                    && unconfirmed.pending.is_empty()
+                    && sync_due.is_none()
+                {
                     // Nothing in flight: the slot may advance over WAL with no changes for us.
                     stream.confirm(keepalive.wal_end).await?;
                     postgres.progress.set_confirmed(stream.confirmed());
@@ -476,10 +618,21 @@ async fn session(
                 in_transaction = true;
                 // A transaction whose commit lies before what we confirmed or journaled was
                 // handled before the reconnect.
-                replayed = begin.final_lsn < resume || begin.final_lsn.0 < journal.last_end_lsn();
+                replayed = begin.final_lsn < resume
+                    || (shared.is_none() && begin.final_lsn.0 < journal.last_end_lsn());
+                // In a cluster every transaction goes to the shared stream: other nodes may
+                // have subscribers.
                 journaling = !replayed
-                    && (!postgres.subscriptions.is_empty()
+                    && (shared.is_some()
+                        || !postgres.subscriptions.is_empty()
                         || !postgres.subscriptions.book().is_empty());
+                if shared.is_some() && !replayed {
+                    unconfirmed.push(Record::Begin {
+                        final_lsn: begin.final_lsn.0,
+                        xid: begin.xid,
+                        commit_micros: begin.commit_time_micros,
+                    });
+                }
                 xid = begin.xid;
                 commit_micros = begin.commit_time_micros;
                 commit_timestamp =
@@ -489,6 +642,20 @@ async fn session(
                 in_transaction = false;
                 if replayed {
                     messages.clear();
+                    continue;
+                }
+                if shared.is_some() {
+                    for message in messages.drain(..) {
+                        unconfirmed.push(shared::message_record(message));
+                    }
+                    unconfirmed.push(Record::Commit {
+                        final_lsn: commit.commit_lsn.0,
+                        end_lsn: commit.end_lsn.0,
+                    });
+                    unconfirmed.commits.push_back((0, commit.end_lsn));
+                    if sync_due.is_none() {
+                        sync_due = Some(Instant::now() + SYNC_WINDOW);
+                    }
                     continue;
                 }
                 let end = if journaling || !messages.is_empty() {
@@ -531,17 +698,22 @@ async fn session(
                     continue;
                 }
                 if let Some(layout) = decoder.layout(postgres, insert.relation_oid).await? {
-                    journal.append(Change {
-                        seq: 0,
-                        xid,
-                        commit_micros,
-                        table: layout.table.clone(),
-                        kind: ChangeKind::Insert,
-                        new: Some(cells(layout, &insert.new)),
-                        old: None,
-                        old_key_only: false,
-                        commit_timestamp: commit_timestamp.clone(),
-                    })?;
+                    emit(
+                        shared.as_deref(),
+                        journal,
+                        &mut unconfirmed,
+                        Change {
+                            seq: 0,
+                            xid,
+                            commit_micros,
+                            table: layout.table.clone(),
+                            kind: ChangeKind::Insert,
+                            new: Some(cells(layout, &insert.new)),
+                            old: None,
+                            old_key_only: false,
+                            commit_timestamp: commit_timestamp.clone(),
+                        },
+                    )?;
                 }
             }
             LogicalMessage::Update(update) => {
@@ -549,17 +721,25 @@ async fn session(
                     continue;
                 }
                 if let Some(layout) = decoder.layout(postgres, update.relation_oid).await? {
-                    journal.append(Change {
-                        seq: 0,
-                        xid,
-                        commit_micros,
-                        table: layout.table.clone(),
-                        kind: ChangeKind::Update,
-                        new: Some(cells(layout, &update.new)),
-                        old_key_only: update.old.as_ref().is_some_and(|o| o.kind == OldKind::Key),
-                        old: update.old.as_ref().map(|o| cells(layout, &o.data)),
-                        commit_timestamp: commit_timestamp.clone(),
-                    })?;
+                    emit(
+                        shared.as_deref(),
+                        journal,
+                        &mut unconfirmed,
+                        Change {
+                            seq: 0,
+                            xid,
+                            commit_micros,
+                            table: layout.table.clone(),
+                            kind: ChangeKind::Update,
+                            new: Some(cells(layout, &update.new)),
+                            old_key_only: update
+                                .old
+                                .as_ref()
+                                .is_some_and(|o| o.kind == OldKind::Key),
+                            old: update.old.as_ref().map(|o| cells(layout, &o.data)),
+                            commit_timestamp: commit_timestamp.clone(),
+                        },
+                    )?;
                 }
             }
             LogicalMessage::Delete(delete) => {
@@ -567,17 +747,22 @@ async fn session(
                     continue;
                 }
                 if let Some(layout) = decoder.layout(postgres, delete.relation_oid).await? {
-                    journal.append(Change {
-                        seq: 0,
-                        xid,
-                        commit_micros,
-                        table: layout.table.clone(),
-                        kind: ChangeKind::Delete,
-                        new: None,
-                        old_key_only: delete.old.kind == OldKind::Key,
-                        old: Some(cells(layout, &delete.old.data)),
-                        commit_timestamp: commit_timestamp.clone(),
-                    })?;
+                    emit(
+                        shared.as_deref(),
+                        journal,
+                        &mut unconfirmed,
+                        Change {
+                            seq: 0,
+                            xid,
+                            commit_micros,
+                            table: layout.table.clone(),
+                            kind: ChangeKind::Delete,
+                            new: None,
+                            old_key_only: delete.old.kind == OldKind::Key,
+                            old: Some(cells(layout, &delete.old.data)),
+                            commit_timestamp: commit_timestamp.clone(),
+                        },
+                    )?;
                 }
             }
             // TRUNCATE is not delivered (as the reference); the rest carries nothing for us.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::channels::id::ChannelId;
 use crate::limits::Limits;
+use realtide_protocol::peer::Member;
 
 #[derive(Debug)]
 struct Tracked {
@@ -49,6 +50,44 @@ pub struct Presence {
     bytes: usize,
     /// The rendered `presence_state` payload, shared by every join until presence changes.
     state: Option<Bytes>,
+    /// Members tracked on the other nodes of a cluster, by node. Each node owns its own
+    /// sockets' presences and bounds them; here they are only mirrored.
+    remote: IndexMap<String, RemoteNode>,
+}
+
+/// What one other node has tracked in this topic.
+#[derive(Debug, Default)]
+struct RemoteNode {
+    /// The node's change counter last applied.
+    seq: u64,
+    /// Members by `phx_ref`.
+    members: IndexMap<String, Member>,
+}
+
+/// A local presence change, for the other nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalChange {
+    /// A member joined, or updated (`replaces` is its previous `phx_ref`).
+    Joined {
+        /// The member.
+        member: Member,
+        /// The `phx_ref` it replaces.
+        replaces: Option<String>,
+    },
+    /// A member left.
+    Left {
+        /// Its `phx_ref`.
+        phx_ref: String,
+    },
+}
+
+/// A tracked presence's diff and what changed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TrackedChange {
+    /// The `presence_diff` payload.
+    pub diff: String,
+    /// The change, for the other nodes.
+    pub change: LocalChange,
 }
 
 static NEXT_REF: AtomicU64 = AtomicU64::new(1);
@@ -85,17 +124,120 @@ impl Presence {
 
     /// The `presence_state` payload, rendered.
     pub fn render_state(&self) -> String {
-        let group: Group<'_> = self
-            .by_key
-            .iter()
-            .map(|(key, list)| {
-                (
-                    key.as_str(),
-                    list.iter().map(|t| t.rendered.as_str()).collect(),
-                )
-            })
-            .collect();
+        if self.remote.is_empty() {
+            let group: Group<'_> = self
+                .by_key
+                .iter()
+                .map(|(key, list)| {
+                    (
+                        key.as_str(),
+                        list.iter().map(|t| t.rendered.as_str()).collect(),
+                    )
+                })
+                .collect();
+            return render_state(&group);
+        }
+        // Local members first, then each node's in the order the nodes were first heard of:
+        // every node renders the same topic's state in its own deterministic order.
+        let mut merged: IndexMap<&str, Vec<&str>> = IndexMap::new();
+        for (key, list) in &self.by_key {
+            merged
+                .entry(key.as_str())
+                .or_default()
+                .extend(list.iter().map(|t| t.rendered.as_str()));
+        }
+        for node in self.remote.values() {
+            for member in node.members.values() {
+                merged
+                    .entry(member.key.as_str())
+                    .or_default()
+                    .push(member.rendered.as_str());
+            }
+        }
+        let group: Group<'_> = merged.into_iter().collect();
         render_state(&group)
+    }
+
+    /// This node's members, for a snapshot to the other nodes.
+    pub fn local_members(&self) -> Vec<Member> {
+        self.by_key
+            .iter()
+            .flat_map(|(key, list)| {
+                list.iter().map(|t| Member {
+                    key: key.clone(),
+                    phx_ref: t.phx_ref.clone(),
+                    rendered: t.rendered.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether this node tracks anyone here (remote members do not keep a topic).
+    pub fn has_local(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The change counter last applied from `node`.
+    pub fn remote_seq(&self, node: &str) -> Option<u64> {
+        self.remote.get(node).map(|n| n.seq)
+    }
+
+    /// Applies another node's change; returns the diff for this node's subscribers.
+    pub fn apply_remote(
+        &mut self,
+        node: &str,
+        seq: u64,
+        change: realtide_protocol::peer::PresenceChange,
+    ) -> Option<String> {
+        use realtide_protocol::peer::PresenceChange;
+        let entry = self.remote.entry(node.to_owned()).or_default();
+        entry.seq = entry.seq.max(seq);
+        let (joins, leaves): (Vec<Member>, Vec<Member>) = match change {
+            PresenceChange::Join { member, replaces } => {
+                let left = replaces.and_then(|r| entry.members.shift_remove(&r));
+                entry.members.insert(member.phx_ref.clone(), member.clone());
+                (vec![member], left.into_iter().collect())
+            }
+            PresenceChange::Leave { phx_ref } => (
+                vec![],
+                entry.members.shift_remove(&phx_ref).into_iter().collect(),
+            ),
+            PresenceChange::Snapshot { members } => {
+                let new: IndexMap<String, Member> = members
+                    .into_iter()
+                    .map(|m| (m.phx_ref.clone(), m))
+                    .collect();
+                let leaves = entry
+                    .members
+                    .values()
+                    .filter(|m| !new.contains_key(&m.phx_ref))
+                    .cloned()
+                    .collect();
+                let joins = new
+                    .values()
+                    .filter(|m| !entry.members.contains_key(&m.phx_ref))
+                    .cloned()
+                    .collect();
+                entry.members = new;
+                (joins, leaves)
+            }
+        };
+        self.remote_diff(&joins, &leaves)
+    }
+
+    /// Forgets every member of `node` (it left the cluster); returns the leave diff.
+    pub fn forget_node(&mut self, node: &str) -> Option<String> {
+        let gone = self.remote.shift_remove(node)?;
+        let leaves: Vec<Member> = gone.members.into_values().collect();
+        self.remote_diff(&[], &leaves)
+    }
+
+    fn remote_diff(&mut self, joins: &[Member], leaves: &[Member]) -> Option<String> {
+        if joins.is_empty() && leaves.is_empty() {
+            return None;
+        }
+        self.state = None;
+        Some(render_diff(&group_members(joins), &group_members(leaves)))
     }
 
     /// Tracks `meta` for `channel` under `key`; returns the diff to fan out, or `None` for a
@@ -107,7 +249,7 @@ impl Presence {
         key: &str,
         meta: Map<String, Value>,
         limits: &Limits,
-    ) -> Result<Option<String>, PresenceFull> {
+    ) -> Result<Option<TrackedChange>, PresenceFull> {
         let phx_ref = new_phx_ref();
         let existing = self
             .by_key
@@ -146,10 +288,28 @@ impl Presence {
                 );
                 let joins: Group<'_> = vec![(key, vec![existing.rendered.as_str()])];
                 let leaves: Group<'_> = vec![(key, vec![old.rendered.as_str()])];
-                Some(render_diff(&joins, &leaves))
+                Some(TrackedChange {
+                    diff: render_diff(&joins, &leaves),
+                    change: LocalChange::Joined {
+                        member: Member {
+                            key: key.to_owned(),
+                            phx_ref: existing.phx_ref.clone(),
+                            rendered: existing.rendered.clone(),
+                        },
+                        replaces: Some(old.phx_ref),
+                    },
+                })
             }
             None => {
                 let diff = render_diff(&vec![(key, vec![rendered.as_str()])], &vec![]);
+                let change = LocalChange::Joined {
+                    member: Member {
+                        key: key.to_owned(),
+                        phx_ref: phx_ref.clone(),
+                        rendered: rendered.clone(),
+                    },
+                    replaces: None,
+                };
                 list.push(Tracked {
                     channel,
                     phx_ref,
@@ -157,13 +317,13 @@ impl Presence {
                     rendered,
                 });
                 self.keys.insert(channel, key.to_owned());
-                Some(diff)
+                Some(TrackedChange { diff, change })
             }
         })
     }
 
     /// Removes `channel`'s presence; returns the leave diff when it was tracked.
-    pub fn untrack(&mut self, channel: ChannelId, limits: &Limits) -> Option<String> {
+    pub fn untrack(&mut self, channel: ChannelId, limits: &Limits) -> Option<TrackedChange> {
         let key = self.keys.swap_remove(&channel)?;
         let list = self.by_key.get_mut(&key)?;
         let position = list.iter().position(|t| t.channel == channel)?;
@@ -174,11 +334,25 @@ impl Presence {
         if list.is_empty() {
             self.by_key.shift_remove(&key);
         }
-        Some(render_diff(
-            &vec![],
-            &vec![(key.as_str(), vec![old.rendered.as_str()])],
-        ))
+        Some(TrackedChange {
+            diff: render_diff(&vec![], &vec![(key.as_str(), vec![old.rendered.as_str()])]),
+            change: LocalChange::Left {
+                phx_ref: old.phx_ref,
+            },
+        })
     }
+}
+
+/// Members grouped by key, in order.
+fn group_members(members: &[Member]) -> Group<'_> {
+    let mut by_key: IndexMap<&str, Vec<&str>> = IndexMap::new();
+    for m in members {
+        by_key
+            .entry(m.key.as_str())
+            .or_default()
+            .push(m.rendered.as_str());
+    }
+    by_key.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -201,6 +375,7 @@ mod tests {
             .track(a, "u1", meta(json!({"n": 1})), &limits)
             .ok()
             .flatten()
+            .map(|t| t.diff)
             .unwrap_or_default();
         assert!(
             diff.starts_with(r#"{"joins":{"u1":{"metas":[{"phx_ref":"F"#),
@@ -210,13 +385,15 @@ mod tests {
         assert_eq!(
             p.track(a, "u1", meta(json!({"n": 1})), &limits)
                 .ok()
-                .flatten(),
+                .flatten()
+                .map(|t| t.diff),
             None
         );
         let update = p
             .track(a, "u1", meta(json!({"n": 2})), &limits)
             .ok()
             .flatten()
+            .map(|t| t.diff)
             .unwrap_or_default();
         assert!(update.contains("phx_ref_prev"), "{update}");
         assert!(
@@ -228,12 +405,12 @@ mod tests {
             .flatten();
         let state: Value = serde_json::from_str(&p.render_state()).unwrap_or_default();
         assert_eq!(state["u1"]["metas"].as_array().map(Vec::len), Some(2));
-        let leave = p.untrack(a, &limits).unwrap_or_default();
+        let leave = p.untrack(a, &limits).map(|t| t.diff).unwrap_or_default();
         assert!(
             leave.starts_with(r#"{"joins":{},"leaves":{"u1""#),
             "{leave}"
         );
-        assert_eq!(p.untrack(a, &limits), None);
+        assert!(p.untrack(a, &limits).is_none());
         p.untrack(ChannelId(2), &limits);
         assert!(p.is_empty());
         assert_eq!(p.render_state(), "{}");

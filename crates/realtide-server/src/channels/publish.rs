@@ -142,6 +142,13 @@ fn deliver(room: &Room, origin: Origin, id: Option<&str>, message: Message<'_>) 
     })
 }
 
+/// Fans a broadcast published on another node of the cluster out to this node's subscribers
+/// of `room` (the sender is not here, so nobody is excluded). Not counted as a published
+/// event here: the publishing node counted it.
+pub fn deliver_from_peer(room: &Room, id: Option<&str>, message: Message<'_>) -> usize {
+    deliver(room, Origin::Http, id, message)
+}
+
 /// Publishes a stored message to its topic with metadata `{"id": ...}`. Messages over
 /// `max_payload`, or arriving while the events limit is tripped, are dropped, as the reference
 /// does.

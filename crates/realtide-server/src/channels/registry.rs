@@ -25,8 +25,9 @@ use crate::metrics::Metrics;
 pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 /// Shutdown reason of a channel while the presence events limit is tripped.
 pub const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
-use crate::channels::presence::{Presence, PresenceFull};
+use crate::channels::presence::{LocalChange, Presence, PresenceFull};
 use crate::outbox::{OutFrame, Outbox};
+use realtide_protocol::peer::Member;
 
 /// A topic namespace key: public and private channels with the same name are different topics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,16 +103,48 @@ impl Audience<'_> {
     }
 }
 
+/// Told about topics opening and closing on this process and about their local presence
+/// changes: how a cluster subscribes to exactly the topics this node has subscribers of.
+/// Called under the registry's or the topic's locks, so implementations must not block.
+pub trait Watch: Send + Sync + std::fmt::Debug {
+    /// A topic got its first subscriber (or a join is preparing one).
+    fn opened(&self, room: &Arc<Room>);
+    /// A topic lost its last subscriber and local presence.
+    fn closed(&self, room: &Arc<Room>);
+    /// A local presence joined, updated or left.
+    fn presence(&self, room: &Room, change: LocalChange);
+}
+
+/// How far a topic's link to the other nodes of a cluster is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Link {
+    /// Not yet receiving the other nodes' messages.
+    Opening,
+    /// Receiving the other nodes' broadcasts and presence changes.
+    Subscribed,
+    /// Also holds the other nodes' presences as of the subscription.
+    Synced,
+}
+
 /// The live state of one topic (its subscribers and presence); named apart from the
 /// protocol's `Topic`, which is only the name.
 #[derive(Debug)]
 pub struct Room {
+    /// Its key.
+    key: TopicKey,
     /// Wire name, `realtime:<sub-topic>`.
     name: String,
+    /// Joins between [`Registry::open`] and their subscription: the topic is kept meanwhile.
+    joining: std::sync::atomic::AtomicUsize,
+    /// The link to the other nodes (always `Synced` on a single node).
+    link: tokio::sync::watch::Sender<Link>,
+    /// Whether a presence sync with the other nodes was started.
+    pub sync_started: AtomicBool,
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     subscribers: RwLock<IndexMap<ChannelId, Subscriber>>,
     presence: Mutex<Presence>,
+    watch: Option<Arc<dyn Watch>>,
 }
 
 /// All topics of the process.
@@ -121,6 +154,8 @@ pub struct Registry {
     next_channel: AtomicU64,
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
+    /// The cluster, when this process is a node of one.
+    watch: std::sync::OnceLock<Arc<dyn Watch>>,
 }
 
 impl Registry {
@@ -131,7 +166,73 @@ impl Registry {
             next_channel: AtomicU64::new(1),
             metrics,
             limits,
+            watch: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the cluster's watch (once, before serving).
+    pub fn set_watch(&self, watch: Arc<dyn Watch>) {
+        let _ = self.watch.set(watch);
+    }
+
+    fn new_room(&self, key: &TopicKey) -> Arc<Room> {
+        let link = if self.watch.get().is_some() {
+            Link::Opening
+        } else {
+            Link::Synced
+        };
+        Arc::new(Room {
+            key: key.clone(),
+            name: format!("{}{}", realtide_protocol::id::TOPIC_PREFIX, key.sub_topic),
+            joining: std::sync::atomic::AtomicUsize::new(0),
+            link: tokio::sync::watch::Sender::new(link),
+            sync_started: AtomicBool::new(false),
+            metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
+            subscribers: RwLock::new(IndexMap::new()),
+            presence: Mutex::new(Presence::default()),
+            watch: self.watch.get().cloned(),
+        })
+    }
+
+    /// The topic of `key`, created when absent, kept (not dropped while empty) until
+    /// [`Registry::opened`]: a join awaits the topic's cluster link between the two.
+    pub fn open(&self, key: &TopicKey) -> Arc<Room> {
+        let mut created = false;
+        let entry = self.topics.entry(key.clone()).or_insert_with(|| {
+            created = true;
+            self.new_room(key)
+        });
+        let room = entry.value().clone();
+        room.joining.fetch_add(1, Ordering::Relaxed);
+        drop(entry);
+        if created && let Some(watch) = self.watch.get() {
+            watch.opened(&room);
+        }
+        room
+    }
+
+    /// Ends an [`Registry::open`]: the topic is dropped if the join did not subscribe.
+    pub fn opened(&self, room: &Arc<Room>) {
+        room.joining.fetch_sub(1, Ordering::Relaxed);
+        self.release(room);
+    }
+
+    /// Drops a topic nobody uses any more.
+    fn release(&self, room: &Arc<Room>) {
+        let removed = self
+            .topics
+            .remove_if(&room.key, |_, t| Arc::ptr_eq(t, room) && t.is_empty());
+        if removed.is_some()
+            && let Some(watch) = self.watch.get()
+        {
+            watch.closed(room);
+        }
+    }
+
+    /// Every topic (for a cluster's resynchronization).
+    pub fn rooms(&self) -> Vec<Arc<Room>> {
+        self.topics.iter().map(|e| e.value().clone()).collect()
     }
 
     /// A fresh channel id.
@@ -154,14 +255,10 @@ impl Registry {
         subscriber: Subscriber,
         on_joined: impl FnOnce(&mut dyn FnMut() -> Bytes),
     ) -> Arc<Room> {
+        let mut created = false;
         let shard_entry = self.topics.entry(key.clone()).or_insert_with(|| {
-            Arc::new(Room {
-                name: format!("{}{}", realtide_protocol::id::TOPIC_PREFIX, key.sub_topic),
-                metrics: self.metrics.clone(),
-                limits: self.limits.clone(),
-                subscribers: RwLock::new(IndexMap::new()),
-                presence: Mutex::new(Presence::default()),
-            })
+            created = true;
+            self.new_room(key)
         });
         let topic = shard_entry.value().clone();
         // The shard lock is still held: a concurrent `release` cannot drop this topic between
@@ -171,6 +268,9 @@ impl Registry {
         on_joined(&mut || presence.state(&topic.limits));
         drop(presence);
         drop(shard_entry);
+        if created && let Some(watch) = self.watch.get() {
+            watch.opened(&topic);
+        }
         topic
     }
 
@@ -185,14 +285,17 @@ impl Registry {
         {
             let mut presence = topic.presence.lock();
             topic.subscribers.write().swap_remove(&id);
-            if let Some(diff) = presence.untrack(id, &topic.limits) {
+            if let Some(tracked) = presence.untrack(id, &topic.limits) {
                 topic.fanout(Audience::Presence, None, &|vsn| {
-                    topic.diff_frame(vsn, &diff)
+                    topic.diff_frame(vsn, &tracked.diff)
                 });
+                if let Some(watch) = &topic.watch {
+                    watch.presence(topic, tracked.change);
+                }
             }
         }
-        self.topics
-            .remove_if(key, |_, t| Arc::ptr_eq(t, topic) && t.is_empty());
+        debug_assert_eq!(key, &topic.key);
+        self.release(topic);
     }
 }
 
@@ -202,9 +305,78 @@ impl Room {
         &self.name
     }
 
+    /// Its key.
+    pub fn key(&self) -> &TopicKey {
+        &self.key
+    }
+
     fn is_empty(&self) -> bool {
         let presence = self.presence.lock();
-        presence.is_empty() && self.subscribers.read().is_empty()
+        presence.is_empty()
+            && self.subscribers.read().is_empty()
+            && self.joining.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether this node tracks presences here.
+    pub fn has_local_presence(&self) -> bool {
+        !self.presence.lock().is_empty()
+    }
+
+    /// The link to the other nodes.
+    pub fn link(&self) -> Link {
+        *self.link.borrow()
+    }
+
+    /// Moves the link forward (never back).
+    pub fn set_link(&self, link: Link) {
+        self.link.send_if_modified(|current| {
+            let forward = link > *current;
+            if forward {
+                *current = link;
+            }
+            forward
+        });
+    }
+
+    /// Waits until the link reaches `link`, at most `within`.
+    pub async fn wait_link(&self, link: Link, within: std::time::Duration) -> bool {
+        let mut watch = self.link.subscribe();
+        tokio::time::timeout(within, watch.wait_for(|l| *l >= link))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Applies a presence change of another node and fans the diff out here.
+    pub fn apply_remote(
+        &self,
+        node: &str,
+        seq: u64,
+        change: realtide_protocol::peer::PresenceChange,
+    ) {
+        let mut presence = self.presence.lock();
+        if let Some(diff) = presence.apply_remote(node, seq, change) {
+            self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
+        }
+    }
+
+    /// Forgets a node that left the cluster: its members leave here.
+    pub fn forget_node(&self, node: &str) {
+        let mut presence = self.presence.lock();
+        if let Some(diff) = presence.forget_node(node) {
+            self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
+        }
+    }
+
+    /// The change counter last applied from `node`'s presences.
+    pub fn remote_seq(&self, node: &str) -> Option<u64> {
+        self.presence.lock().remote_seq(node)
+    }
+
+    /// Runs `f` with this node's members under the presence lock (a snapshot for the other
+    /// nodes is published from inside, so no local change can slip between).
+    pub fn with_local_members<T>(&self, f: impl FnOnce(Vec<Member>) -> T) -> T {
+        let presence = self.presence.lock();
+        f(presence.local_members())
     }
 
     /// Hands a message to every subscriber except `exclude`. `encode` is called at most once
@@ -283,10 +455,15 @@ impl Room {
         accepted: impl FnOnce(),
     ) -> Result<(), PresenceFull> {
         let mut presence = self.presence.lock();
-        let diff = presence.track(id, key, meta, &self.limits)?;
+        let tracked = presence.track(id, key, meta, &self.limits)?;
         accepted();
-        if let Some(diff) = diff {
-            self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
+        if let Some(tracked) = tracked {
+            self.fanout(Audience::Presence, None, &|vsn| {
+                self.diff_frame(vsn, &tracked.diff)
+            });
+            if let Some(watch) = &self.watch {
+                watch.presence(self, tracked.change);
+            }
         }
         Ok(())
     }
@@ -294,8 +471,13 @@ impl Room {
     /// Removes a channel's presence, fanning out the leave.
     pub fn untrack(&self, id: ChannelId) {
         let mut presence = self.presence.lock();
-        if let Some(diff) = presence.untrack(id, &self.limits) {
-            self.fanout(Audience::Presence, None, &|vsn| self.diff_frame(vsn, &diff));
+        if let Some(tracked) = presence.untrack(id, &self.limits) {
+            self.fanout(Audience::Presence, None, &|vsn| {
+                self.diff_frame(vsn, &tracked.diff)
+            });
+            if let Some(watch) = &self.watch {
+                watch.presence(self, tracked.change);
+            }
         }
     }
 }

@@ -200,6 +200,35 @@ pub struct ServeArgs {
     /// SIGTERM/SIGINT) the process exits at once, whatever it was waiting on.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
+    /// NATS server URLs of the cluster, comma-separated (`nats://host:4222`, `tls://...`;
+    /// `user:password@` in a URL is used). Unset: this process is a single node.
+    #[arg(long, env = "CLUSTER_NATS_URL", hide_env_values = true)]
+    pub cluster_nats_url: Option<String>,
+    /// This node's name in the cluster (letters, digits, `-`, `_`); default: the host name
+    /// plus a random suffix.
+    #[arg(long, env = "CLUSTER_NODE_NAME")]
+    pub cluster_node_name: Option<String>,
+    /// NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(long, env = "CLUSTER_NATS_CREDS")]
+    pub cluster_nats_creds: Option<std::path::PathBuf>,
+    /// NATS authentication token.
+    #[arg(long, env = "CLUSTER_NATS_TOKEN", hide_env_values = true)]
+    pub cluster_nats_token: Option<String>,
+    /// PEM CA certificate(s) to verify the NATS servers; setting it requires TLS.
+    #[arg(long, env = "CLUSTER_NATS_TLS_CA")]
+    pub cluster_nats_tls_ca: Option<std::path::PathBuf>,
+    /// How often a node announces itself to the others, in milliseconds.
+    #[arg(long, env = "CLUSTER_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub cluster_heartbeat_ms: u64,
+    /// A node not heard from for this long is gone: its presences leave on the others.
+    #[arg(long, env = "CLUSTER_NODE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub cluster_node_timeout_ms: u64,
+    /// How long the JetStream change stream keeps transactions, in seconds.
+    #[arg(long, env = "CLUSTER_STREAM_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub cluster_stream_max_age_secs: u64,
+    /// Replicas of the JetStream change stream (up to the NATS cluster's size).
+    #[arg(long, env = "CLUSTER_STREAM_REPLICAS", default_value_t = 1)]
+    pub cluster_stream_replicas: usize,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,

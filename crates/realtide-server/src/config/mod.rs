@@ -55,6 +55,34 @@ pub struct Config {
     pub limits: crate::limits::LimitSettings,
     /// Native TLS, when TLS_CERT and TLS_KEY are set.
     pub tls: Option<Tls>,
+    /// Cluster settings, when CLUSTER_NATS_URL is set.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How this node joins a cluster over NATS.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs.
+    pub urls: Vec<String>,
+    /// This node's name.
+    pub node: String,
+    /// `CLUSTER_NATS_CREDS`.
+    pub creds: Option<std::path::PathBuf>,
+    /// `CLUSTER_NATS_TOKEN`.
+    pub token: Option<String>,
+    /// `CLUSTER_NATS_TLS_CA`.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// `CLUSTER_HEARTBEAT_MS`.
+    pub heartbeat: Duration,
+    /// `CLUSTER_NODE_TIMEOUT_MS`.
+    pub node_timeout: Duration,
+    /// `CLUSTER_STREAM_MAX_AGE_SECS`.
+    pub stream_max_age: Duration,
+    /// `CLUSTER_STREAM_REPLICAS`.
+    pub stream_replicas: usize,
+    /// Names the cluster's subjects and stream: the slot name, so that projects sharing one
+    /// NATS never see each other's messages.
+    pub scope: String,
 }
 
 /// A loaded TLS certificate and key.
@@ -135,6 +163,9 @@ pub enum ConfigError {
     /// DB_SSL_CA_CERT is unusable.
     #[error("invalid database TLS settings: {}", crate::logs::error_chain(.0))]
     DbTls(#[source] crate::db::tls::DbTlsError),
+    /// A cluster setting is unusable; the text names it.
+    #[error("{0}")]
+    Cluster(String),
     /// Only one of TLS_CERT and TLS_KEY is set.
     #[error("TLS_CERT and TLS_KEY must be set together")]
     TlsPair,
@@ -394,7 +425,71 @@ impl ServeArgs {
             metrics_jwt,
             tls,
             limits: self.limits()?,
+            cluster: self.cluster(&slot)?,
         })
+    }
+
+    /// The cluster settings, when CLUSTER_NATS_URL is set.
+    fn cluster(&self, slot: &str) -> Result<Option<ClusterConfig>, ConfigError> {
+        let Some(urls) = self
+            .cluster_nats_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for url in &urls {
+            if let Err(error) = url.parse::<async_nats::ServerAddr>() {
+                return Err(ConfigError::Cluster(format!(
+                    "CLUSTER_NATS_URL has an unusable URL ({error})"
+                )));
+            }
+        }
+        let node = match self.cluster_node_name.as_deref().filter(|n| !n.is_empty()) {
+            Some(node) => node.to_owned(),
+            None => default_node_name(),
+        };
+        if node.len() > 64
+            || !node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::Cluster(
+                "CLUSTER_NODE_NAME must be 1-64 letters, digits, '-' or '_'".to_owned(),
+            ));
+        }
+        positive("CLUSTER_HEARTBEAT_MS", self.cluster_heartbeat_ms)?;
+        positive(
+            "CLUSTER_STREAM_MAX_AGE_SECS",
+            self.cluster_stream_max_age_secs,
+        )?;
+        positive(
+            "CLUSTER_STREAM_REPLICAS",
+            self.cluster_stream_replicas as u64,
+        )?;
+        if self.cluster_node_timeout_ms < self.cluster_heartbeat_ms.saturating_mul(2) {
+            return Err(ConfigError::Range {
+                name: "CLUSTER_NODE_TIMEOUT_MS",
+                rule: "at least twice CLUSTER_HEARTBEAT_MS",
+            });
+        }
+        Ok(Some(ClusterConfig {
+            urls,
+            node,
+            creds: self.cluster_nats_creds.clone(),
+            token: self.cluster_nats_token.clone().filter(|t| !t.is_empty()),
+            tls_ca: self.cluster_nats_tls_ca.clone(),
+            heartbeat: Duration::from_millis(self.cluster_heartbeat_ms),
+            node_timeout: Duration::from_millis(self.cluster_node_timeout_ms),
+            stream_max_age: Duration::from_secs(self.cluster_stream_max_age_secs),
+            stream_replicas: self.cluster_stream_replicas,
+            scope: slot.to_owned(),
+        }))
     }
 
     /// The database settings, when a database is configured (`DB_URL`, or `DB_HOST` and the
@@ -497,4 +592,26 @@ impl ServeArgs {
             )?),
         })
     }
+}
+
+/// The host name plus a random suffix, so two processes on one host differ.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "realtide".to_owned());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    let suffix: u32 = rand::random();
+    format!("{host}-{:06x}", suffix & 0xff_ffff)
 }

@@ -58,6 +58,7 @@ pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
         "replication_lag_bytes": app.postgres.as_ref().map(|p| p.lag_bytes()),
         "topics": app.registry.topic_count(),
         "metrics": snapshot,
+        "cluster": app.cluster.as_ref().map(|c| c.health()),
     }));
     (code, body).into_response()
 }
@@ -86,9 +87,12 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) 
     let mut snapshot = app.metrics.snapshot();
     snapshot.outbound_held_bytes = app.limits.outbound.held() as u64;
     snapshot.log_lines_dropped = crate::logs::lost_lines();
-    let body = app
+    let mut body = app
         .exporter
         .render(snapshot, app.registry.topic_count(), replication);
+    if app.cluster.is_some() {
+        body.push_str(&app.metrics.cluster.render());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -151,6 +151,18 @@ impl Session {
             Status::Ok,
             &response,
         );
+        // In a cluster, the topic first links to the other nodes (their broadcasts, and for a
+        // presence-enabled join their members), so nothing sent after the reply is missed.
+        let opened = match &self.app.cluster {
+            Some(cluster) => {
+                let room = self.app.registry.open(&key);
+                cluster
+                    .ready(&room, request.presence_enabled && presence_visible)
+                    .await;
+                Some(room)
+            }
+            None => None,
+        };
         let outbox = self.outbox.clone();
         let vsn = self.vsn;
         let topic_arc = self.app.registry.subscribe(
@@ -190,6 +202,9 @@ impl Session {
                 }
             },
         );
+        if let Some(room) = &opened {
+            self.app.registry.opened(room);
+        }
         let channel = Channel {
             id,
             join_ref,

@@ -1,0 +1,355 @@
+//! Every node's reader of the cluster's change stream ([`crate::changes::shared`]): applies
+//! the records to this node's change journal, from where the change feed delivers them to this
+//! node's subscribers, and hands database broadcasts to this node's subscribers only.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use realtide_protocol::peer::{self, PeerMessage, Record, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::changes::change::{Cell, Change, ChangeKind};
+use crate::changes::postgres::Postgres;
+use crate::changes::shared::SharedStream;
+use crate::channels::broadcast::{StoredBody, StoredMessage};
+use crate::channels::publish::Publisher;
+use crate::metrics::Metrics;
+
+/// Where the reader stopped: the stream sequence of the last message applied and synced.
+fn position_path(postgres: &Postgres) -> std::path::PathBuf {
+    postgres.config.changes.dir.join("cluster_position")
+}
+
+fn load_position(postgres: &Postgres) -> Option<u64> {
+    std::fs::read_to_string(position_path(postgres))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn save_position(postgres: &Postgres, seq: u64) {
+    let path = position_path(postgres);
+    let temporary = path.with_extension("tmp");
+    let saved = std::fs::write(&temporary, seq.to_string())
+        .and_then(|()| std::fs::rename(&temporary, &path));
+    if let Err(error) = saved {
+        tracing::warn!(%error, "could not save the change stream position");
+    }
+}
+
+/// The transaction being applied from the stream.
+#[derive(Debug, Default)]
+struct Open {
+    final_lsn: u64,
+    xid: u32,
+    commit_micros: i64,
+    commit_timestamp: Arc<str>,
+    /// Already in the journal (a copy appended again after a failover): skipped.
+    replayed: bool,
+    /// Whether its changes are journaled (someone may need them).
+    journaling: bool,
+    messages: Vec<StoredMessage>,
+}
+
+/// Reads the shared stream into this node's journal until shutdown; database broadcasts go to
+/// this node's subscribers only (every node reads them from the stream).
+pub async fn read(
+    postgres: Arc<Postgres>,
+    publisher: Publisher,
+    max_payload: usize,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let Some(shared) = postgres.shared.clone() else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(200);
+    // The last message applied, across reconnects; at start, where the last run stopped.
+    let mut position = load_position(&postgres);
+    loop {
+        let result = read_session(
+            &postgres,
+            &shared,
+            &mut position,
+            &publisher,
+            max_payload,
+            &metrics,
+            &shutdown,
+        )
+        .await;
+        if let Err(error) = postgres.journal.abort() {
+            tracing::warn!(error = %crate::logs::error_chain(&error), "could not cut an unfinished transaction from the change journal");
+        }
+        if let Err(error) = postgres.journal.sync().await {
+            tracing::warn!(error = %crate::logs::error_chain(&error), "could not sync the change journal");
+        }
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "change stream reader stopped; reconnecting");
+            }
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn read_session(
+    postgres: &Arc<Postgres>,
+    shared: &SharedStream,
+    position: &mut Option<u64>,
+    publisher: &Publisher,
+    max_payload: usize,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let stream = shared.stream().await.map_err(|e| e.to_string())?;
+    let deliver_policy = match *position {
+        Some(seq) => jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+        None => jetstream::consumer::DeliverPolicy::New,
+    };
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    // Changes reach this node's subscribers from now on.
+    postgres
+        .replication
+        .send_if_modified(|status| match status {
+            crate::changes::progress::ReplicationStatus::Starting => {
+                *status = crate::changes::progress::ReplicationStatus::Streaming;
+                true
+            }
+            _ => false,
+        });
+    tracing::info!(stream = %shared.name(), "reading the cluster's change stream");
+    let journal = &postgres.journal;
+    let mut open: Option<Open> = None;
+    let mut unsynced: Option<u64> = None;
+    loop {
+        // Backpressure: while the journal is over its bound, stop reading (the stream keeps
+        // the messages).
+        while journal.bytes() > postgres.config.changes.max_bytes && !shutdown.is_cancelled() {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            // Nothing waiting: make what was applied durable and remember the position.
+            () = tokio::time::sleep(Duration::from_millis(5)), if unsynced.is_some() => {
+                if let Some(seq) = unsynced.take() {
+                    journal.sync().await.map_err(|e| e.to_string())?;
+                    save_position(postgres, seq);
+                }
+                continue;
+            }
+            next = messages.next() => next,
+        };
+        let Some(message) = next else {
+            return Err("the change stream consumer ended".to_owned());
+        };
+        let message = message.map_err(|e| e.to_string())?;
+        let (seq, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
+            Err(error) => return Err(error.to_string()),
+        };
+        metrics.cluster.received(message.payload.len());
+        metrics.cluster.stream_lag.store(pending, Ordering::Relaxed);
+        let records = match peer::decode(&message.payload) {
+            Ok(PeerMessage::Records(records)) => records,
+            Ok(_) | Err(_) => {
+                tracing::error!(seq, "undecodable change stream message skipped");
+                continue;
+            }
+        };
+        for record in records {
+            apply(
+                postgres,
+                &mut open,
+                record,
+                publisher,
+                max_payload,
+                metrics,
+                shutdown,
+            )
+            .await?;
+        }
+        *position = Some(seq);
+        unsynced = Some(seq);
+        if pending == 0 || unsynced.is_some_and(|_| journal.head() > journal.synced() + 4096) {
+            journal.sync().await.map_err(|e| e.to_string())?;
+            save_position(postgres, seq);
+            unsynced = None;
+        }
+    }
+}
+
+async fn apply(
+    postgres: &Arc<Postgres>,
+    open: &mut Option<Open>,
+    record: Record,
+    publisher: &Publisher,
+    max_payload: usize,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let journal = &postgres.journal;
+    match record {
+        Record::Begin {
+            final_lsn,
+            xid,
+            commit_micros,
+        } => {
+            if open.take().is_some() {
+                // The consumer that appended it died before its commit; this is the new
+                // consumer's copy (or the next transaction).
+                journal.abort().map_err(|e| e.to_string())?;
+            }
+            let replayed = final_lsn < journal.last_end_lsn();
+            *open = Some(Open {
+                final_lsn,
+                xid,
+                commit_micros,
+                commit_timestamp: Arc::from(
+                    realtide_replication::pgoutput::format_commit_timestamp(commit_micros),
+                ),
+                replayed,
+                journaling: !replayed
+                    && (!postgres.subscriptions.is_empty()
+                        || !postgres.subscriptions.book().is_empty()),
+                messages: Vec::new(),
+            });
+        }
+        Record::Change {
+            relation,
+            kind,
+            columns,
+            new,
+            old,
+            old_key_only,
+        } => {
+            let Some(txn) = open.as_ref().filter(|t| t.journaling) else {
+                return Ok(());
+            };
+            let Some(table) = table(postgres, relation, shutdown).await? else {
+                return Ok(());
+            };
+            let align = |values: Option<Vec<Value>>| {
+                values.map(|values| {
+                    table
+                        .columns
+                        .iter()
+                        .map(|column| {
+                            let at = columns.iter().position(|c| *c == column.name);
+                            match at.and_then(|at| values.get(at)) {
+                                Some(Value::Text(text)) => Cell::Text(text.clone()),
+                                Some(Value::Toast) => Cell::Toast,
+                                Some(Value::Null) | None => Cell::Null,
+                            }
+                        })
+                        .collect()
+                })
+            };
+            journal
+                .append(Change {
+                    seq: 0,
+                    xid: txn.xid,
+                    commit_micros: txn.commit_micros,
+                    table: table.clone(),
+                    kind: match kind {
+                        0 => ChangeKind::Insert,
+                        1 => ChangeKind::Update,
+                        _ => ChangeKind::Delete,
+                    },
+                    new: align(new),
+                    old: align(old),
+                    old_key_only,
+                    commit_timestamp: txn.commit_timestamp.clone(),
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Record::Message {
+            topic,
+            private,
+            event,
+            id,
+            binary,
+            body,
+        } => {
+            if let Some(txn) = open.as_mut().filter(|t| !t.replayed) {
+                let body = if binary {
+                    StoredBody::Binary(body)
+                } else {
+                    StoredBody::Json(String::from_utf8_lossy(&body).into_owned())
+                };
+                txn.messages.push(StoredMessage {
+                    topic,
+                    private,
+                    event,
+                    id,
+                    body,
+                });
+            }
+        }
+        Record::Commit { final_lsn, end_lsn } => {
+            let Some(txn) = open.take() else {
+                return Ok(());
+            };
+            if txn.final_lsn != final_lsn || txn.replayed {
+                if !txn.replayed {
+                    journal.abort().map_err(|e| e.to_string())?;
+                }
+                return Ok(());
+            }
+            // Always committed, also without changes: the commit record is what tells a
+            // transaction appended again from a new one.
+            journal.commit(end_lsn).map_err(|e| e.to_string())?;
+            for message in &txn.messages {
+                crate::channels::publish::deliver_stored(publisher, message, max_payload);
+                metrics.database_events(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The catalog's table of `oid`; a database error is retried (it delays, never drops).
+async fn table(
+    postgres: &Postgres,
+    oid: u32,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<crate::db::catalog::Table>>, String> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match postgres.catalog.table(oid).await {
+            Ok(table) => return Ok(table),
+            Err(error) => {
+                tracing::warn!(error = %crate::logs::error_chain(&error), "catalog lookup failed; retrying");
+            }
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Err("shutdown".to_owned()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
