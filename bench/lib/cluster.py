@@ -373,6 +373,7 @@ def main() -> int:
     p = {k: type(v[q])(os.environ.get(k.upper(), v[q])) for k, v in PLAN.items()}
     output = Path(args.output or ROOT / "bench" / "results" / ("cluster-quick.json" if args.quick else "cluster.json"))
     started = time.monotonic()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     runs: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="realtide-cluster-bench."))
     bench = Bench(work)
@@ -416,6 +417,9 @@ def main() -> int:
         "nats": nats_version,
         "params": p,
         "seconds": round(time.monotonic() - started, 1),
+        # 1, 5 and 15 minute load averages: other work on the machine shares the cores.
+        "loadavg_before": load_before,
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
     }
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,10 @@ def render(result: dict) -> str:
         "between nodes, latency), not how far it scales out. Server CPU is the sum over the nodes of their CPU "
         "time from `/proc` during each phase (nats-server's apart); inter-node figures are deltas of "
         "`realtide_cluster_messages_total` and `realtide_cluster_bytes_total` summed over the nodes, per "
-        f"broadcast sent. Raw results: `bench/results/{'cluster-quick' if result['mode'] == 'quick' else 'cluster'}.json`.\n"
+        f"broadcast sent (they include every node's heartbeat, one a second). Load average (1 min) "
+        f"{n((result.get('loadavg_before') or [None])[0], 2)} before the run and "
+        f"{n((result.get('loadavg_after') or [None])[0], 2)} after. Raw results: "
+        f"`bench/results/{'cluster-quick' if result['mode'] == 'quick' else 'cluster'}.json`.\n"
     )
     single, cluster = r.get("broadcast_single") or {}, r.get("broadcast_cluster") or {}
     params = single.get("params") or cluster.get("params") or {}
