@@ -163,7 +163,11 @@ class Bench:
         port, monitor = free_port(), free_port()
         store = self.work / "jetstream"
         store.mkdir(exist_ok=True)
-        p = self.start("nats", [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)], {})
+        # Run it under its own name, so that a `pkill -x nats-server` elsewhere on the machine
+        # does not stop this run's server.
+        alias = self.work / "realtide-bench-nats"
+        alias.symlink_to(Path(binary).resolve())
+        p = self.start("nats", [str(alias), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)], {})
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -384,14 +388,21 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         nats = bench.nats()
+
+        def nats_alive() -> None:
+            if nats[0].proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited ({nats[0].proc.returncode}): {nats[0].log.read_text(errors='replace')[-500:]}")
+
         print(f"== nats-server {nats[1]} (JetStream in {work / 'jetstream'})", flush=True)
         print(f"== broadcast, single node: {p['subscribers']} subscribers, {p['rate']} and {p['rate'] / 2} msgs/s", flush=True)
         runs["broadcast_single"] = broadcast_run(bench, "broadcast-single", 1, None, p)
         print(f"== broadcast, {p['nodes']} nodes", flush=True)
+        nats_alive()
         runs["broadcast_cluster"] = broadcast_run(bench, "broadcast-cluster", p["nodes"], nats, p)
         if not args.no_pg:
             print(f"== postgres_changes (RLS), single node: {p['pg_users']} users, {p['pg_rate']} inserts/s", flush=True)
             runs["pg_single"] = pg_run(bench, "pg-single", 1, None, p)
+            nats_alive()
             print(f"== postgres_changes (RLS), {p['nodes']} nodes", flush=True)
             runs["pg_cluster"] = pg_run(bench, "pg-cluster", p["nodes"], nats, p)
     finally:
