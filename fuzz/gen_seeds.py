@@ -148,7 +148,63 @@ def write_decode_frame_seeds() -> int:
     return len(names)
 
 
+PEER_OUT = ROOT / "fuzz" / "seeds" / "peer"
+
+
+def peer_seeds():
+    """Cluster messages (realtide_protocol::peer): version 1, a kind byte, then fields as
+    big-endian integers and u32-length-prefixed strings."""
+    import struct
+
+    def s(text) -> bytes:
+        data = text.encode() if isinstance(text, str) else text
+        return struct.pack(">I", len(data)) + data
+
+    def opt(text) -> bytes:
+        return b"\x00" if text is None else b"\x01" + s(text)
+
+    def msg(kind: int, *fields: bytes) -> bytes:
+        return bytes([1, kind]) + b"".join(fields)
+
+    u64 = lambda n: struct.pack(">Q", n)
+    u32 = lambda n: struct.pack(">I", n)
+    member = lambda key, ref: s(key) + s(ref) + s('{"phx_ref":"%s"}' % ref)
+    yield "broadcast payload", msg(1, b"\x00", s("room"), opt(None), b"\x00", s('{"type":"broadcast","event":"e","payload":{}}'))
+    yield "broadcast binary with id", msg(1, b"\x01", s("device:1"), opt("id-1"), b"\x01", s("e"), b"\x01", s(b"\x00\xff"), opt('{"id":"id-1"}'))
+    yield "presence join", msg(2, s("n1"), u64(1), b"\x00", s("room"), b"\x00", member("k", "F1"), opt(None))
+    yield "presence update", msg(2, s("n1"), u64(2), b"\x00", s("room"), b"\x00", member("k", "F2"), opt("F1"))
+    yield "presence leave", msg(2, s("n1"), u64(3), b"\x00", s("room"), b"\x01", s("F2"))
+    yield "presence snapshot", msg(2, s("n1"), u64(4), b"\x01", s("room"), b"\x02", u32(2), member("a", "F3"), member("b", "F4"))
+    yield "presence snapshot forged count", msg(2, s("n1"), u64(4), b"\x01", s("room"), b"\x02", u32(0xFFFFFFFF))
+    yield "heartbeat", msg(3, s("n2"), u64(7), u64(10), b"\x01", b"\x00")
+    yield "goodbye", msg(3, s("n2"), u64(7), u64(0), b"\x01", b"\x01")
+    yield "sync", msg(4, s("n3"), b"\x00", s("room"))
+    yield "synced with snapshot", msg(5, s("n1"), b"\x01", u64(4))
+    yield "synced empty", msg(5, s("n1"), b"\x00")
+    begin = b"\x00" + u64(100) + u32(5) + struct.pack(">q", 1)
+    values = b"\x01" + u32(3) + b"\x02" + s("1") + b"\x00" + b"\x01"
+    change = b"\x01" + u32(16384) + b"\x01" + b"\x01" + u32(3) + s("id") + s("body") + s("big") + values + values
+    message = b"\x02" + s("t") + b"\x00" + s("e") + s("i") + b"\x00" + s("{}")
+    commit = b"\x03" + u64(100) + u64(120)
+    yield "records transaction", msg(6, u32(4), begin, change, message, commit)
+    yield "records empty", msg(6, u32(0))
+    yield "records truncated", msg(6, u32(4), begin, change)
+    yield "wrong version", bytes([2, 1])
+
+
+def write_peer_seeds() -> int:
+    PEER_OUT.mkdir(parents=True, exist_ok=True)
+    for old in PEER_OUT.iterdir():
+        old.unlink()
+    n = 0
+    for name, data in peer_seeds():
+        (PEER_OUT / slug(name)).write_bytes(data)
+        n += 1
+    return n
+
+
 WRITERS = {
+    "peer": (write_peer_seeds, PEER_OUT),
     "decode_frame": (write_decode_frame_seeds, OUT),
     "wsframe": (write_wsframe_seeds, WSFRAME_OUT),
 }

@@ -877,4 +877,20 @@ mod tests {
         w.str("n").u64(1).bool(false).str("t").u8(2).u32(u32::MAX);
         assert_eq!(decode(&w.finish()), Err(PeerError::Truncated));
     }
+
+    #[test]
+    fn the_fuzz_seeds_decode_as_named() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/peer");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            let invalid = ["forged", "truncated", "wrong-version"]
+                .iter()
+                .any(|bad| name.contains(bad));
+            assert_eq!(decode(&bytes).is_err(), invalid, "{name}");
+            n += 1;
+        }
+        assert!(n >= 10, "{n} seeds");
+    }
 }

@@ -104,6 +104,14 @@ pub async fn run(
                     })?,
                 )),
             };
+            let nats_max = client.server_info().max_payload;
+            if nats_max < config.max_payload_bytes + 1024 {
+                tracing::warn!(
+                    nats_max_payload = nats_max,
+                    payload_limit = config.max_payload_bytes,
+                    "the NATS server's max_payload is below TENANT_MAX_PAYLOAD_SIZE_IN_KB: larger broadcasts reach this node's subscribers only; raise max_payload in the NATS configuration"
+                );
+            }
             tracing::info!(node = %settings.node, "joined the cluster");
             Some(app::ClusterLink { client, shared })
         }
@@ -112,6 +120,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
     if let Some(cluster) = &app.cluster {
         cluster.start();
+        cluster.settle().await;
     }
     match process.stop {
         None => shutdown::watch(

@@ -55,6 +55,15 @@ struct Open {
     messages: Vec<StoredMessage>,
 }
 
+/// What the reader works with.
+struct Context<'a> {
+    postgres: &'a Arc<Postgres>,
+    publisher: &'a Publisher,
+    max_payload: usize,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
 /// Reads the shared stream into this node's journal until shutdown; database broadcasts go to
 /// this node's subscribers only (every node reads them from the stream).
 pub async fn read(
@@ -70,18 +79,22 @@ pub async fn read(
     let mut backoff = Duration::from_millis(200);
     // The last message applied, across reconnects; at start, where the last run stopped.
     let mut position = load_position(&postgres);
+    let Some(mut local) = shared.local_reader.lock().take() else {
+        return;
+    };
+    let mut open: Option<Open> = None;
+    let ctx = Context {
+        postgres: &postgres,
+        publisher: &publisher,
+        max_payload,
+        metrics: &metrics,
+        shutdown: &shutdown,
+    };
     loop {
-        let result = read_session(
-            &postgres,
-            &shared,
-            &mut position,
-            &publisher,
-            max_payload,
-            &metrics,
-            &shutdown,
-        )
-        .await;
-        if let Err(error) = postgres.journal.abort() {
+        let result = read_session(&ctx, &shared, &mut position, &mut open, &mut local).await;
+        if open.take().is_some()
+            && let Err(error) = postgres.journal.abort()
+        {
             tracing::warn!(error = %crate::logs::error_chain(&error), "could not cut an unfinished transaction from the change journal");
         }
         if let Err(error) = postgres.journal.sync().await {
@@ -93,24 +106,44 @@ pub async fn read(
                 tracing::warn!(%error, "change stream reader stopped; reconnecting");
             }
         }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+        // While the stream is unreachable, this node's own transactions (when it consumes the
+        // slot) still come through the local hand-over.
+        let retry = tokio::time::sleep(backoff);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = &mut retry => break,
+                Some(records) = local.recv() => {
+                    for record in records {
+                        if let Err(error) = apply(&ctx, &mut open, record).await {
+                            tracing::warn!(%error, "could not apply a local transaction");
+                        }
+                    }
+                    if let Err(error) = postgres.journal.sync().await {
+                        tracing::warn!(error = %crate::logs::error_chain(&error), "could not sync the change journal");
+                    }
+                }
+            }
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
 async fn read_session(
-    postgres: &Arc<Postgres>,
+    ctx: &Context<'_>,
     shared: &SharedStream,
     position: &mut Option<u64>,
-    publisher: &Publisher,
-    max_payload: usize,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
+    open: &mut Option<Open>,
+    local: &mut tokio::sync::mpsc::Receiver<Vec<Record>>,
 ) -> Result<(), String> {
+    let Context {
+        postgres,
+        metrics,
+        shutdown,
+        ..
+    } = *ctx;
     let stream = shared.stream().await.map_err(|e| e.to_string())?;
     let deliver_policy = match *position {
         Some(seq) => jetstream::consumer::DeliverPolicy::ByStartSequence {
@@ -138,8 +171,11 @@ async fn read_session(
         });
     tracing::info!(stream = %shared.name(), "reading the cluster's change stream");
     let journal = &postgres.journal;
-    let mut open: Option<Open> = None;
     let mut unsynced: Option<u64> = None;
+    // A NATS server restart loses the consumer; it is made again from the last position.
+    let mut was_lost = false;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut parts = crate::changes::shared::Parts::default();
     loop {
         // Backpressure: while the journal is over its bound, stop reading (the stream keeps
         // the messages).
@@ -161,6 +197,22 @@ async fn read_session(
                 }
                 continue;
             }
+            _ = check.tick() => {
+                if !shared.connected() {
+                    was_lost = true;
+                } else if was_lost {
+                    return Err("NATS reconnected; reading the change stream again from the last position".to_owned());
+                }
+                continue;
+            }
+            // This node consumes the slot and NATS is away: its transactions come straight.
+            Some(records) = local.recv() => {
+                for record in records {
+                    apply(ctx, open, record).await?;
+                }
+                journal.sync().await.map_err(|e| e.to_string())?;
+                continue;
+            }
             next = messages.next() => next,
         };
         let Some(message) = next else {
@@ -173,7 +225,24 @@ async fn read_session(
         };
         metrics.cluster.received(message.payload.len());
         metrics.cluster.stream_lag.store(pending, Ordering::Relaxed);
-        let records = match peer::decode(&message.payload) {
+        let whole;
+        let payload: &[u8] = match message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::changes::shared::PART_HEADER))
+        {
+            None => &message.payload,
+            Some(part) => match parts.take(part.as_str(), &message.payload) {
+                Some(bytes) => {
+                    whole = bytes;
+                    &whole
+                }
+                // The position stays before the message's first part until its last one
+                // arrived, so a restart reads the whole message again.
+                None => continue,
+            },
+        };
+        let records = match peer::decode(payload) {
             Ok(PeerMessage::Records(records)) => records,
             Ok(_) | Err(_) => {
                 tracing::error!(seq, "undecodable change stream message skipped");
@@ -181,16 +250,7 @@ async fn read_session(
             }
         };
         for record in records {
-            apply(
-                postgres,
-                &mut open,
-                record,
-                publisher,
-                max_payload,
-                metrics,
-                shutdown,
-            )
-            .await?;
+            apply(ctx, open, record).await?;
         }
         *position = Some(seq);
         unsynced = Some(seq);
@@ -202,15 +262,14 @@ async fn read_session(
     }
 }
 
-async fn apply(
-    postgres: &Arc<Postgres>,
-    open: &mut Option<Open>,
-    record: Record,
-    publisher: &Publisher,
-    max_payload: usize,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> Result<(), String> {
+async fn apply(ctx: &Context<'_>, open: &mut Option<Open>, record: Record) -> Result<(), String> {
+    let Context {
+        postgres,
+        publisher,
+        max_payload,
+        metrics,
+        shutdown,
+    } = *ctx;
     let journal = &postgres.journal;
     match record {
         Record::Begin {
@@ -249,9 +308,26 @@ async fn apply(
             let Some(txn) = open.as_ref().filter(|t| t.journaling) else {
                 return Ok(());
             };
-            let Some(table) = table(postgres, relation, shutdown).await? else {
+            let Some(mut table) = table(postgres, relation, shutdown).await? else {
                 return Ok(());
             };
+            let same = |table: &crate::db::catalog::Table| {
+                table.columns.len() == columns.len()
+                    && table
+                        .columns
+                        .iter()
+                        .zip(&columns)
+                        .all(|(c, n)| c.name == *n)
+            };
+            if !same(&table) {
+                // The consuming node saw a DDL change this node's catalog cache has not: look
+                // the table up again (the consumer invalidates its cache on Relation messages).
+                postgres.catalog.invalidate(relation);
+                match self::table(postgres, relation, shutdown).await? {
+                    Some(fresh) => table = fresh,
+                    None => return Ok(()),
+                }
+            }
             let align = |values: Option<Vec<Value>>| {
                 values.map(|values| {
                     table

@@ -47,6 +47,7 @@ pub enum SharedError {
 /// The cluster's change stream.
 #[derive(Debug)]
 pub struct SharedStream {
+    client: async_nats::Client,
     js: jetstream::Context,
     stream: String,
     subject: String,
@@ -56,6 +57,12 @@ pub struct SharedStream {
     pub refused: AtomicBool,
     /// Woken when another node said it released the slot (its drain at SIGTERM).
     pub slot_freed: tokio::sync::Notify,
+    /// While NATS is away, the consuming node hands its transactions straight to its own
+    /// reader (its subscribers keep getting changes; the slot is not confirmed, so they are
+    /// appended to the stream for the other nodes once NATS is back).
+    local: tokio::sync::mpsc::Sender<Vec<Record>>,
+    /// The reader's end of `local`, taken once by the reader.
+    pub local_reader: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<Vec<Record>>>>,
 }
 
 impl SharedStream {
@@ -66,7 +73,7 @@ impl SharedStream {
         max_age: Duration,
         replicas: usize,
     ) -> Result<SharedStream, SharedError> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream = format!("realtide_{scope}");
         let subject = format!("rt.{scope}.changes");
         let config = jetstream::stream::Config {
@@ -93,7 +100,11 @@ impl SharedStream {
                 }
             }
         }
+        let (local, local_reader) = tokio::sync::mpsc::channel(64);
         Ok(SharedStream {
+            local,
+            local_reader: parking_lot::Mutex::new(Some(local_reader)),
+            client,
             js,
             stream,
             subject,
@@ -103,7 +114,9 @@ impl SharedStream {
         })
     }
 
-    /// Appends records and waits until JetStream stored them.
+    /// Appends records and waits until JetStream stored them. A message over the NATS
+    /// server's `max_payload` (a row of several megabytes) goes in parts, each stored before the
+    /// next is sent; readers put the parts together again.
     pub async fn append(&self, records: &[Record], metrics: &Metrics) -> Result<(), SharedError> {
         let payload = peer::encode_records(records);
         let (first, last) = (lsn_of(records.first()), lsn_of(records.last()));
@@ -113,10 +126,43 @@ impl SharedStream {
             records.len(),
             crc32fast::hash(&payload)
         );
+        let limit = self
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(PART_HEADROOM)
+            .max(PART_HEADROOM);
+        if payload.len() <= limit {
+            return self.store(payload.into(), id, None, metrics).await;
+        }
+        let parts: Vec<&[u8]> = payload.chunks(limit).collect();
+        let count = parts.len();
+        for (index, part) in parts.into_iter().enumerate() {
+            self.store(
+                bytes::Bytes::copy_from_slice(part),
+                format!("{id}-p{index}"),
+                Some(format!("{index}/{count}/{id}")),
+                metrics,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn store(
+        &self,
+        payload: bytes::Bytes,
+        id: String,
+        part: Option<String>,
+        metrics: &Metrics,
+    ) -> Result<(), SharedError> {
         let size = payload.len();
-        let publish = jetstream::context::Publish::build()
-            .payload(payload.into())
+        let mut publish = jetstream::context::Publish::build()
+            .payload(payload)
             .message_id(id);
+        if let Some(part) = part {
+            publish = publish.header(PART_HEADER, part.as_str());
+        }
         let acked = async {
             self.js
                 .send_publish(self.subject.clone(), publish)
@@ -130,6 +176,47 @@ impl SharedStream {
             .map_err(|_| SharedError::Append("not acknowledged in time".to_owned()))??;
         metrics.cluster.sent(size);
         Ok(())
+    }
+}
+
+/// The header of a part of a message split over several stream messages: `index/count/id`.
+pub const PART_HEADER: &str = "Rt-Part";
+/// Room left under `max_payload` for headers.
+const PART_HEADROOM: usize = 16 * 1024;
+
+/// Puts the parts of split messages together again, in stream order.
+#[derive(Debug, Default)]
+pub struct Parts {
+    id: String,
+    next: usize,
+    bytes: Vec<u8>,
+}
+
+impl Parts {
+    /// Takes a part (`index/count/id` and its bytes); returns the whole message after its
+    /// last part. A part out of order (a consumer died in the middle; the new one appends the
+    /// message again from its first part) drops what was gathered.
+    pub fn take(&mut self, header: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut fields = header.splitn(3, '/');
+        let index: usize = fields.next()?.parse().ok()?;
+        let count: usize = fields.next()?.parse().ok()?;
+        let id = fields.next()?;
+        if index == 0 {
+            self.id = id.to_owned();
+            self.next = 0;
+            self.bytes.clear();
+        }
+        if id != self.id || index != self.next {
+            self.next = usize::MAX;
+            return None;
+        }
+        self.bytes.extend_from_slice(bytes);
+        self.next += 1;
+        if self.next == count {
+            self.next = usize::MAX;
+            return Some(std::mem::take(&mut self.bytes));
+        }
+        None
     }
 }
 
@@ -219,6 +306,19 @@ pub fn record_size(record: &Record) -> usize {
 }
 
 impl SharedStream {
+    /// Whether the NATS connection is up.
+    pub fn connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
+    /// Hands records to this node's own reader (NATS is away).
+    pub async fn hand_locally(&self, records: Vec<Record>) {
+        let _ = self.local.send(records).await;
+    }
+
     /// Its JetStream stream.
     pub async fn stream(&self) -> Result<jetstream::stream::Stream, SharedError> {
         self.js
@@ -233,5 +333,26 @@ impl SharedStream {
     /// The stream's name.
     pub fn name(&self) -> &str {
         &self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Parts;
+
+    #[test]
+    fn parts_join_in_order_and_restart_after_a_gap() {
+        let mut parts = Parts::default();
+        assert_eq!(parts.take("0/3/a", b"x"), None);
+        assert_eq!(parts.take("1/3/a", b"y"), None);
+        assert_eq!(parts.take("2/3/a", b"z"), Some(b"xyz".to_vec()));
+        // A consumer died after part 1; the new one appends from part 0 again.
+        assert_eq!(parts.take("0/2/b", b"1"), None);
+        assert_eq!(parts.take("0/2/b", b"1"), None);
+        assert_eq!(parts.take("1/2/b", b"2"), Some(b"12".to_vec()));
+        // A part without its beginning is dropped, and so is the rest of that message.
+        assert_eq!(parts.take("1/2/c", b"2"), None);
+        assert_eq!(parts.take("nonsense", b""), None);
+        assert_eq!(parts.take("0/1/d", b"q"), Some(b"q".to_vec()));
     }
 }

@@ -49,6 +49,10 @@ pub enum ReplicationError {
     /// The cluster's change stream did not store an append.
     #[error("cluster change stream")]
     Shared(#[from] SharedError),
+    /// NATS is back after an outage: what was delivered locally meanwhile is streamed again
+    /// from the slot's confirmed position, for the other nodes.
+    #[error("NATS is back; streaming again from the confirmed position for the other nodes")]
+    Restream,
     /// The server ended the stream.
     #[error("the server ended the replication stream")]
     Ended,
@@ -114,6 +118,12 @@ pub async fn run(
                 () = tokio::time::sleep(SLOT_RETRY) => {}
             }
             backoff = Duration::from_millis(200);
+            continue;
+        }
+        if matches!(result, Err(ReplicationError::Restream)) {
+            tracing::info!(
+                "NATS is back; appending what was delivered locally to the cluster's change stream"
+            );
             continue;
         }
         match result {
@@ -329,6 +339,8 @@ struct Unconfirmed {
     /// In a cluster: records not yet appended to the shared stream, and their size.
     pending: Vec<Record>,
     pending_bytes: usize,
+    /// In a cluster: NATS was away and records went to this node's reader only.
+    degraded: bool,
 }
 
 impl Unconfirmed {
@@ -353,7 +365,22 @@ impl Unconfirmed {
         }
         let batch: Vec<Record> = self.pending.drain(..take).collect();
         self.pending_bytes = self.pending.iter().map(shared::record_size).sum();
-        shared.append(&batch, metrics).await?;
+        if !self.degraded && shared.connected() {
+            match shared.append(&batch, metrics).await {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot append to the cluster's change stream; delivering to this node's subscribers alone until NATS is back");
+                    self.degraded = true;
+                }
+            }
+        } else {
+            self.degraded = true;
+        }
+        if self.degraded {
+            // Not stored: nothing is confirmed, so the slot streams it again afterwards.
+            shared.hand_locally(batch).await;
+            return Ok(());
+        }
         if let Some(end) = batch.iter().rev().find_map(|r| match r {
             Record::Commit { end_lsn, .. } => Some(*end_lsn),
             _ => None,
@@ -581,6 +608,9 @@ async fn session(
                 continue;
             }
             () = tokio::time::sleep_until(poll.unwrap_or_else(Instant::now)), if poll.is_some() => {
+                if unconfirmed.degraded && shared.as_ref().is_some_and(|s| s.connected()) {
+                    return Err(ReplicationError::Restream);
+                }
                 confirm(postgres, &mut stream, &mut unconfirmed).await?;
                 continue;
             }

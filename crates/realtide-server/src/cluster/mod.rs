@@ -46,6 +46,8 @@ use wire::{Outgoing, Subjects};
 /// How long a join waits for its topic's subscription, and then for the other nodes'
 /// presences; past it the join proceeds with what arrived (later changes come as diffs).
 const LINK_WAIT: Duration = Duration::from_secs(2);
+/// How long a starting node waits for the other nodes to answer its first heartbeat.
+const SETTLE: Duration = Duration::from_millis(300);
 /// How long a presence sync waits for the other nodes' answers.
 const SYNC_WAIT: Duration = Duration::from_secs(1);
 
@@ -386,6 +388,25 @@ impl Cluster {
             .set_remote_users(usize::try_from(users).unwrap_or(usize::MAX));
     }
 
+    fn beat(&self) {
+        let beat = Heartbeat {
+            node: self.config.node.clone(),
+            incarnation: self.incarnation,
+            users: self.limits.users() as u64,
+            slot_holder: self.holding_slot(),
+            bye: false,
+        };
+        self.out
+            .send(self.subjects.node.clone(), beat.encode().into(), None);
+    }
+
+    /// Announces this node and waits briefly for the others' answers, so the first joins
+    /// already know every node.
+    pub async fn settle(&self) {
+        self.beat();
+        tokio::time::sleep(SETTLE).await;
+    }
+
     async fn heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -406,15 +427,7 @@ impl Cluster {
                 );
             }
             was_connected = connected;
-            let beat = Heartbeat {
-                node: self.config.node.clone(),
-                incarnation: self.incarnation,
-                users: self.limits.users() as u64,
-                slot_holder: self.holding_slot(),
-                bye: false,
-            };
-            self.out
-                .send(self.subjects.node.clone(), beat.encode().into(), None);
+            self.beat();
             let timeout = self.config.node_timeout;
             let gone: Vec<(String, bool)> = {
                 let mut nodes = self.nodes.lock();
@@ -506,6 +519,9 @@ impl Cluster {
         }
         if appeared {
             tracing::info!(node = %beat.node, "cluster node joined");
+            // Answer at once, so a node that just started knows every other node within a
+            // round trip (its presence syncs wait for the nodes it knows).
+            self.beat();
             self.publish_all_snapshots();
         }
         self.update_remote_users();

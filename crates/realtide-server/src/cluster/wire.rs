@@ -112,8 +112,9 @@ pub async fn publish(
         };
         match sent {
             Ok(()) => metrics.cluster.sent(size),
-            Err(_) => {
+            Err(error) => {
                 metrics.cluster.dropped_out.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, size, "could not publish to the cluster");
             }
         }
     }
