@@ -9,16 +9,74 @@ JWT secret, and the load balancer passes WebSocket upgrades to every node's port
 from __future__ import annotations
 
 import re
+import subprocess
 from urllib.parse import urlparse
 
+import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, realtide_bin
 from test_deploy import get_status, live, route_of, settings  # noqa: F401 (fixtures)
 
 DEPLOY = REPO_ROOT / "deploy"
 CLUSTER_SETTINGS = {"CLUSTER_NATS_URL", "CLUSTER_NODE_NAME"}
 SHARED = {"JWT_SECRET", "SLOT_NAME", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "PUBLICATION", "PORT"}
+
+
+def nats_conf(text: str) -> dict[str, str]:
+    """The top-level settings of a NATS config file, and `jetstream.<key>` for its jetstream
+    block (`jetstream: enabled` → {"jetstream": "enabled"})."""
+    out: dict[str, str] = {}
+    block: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.match(r"^([\w.]+)\s*[:=]?\s*\{$", line)
+        if m:
+            block.append(m.group(1))
+            out.setdefault(m.group(1), "block")
+            continue
+        if line == "}":
+            block.pop()
+            continue
+        m = re.match(r"^([\w.]+)\s*[:=]\s*(.+?)\s*,?$", line)
+        assert m, f"cannot read NATS config line {raw!r}"
+        out[".".join([*block, m.group(1)])] = m.group(2).strip("\"'")
+    assert not block, "unbalanced braces"
+    return out
+
+
+def size_bytes(value: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([KMG]?B?)", value.upper())
+    assert m, value
+    return int(m.group(1)) * {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}[m.group(2)]
+
+
+def nats_settings(args: list[str], config_text) -> dict:
+    """JetStream on or off, store directory, client and monitoring ports and max payload of a
+    nats-server started with `args` (flags, or `-c <file>` whose text `config_text(path)`
+    returns; flags win)."""
+    flags = nats_flags(args)
+    conf = nats_conf(config_text(flags.get("-c") or flags.get("--config"))) if ("-c" in flags or "--config" in flags) else {}
+    jetstream = "-js" in flags or "--jetstream" in flags or conf.get("jetstream") not in (None, "false", "disabled")
+    return {
+        "jetstream": jetstream,
+        "store_dir": flags.get("-sd") or flags.get("--store_dir") or conf.get("jetstream.store_dir"),
+        "port": int(flags.get("-p") or flags.get("--port") or conf.get("port") or 4222),
+        "monitor": int(flags.get("-m") or flags.get("--http_port") or conf.get("http_port") or conf.get("monitor_port") or 0),
+        "max_payload": size_bytes(conf.get("max_payload", "1MB")),
+    }
+
+
+@pytest.fixture(scope="module")
+def largest_broadcast() -> int:
+    """Bytes of the largest payload the binary accepts by default (TENANT_MAX_PAYLOAD_SIZE_IN_KB:
+    value × 1000 + 500)."""
+    out = subprocess.run([realtide_bin(), "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"\[env: TENANT_MAX_PAYLOAD_SIZE_IN_KB=[^\]]*\] \[default: (\d+)\]", out)
+    assert m, "TENANT_MAX_PAYLOAD_SIZE_IN_KB and its default in --help"
+    return int(m.group(1)) * 1000 + 500
 
 
 def nats_flags(args: list[str]) -> dict[str, str | None]:
@@ -55,7 +113,7 @@ def mount_covering(path: str, mounts: list[tuple[str, str]]) -> str | None:
     return best[0] if best else None
 
 
-def test_compose_cluster(settings, live):
+def test_compose_cluster(settings, live, largest_broadcast):
     compose = yaml.safe_load((DEPLOY / "compose.cluster.yml").read_text())
     services = compose["services"]
     declared_volumes = set(compose.get("volumes") or {})
@@ -65,14 +123,20 @@ def test_compose_cluster(settings, live):
     # NATS: JetStream on, its store on a declared volume, the port the nodes dial.
     nats = services["nats"]
     assert nats["image"].startswith("nats:")
-    flags = nats_flags(nats["command"])
-    assert "-js" in flags or "--jetstream" in flags, flags
-    store = flags.get("-sd") or flags.get("--store_dir")
     nats_mounts = [tuple(v.split(":")[:2]) for v in nats.get("volumes", [])]
-    assert mount_covering(store, nats_mounts) in declared_volumes, (store, nats_mounts)
-    nats_port = int(flags.get("-p") or flags.get("--port") or 4222)
+
+    def mounted_text(path: str) -> str:
+        source = next(s for s, t in nats_mounts if t == path)
+        assert source.startswith("./"), source
+        return (DEPLOY / source).read_text()
+
+    conf = nats_settings(nats["command"], mounted_text)
+    assert conf["jetstream"], conf
+    assert mount_covering(conf["store_dir"], nats_mounts) in declared_volumes, (conf, nats_mounts)
+    assert conf["max_payload"] >= largest_broadcast, conf
+    nats_port = conf["port"]
     nats_check = " ".join(nats["healthcheck"]["test"])
-    assert f"127.0.0.1:{flags['-m']}/healthz" in nats_check, nats_check
+    assert f"127.0.0.1:{conf['monitor']}/healthz" in nats_check, nats_check
 
     db = services["db"]
     assert "wal_level=logical" in " ".join(db["command"])
@@ -149,14 +213,17 @@ def nginx_conf() -> dict:
     return {"listen": int(listen.group(1)), "servers": servers}
 
 
-def test_kubernetes_cluster(settings, live):
+def test_kubernetes_cluster(settings, live, largest_broadcast):
     docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "realtide-cluster.yaml").read_text()) if d]
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
     assert {"ConfigMap", "Secret", "StatefulSet", "Deployment", "Service"} <= set(by_kind), sorted(by_kind)
-    (config,), (secret,), (nats,), (deployment,) = (by_kind[k] for k in ("ConfigMap", "Secret", "StatefulSet", "Deployment"))
+    (secret,), (nats,), (deployment,) = (by_kind[k] for k in ("Secret", "StatefulSet", "Deployment"))
+    config_maps = {c["metadata"]["name"]: c for c in by_kind["ConfigMap"]}
     services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
+    env_from = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    (config,) = (config_maps[r["configMapRef"]["name"]] for r in env_from if "configMapRef" in r)
 
     config_keys, secret_keys = set(config["data"]), set(secret["stringData"])
     assert config_keys | secret_keys <= settings, (config_keys | secret_keys) - settings
@@ -165,15 +232,26 @@ def test_kubernetes_cluster(settings, live):
     # NATS: JetStream, its store on the claim template, reached through its Service.
     nats_pod = nats["spec"]["template"]
     nats_container = nats_pod["spec"]["containers"][0]
-    flags = nats_flags(nats_container["args"])
-    assert "-js" in flags or "--jetstream" in flags
-    store = flags.get("-sd") or flags.get("--store_dir")
     claims = {t["metadata"]["name"] for t in nats["spec"]["volumeClaimTemplates"]}
     nats_mounts = [(m["name"], m["mountPath"]) for m in nats_container["volumeMounts"]]
-    assert mount_covering(store, nats_mounts) in claims
+    nats_volumes = {v["name"]: v for v in nats_pod["spec"].get("volumes", [])}
+
+    def mounted_text(path: str) -> str:
+        directory, _, key = path.rpartition("/")
+        volume = nats_volumes[mount_covering(path, nats_mounts)]
+        assert mount_covering(path, nats_mounts) == next(n for n, t in nats_mounts if t == directory)
+        text = config_maps[volume["configMap"]["name"]]["data"][key]
+        # The same configuration as the compose file's.
+        assert text == (DEPLOY / "nats.cluster.conf").read_text()
+        return text
+
+    conf = nats_settings(nats_container.get("command", []) + nats_container.get("args", []), mounted_text)
+    assert conf["jetstream"], conf
+    assert mount_covering(conf["store_dir"], nats_mounts) in claims, (conf, nats_mounts)
+    assert conf["max_payload"] >= largest_broadcast, conf
     nats_ports = {p["name"]: p["containerPort"] for p in nats_container["ports"]}
-    assert nats_ports["client"] == int(flags.get("-p") or 4222)
-    monitor = int(flags["-m"])
+    assert nats_ports["client"] == conf["port"]
+    monitor = conf["monitor"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert nats_ports[nats_container[probe]["httpGet"]["port"]] == monitor
     nats_service = services[nats["spec"]["serviceName"]]
