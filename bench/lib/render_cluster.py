@@ -117,7 +117,7 @@ def render(result: dict) -> str:
                    f"({n(w.get('reached'))} / {n(w.get('subscribers'))}) |")
         view = cluster.get("cluster_view") or {}
         if view.get("seconds") is not None:
-            out.append(f"| cluster formed (every node lists every node in /api/health) | {n(view['seconds'], 1)} s after the last start |")
+            out.append(f"| cluster formed (every node lists every node in /api/health) | {n(view['seconds'], 1)} s after the last node reported listening |")
         out.append("")
 
     ps, pc = r.get("pg_single"), r.get("pg_cluster")
@@ -128,7 +128,9 @@ def render(result: dict) -> str:
             f"{n(pp.get('users'))} users in {n(pp.get('teams'))} teams (each insert reaches its team's members), "
             f"{n(pp.get('rate'), 0)} inserts/s for {pp.get('duration_s')} s, subscribers spread round robin over the "
             "nodes. In the cluster one node consumes the replication slot and appends the changes to JetStream; "
-            "every node reads the stream and checks RLS for its own subscribers. Latency is commit to receipt.\n"
+            "every node reads the stream and checks RLS for its own subscribers, through its own pool of "
+            "`DB_POOL_SIZE` (4) database connections: the cluster has three times the single node's connections "
+            "for RLS checks. Latency is commit to receipt.\n"
         )
         out.append("| setup | delivered / expected | deliveries/s | wrong / duplicates | latency p50 / p95 / p99 (ms) | "
                    "nodes' CPU s (per node) | CPU µs/delivery | nats-server CPU s | deliveries per node |")
