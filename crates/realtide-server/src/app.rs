@@ -49,7 +49,7 @@ pub struct App {
 #[derive(Debug)]
 pub struct ClusterLink {
     /// The NATS connection.
-    pub client: async_nats::Client,
+    pub connection: crate::cluster::Connection,
     /// The shared change stream (with a database).
     pub shared: Option<Arc<SharedStream>>,
 }
@@ -80,7 +80,7 @@ impl App {
         let cluster = match (link, &config.cluster) {
             (Some(link), Some(settings)) => Some(Cluster::new(
                 settings.clone(),
-                link.client,
+                link.connection,
                 registry.clone(),
                 limits.clone(),
                 metrics.clone(),

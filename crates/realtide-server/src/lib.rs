@@ -86,9 +86,10 @@ pub async fn run(
     let link = match &config.cluster {
         None => None,
         Some(settings) => {
-            let client = cluster::connect(settings)
+            let connection = cluster::connect(settings)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", logs::error_chain(&e)))?;
+            let client = connection.client.clone();
             let shared = match &config.database {
                 None => None,
                 Some(_) => Some(Arc::new(
@@ -113,7 +114,7 @@ pub async fn run(
                 );
             }
             tracing::info!(node = %settings.node, "joined the cluster");
-            Some(app::ClusterLink { client, shared })
+            Some(app::ClusterLink { connection, shared })
         }
     };
     let app = app::App::new(config, link)

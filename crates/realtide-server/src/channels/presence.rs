@@ -449,4 +449,68 @@ mod tests {
             Ok(Some(_))
         ));
     }
+
+    #[test]
+    fn other_nodes_members_merge_into_the_state_and_leave_with_their_node() {
+        use realtide_protocol::peer::PresenceChange;
+        let limits = Limits::new(LimitSettings::unlimited());
+        let mut p = Presence::default();
+        p.track(ChannelId(1), "local", meta(json!({"n": 0})), &limits)
+            .ok();
+        let member = |key: &str, r: &str| Member {
+            key: key.to_owned(),
+            phx_ref: r.to_owned(),
+            rendered: format!(r#"{{"phx_ref":"{r}"}}"#),
+        };
+        // A snapshot of node b: two members, one sharing the local key.
+        let diff = p.apply_remote(
+            "b",
+            3,
+            PresenceChange::Snapshot {
+                members: vec![member("local", "B1"), member("bob", "B2")],
+            },
+        );
+        let diff = diff.unwrap_or_default();
+        assert!(
+            diff.contains(r#""bob":{"metas":[{"phx_ref":"B2"}]}"#),
+            "{diff}"
+        );
+        assert_eq!(p.remote_seq("b"), Some(3));
+        let state: Value = serde_json::from_str(&p.render_state()).unwrap_or_default();
+        assert_eq!(state["local"]["metas"].as_array().map(Vec::len), Some(2));
+        assert_eq!(state["bob"]["metas"][0]["phx_ref"], "B2");
+        // The same snapshot again changes nothing; an update replaces a member.
+        assert_eq!(
+            p.apply_remote(
+                "b",
+                4,
+                PresenceChange::Snapshot {
+                    members: vec![member("local", "B1"), member("bob", "B2")],
+                },
+            ),
+            None
+        );
+        let update = p
+            .apply_remote(
+                "b",
+                5,
+                PresenceChange::Join {
+                    member: member("bob", "B3"),
+                    replaces: Some("B2".to_owned()),
+                },
+            )
+            .unwrap_or_default();
+        assert!(
+            update.contains(r#""leaves":{"bob":{"metas":[{"phx_ref":"B2"}]}}"#),
+            "{update}"
+        );
+        // Remote members do not keep the topic; their node leaving takes them all.
+        assert!(p.has_local());
+        let gone = p.forget_node("b").unwrap_or_default();
+        assert!(gone.starts_with(r#"{"joins":{},"leaves":{"#), "{gone}");
+        assert!(gone.contains("B1") && gone.contains("B3"), "{gone}");
+        let state: Value = serde_json::from_str(&p.render_state()).unwrap_or_default();
+        assert_eq!(state.as_object().map(|o| o.len()), Some(1));
+        assert_eq!(p.forget_node("b"), None);
+    }
 }

@@ -126,6 +126,26 @@ pub enum Link {
     Synced,
 }
 
+/// A topic kept open for a join in progress (see [`Registry::open`]).
+#[derive(Debug)]
+pub struct Opening {
+    registry: Arc<Registry>,
+    room: Arc<Room>,
+}
+
+impl Opening {
+    /// The topic.
+    pub fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.registry.opened(&self.room);
+    }
+}
+
 /// The live state of one topic (its subscribers and presence); named apart from the
 /// protocol's `Topic`, which is only the name.
 #[derive(Debug)]
@@ -195,9 +215,17 @@ impl Registry {
         })
     }
 
-    /// The topic of `key`, created when absent, kept (not dropped while empty) until
-    /// [`Registry::opened`]: a join awaits the topic's cluster link between the two.
-    pub fn open(&self, key: &TopicKey) -> Arc<Room> {
+    /// The topic of `key`, created when absent, kept (not dropped while empty) while the
+    /// returned [`Opening`] lives: a join awaits the topic's cluster link meanwhile. Dropping it
+    /// (the join subscribed, failed, or its socket went away mid-wait) releases the topic.
+    pub fn open(self: &Arc<Self>, key: &TopicKey) -> Opening {
+        Opening {
+            room: self.open_room(key),
+            registry: self.clone(),
+        }
+    }
+
+    fn open_room(&self, key: &TopicKey) -> Arc<Room> {
         let mut created = false;
         let entry = self.topics.entry(key.clone()).or_insert_with(|| {
             created = true;
@@ -213,7 +241,7 @@ impl Registry {
     }
 
     /// Ends an [`Registry::open`]: the topic is dropped if the join did not subscribe.
-    pub fn opened(&self, room: &Arc<Room>) {
+    fn opened(&self, room: &Arc<Room>) {
         room.joining.fetch_sub(1, Ordering::Relaxed);
         self.release(room);
     }

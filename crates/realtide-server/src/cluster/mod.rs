@@ -72,8 +72,16 @@ pub enum ClusterError {
 
 /// Connects to NATS (failing at once on a wrong URL or refused credentials); later outages
 /// are survived by reconnecting forever.
-pub async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError> {
+    let disconnects = Arc::new(AtomicU64::new(0));
+    let counted = disconnects.clone();
     let mut options = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            if matches!(event, async_nats::Event::Disconnected) {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            async {}
+        })
         .name(format!("realtide {}", config.node))
         // A node never needs its own messages back.
         .no_echo()
@@ -96,7 +104,7 @@ pub async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, Clust
     }
     let urls: Vec<async_nats::ServerAddr> =
         config.urls.iter().filter_map(|u| u.parse().ok()).collect();
-    options
+    let client = options
         .connect(urls)
         .await
         .map_err(|e| ClusterError::Connect {
@@ -107,7 +115,21 @@ pub async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, Clust
                 .collect::<Vec<_>>()
                 .join(","),
             message: e.to_string(),
-        })
+        })?;
+    Ok(Connection {
+        client,
+        disconnects,
+    })
+}
+
+/// A NATS connection and the count of times it was lost.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client.
+    pub client: async_nats::Client,
+    /// Disconnections so far: a node that lost the connection, even briefly, publishes its
+    /// presences again once it is back (messages queued meanwhile may have been dropped).
+    pub disconnects: Arc<AtomicU64>,
 }
 
 /// A URL without its password.
@@ -158,6 +180,8 @@ pub struct Cluster {
     seq: AtomicU64,
     /// Stops the heartbeat after the goodbye.
     stop: CancellationToken,
+    /// See [`Connection::disconnects`].
+    disconnects: Arc<AtomicU64>,
     /// Itself, for the tasks the registry's callbacks start.
     me: Weak<Cluster>,
 }
@@ -166,16 +190,21 @@ impl Cluster {
     /// The cluster state of a node; [`Cluster::start`] runs it.
     pub fn new(
         config: ClusterConfig,
-        client: async_nats::Client,
+        connection: Connection,
         registry: Arc<Registry>,
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         postgres: Option<Arc<Postgres>>,
     ) -> Arc<Cluster> {
+        let Connection {
+            client,
+            disconnects,
+        } = connection;
         let subjects = Subjects::new(&config.scope);
         let (out, queue) = Outgoing::new(metrics.clone());
         let cluster = Arc::new_cyclic(|me| Cluster {
             me: me.clone(),
+            disconnects,
             subjects,
             incarnation: rand::random(),
             out,
@@ -411,6 +440,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_connected = true;
+        let mut seen_disconnects = 0;
         loop {
             tokio::select! {
                 biased;
@@ -418,7 +448,9 @@ impl Cluster {
                 _ = tick.tick() => {}
             }
             let connected = self.connected();
-            if connected && !was_connected {
+            let disconnects = self.disconnects.load(Ordering::Relaxed);
+            if connected && (!was_connected || disconnects != seen_disconnects) {
+                seen_disconnects = disconnects;
                 tracing::info!("reconnected to NATS; publishing this node's presences again");
                 self.publish_all_snapshots();
             } else if !connected && was_connected {

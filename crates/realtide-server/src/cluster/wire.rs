@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 
 /// Messages waiting to be published.
 const QUEUE: usize = 65_536;
+/// Bytes waiting to be published: a NATS outage with large broadcasts must not hold more.
+const QUEUE_BYTES: usize = 256 * 1024 * 1024;
 
 /// The subjects of one cluster scope.
 #[derive(Debug, Clone)]
@@ -64,28 +66,42 @@ pub struct Outbound {
 pub struct Outgoing {
     sender: mpsc::Sender<Outbound>,
     metrics: Option<Arc<Metrics>>,
+    /// Payload bytes queued.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Outgoing {
     /// A queue and its receiving end (for [`publish`]).
-    pub fn new(metrics: Arc<Metrics>) -> (Outgoing, mpsc::Receiver<Outbound>) {
+    pub fn new(metrics: Arc<Metrics>) -> (Outgoing, Queue) {
         let (sender, receiver) = mpsc::channel(QUEUE);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         (
             Outgoing {
                 sender,
                 metrics: Some(metrics),
+                queued: queued.clone(),
             },
-            receiver,
+            Queue { receiver, queued },
         )
     }
 
     /// Queues a message without waiting.
     pub fn send(&self, subject: String, payload: Bytes, reply: Option<String>) {
-        let queued = self.sender.try_send(Outbound {
-            subject,
-            payload,
-            reply,
-        });
+        let size = payload.len();
+        let queued = if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            Err(())
+        } else {
+            self.sender
+                .try_send(Outbound {
+                    subject,
+                    payload,
+                    reply,
+                })
+                .map_err(|_| ())
+        };
+        if queued.is_err() {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+        }
         if queued.is_err()
             && let Some(metrics) = &self.metrics
         {
@@ -94,14 +110,27 @@ impl Outgoing {
     }
 }
 
+/// The receiving end of the outgoing queue.
+#[derive(Debug)]
+pub struct Queue {
+    receiver: mpsc::Receiver<Outbound>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// Publishes queued messages in order until every sender is gone.
-pub async fn publish(
-    client: async_nats::Client,
-    mut queue: mpsc::Receiver<Outbound>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(message) = queue.recv().await {
+pub async fn publish(client: async_nats::Client, mut queue: Queue, metrics: Arc<Metrics>) {
+    while let Some(message) = queue.receiver.recv().await {
         let size = message.payload.len();
+        queue.queued.fetch_sub(size, Ordering::Relaxed);
+        if !matches!(
+            client.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
+            // NATS is away: the message is dropped rather than held (memory stays bounded);
+            // presence is published whole again once the connection is back.
+            metrics.cluster.dropped_out.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let sent = match message.reply {
             None => client.publish(message.subject, message.payload).await,
             Some(reply) => {

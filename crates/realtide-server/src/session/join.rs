@@ -155,11 +155,11 @@ impl Session {
         // presence-enabled join their members), so nothing sent after the reply is missed.
         let opened = match &self.app.cluster {
             Some(cluster) => {
-                let room = self.app.registry.open(&key);
+                let opening = self.app.registry.open(&key);
                 cluster
-                    .ready(&room, request.presence_enabled && presence_visible)
+                    .ready(opening.room(), request.presence_enabled && presence_visible)
                     .await;
-                Some(room)
+                Some(opening)
             }
             None => None,
         };
@@ -202,9 +202,8 @@ impl Session {
                 }
             },
         );
-        if let Some(room) = &opened {
-            self.app.registry.opened(room);
-        }
+        // The subscription keeps the topic now.
+        drop(opened);
         let channel = Channel {
             id,
             join_ref,
