@@ -71,7 +71,7 @@ def render(result: dict) -> str:
         "`realtide_cluster_messages_total` and `realtide_cluster_bytes_total` summed over the nodes, per "
         f"broadcast sent (they include every node's heartbeat, one a second). Load average (1 min) "
         f"{n((result.get('loadavg_before') or [None])[0], 2)} before the run and "
-        f"{n((result.get('loadavg_after') or [None])[0], 2)} after. Raw results: "
+        f"{n((result.get('loadavg_after') or [None])[0], 2)} after (this run's own processes included). Raw results: "
         f"`bench/results/{'cluster-quick' if result['mode'] == 'quick' else 'cluster'}.json`.\n"
     )
     single, cluster = r.get("broadcast_single") or {}, r.get("broadcast_cluster") or {}
