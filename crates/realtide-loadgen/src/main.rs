@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 use realtide_loadgen::client::{Endpoint, SourceAddrs};
 use realtide_loadgen::scenario::postgres_changes::{self, PostgresChangesArgs};
-use realtide_loadgen::scenario::{capacity, catchup, fanout};
+use realtide_loadgen::scenario::{capacity, catchup, cluster, fanout};
 use realtide_loadgen::{limits, report};
 
 #[derive(Debug, Parser)]
@@ -61,6 +61,9 @@ enum Scenario {
     CatchUp(catchup::CatchUpArgs),
     /// P publishers, T topics, S subscribers per topic.
     Fanout(fanout::FanoutArgs),
+    /// One topic, subscribers spread over the nodes of a cluster (`--nodes`), one publisher;
+    /// full and half rate, latency on the publisher's node and on the others.
+    Cluster(cluster::ClusterArgs),
     /// The reference's chat shape: 1-member echo channel plus a 6-member channel per user.
     Chat(fanout::ChatArgs),
     /// N idle joined connections; server memory per connection.
@@ -143,6 +146,16 @@ async fn run(cli: &Cli) -> Result<serde_json::Value> {
                 token()?
             };
             fanout::run(args, &endpoint, &sources, &token, concurrency).await?
+        }
+        Scenario::Cluster(args) => {
+            cluster::run(
+                args,
+                &cli.server_url,
+                cli.source_addrs,
+                &token()?,
+                concurrency,
+            )
+            .await?
         }
         Scenario::Chat(args) => {
             fanout::run_chat(args, &endpoint, &sources, &token()?, concurrency).await?

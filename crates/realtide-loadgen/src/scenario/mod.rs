@@ -3,5 +3,6 @@
 
 pub mod capacity;
 pub mod catchup;
+pub mod cluster;
 pub mod fanout;
 pub mod postgres_changes;

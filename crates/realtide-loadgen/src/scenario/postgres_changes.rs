@@ -92,6 +92,11 @@ pub struct PostgresChangesArgs {
     /// Seconds to wait after the last insert for outstanding deliveries.
     #[arg(long, default_value_t = 15.0)]
     pub drain: f64,
+    /// WebSocket URLs of the nodes of a cluster, comma-separated: subscriber `i` connects to
+    /// node `i % nodes` (default: the global `--server-url` only). The report then has each
+    /// node's deliveries and latency.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
 }
 
 /// One subscriber's results.
@@ -100,6 +105,8 @@ pub(crate) struct SubStats {
     pub(crate) subscribed: bool,
     pub(crate) error: Option<String>,
     pub(crate) team: i32,
+    /// Index of the node it is connected to (`--nodes`).
+    pub(crate) node: usize,
     /// Correct, first-time deliveries of rows of this run.
     pub(crate) correct: u64,
     /// Rows this subscriber must not see (another team's, with RLS on).
@@ -148,6 +155,8 @@ struct Shared {
     rls: Rls,
     base_id: i64,
     latency: LatencyRecorder,
+    /// Latency per node (`--nodes`).
+    node_latency: Vec<LatencyRecorder>,
     /// Set when inserting starts.
     timeline: OnceLock<Timeline>,
     insert_start: OnceLock<Instant>,
@@ -360,12 +369,13 @@ pub(crate) async fn subscribe(
 /// One subscriber: subscribe, then count deliveries until stopped.
 async fn subscriber(
     index: usize,
-    team: i32,
+    (team, node): (i32, usize),
     conn: Result<Connection>,
     shared: Arc<Shared>,
 ) -> SubStats {
     let mut stats = SubStats {
         team,
+        node,
         ..SubStats::default()
     };
     let mut conn = match conn {
@@ -442,10 +452,11 @@ fn on_delivery(index: usize, payload: &str, stats: &mut SubStats, shared: &Share
     }
     stats.correct += 1;
     shared.delivered.fetch_add(1, Ordering::Relaxed);
-    let latency = unix_micros(now).saturating_sub(committed).max(0);
-    shared
-        .latency
-        .record(index, u64::try_from(latency).unwrap_or(0));
+    let latency = u64::try_from(unix_micros(now).saturating_sub(committed).max(0)).unwrap_or(0);
+    shared.latency.record(index, latency);
+    if let Some(node) = shared.node_latency.get(stats.node) {
+        node.record(index, latency);
+    }
     if let Some(timeline) = shared.timeline.get() {
         timeline.add(now_instant, 1);
     }
@@ -584,11 +595,23 @@ pub async fn run(
         args.users, teams, args.rls
     );
     let base_id = setup(args).await?;
+    let endpoints = if args.nodes.is_empty() {
+        vec![endpoint.clone()]
+    } else {
+        args.nodes
+            .iter()
+            .map(|u| Endpoint::parse(u.trim()))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let nodes = endpoints.len();
 
     let shared = Arc::new(Shared {
         rls: args.rls,
         base_id,
         latency: LatencyRecorder::new(64)?,
+        node_latency: (0..nodes)
+            .map(|_| LatencyRecorder::new(16))
+            .collect::<Result<_>>()?,
         timeline: OnceLock::new(),
         insert_start: OnceLock::new(),
         last_delivery_us: AtomicU64::new(0),
@@ -609,7 +632,8 @@ pub async fn run(
         } else {
             "realtime:team_items".to_owned()
         };
-        let endpoint = endpoint.clone();
+        let node = i % nodes;
+        let endpoint = endpoints.get(node).unwrap_or(endpoint).clone();
         let source = sources.pick(i);
         let permits = Arc::clone(&permits);
         let shared = Arc::clone(&shared);
@@ -623,7 +647,7 @@ pub async fn run(
                 subscribe_timeout,
             )
             .await;
-            subscriber(i, team, conn, shared).await
+            subscriber(i, (team, node), conn, shared).await
         }));
     }
     let deadline = connect_start + subscribe_timeout + Duration::from_secs(5);
@@ -744,6 +768,23 @@ pub async fn run(
         per_subscriber.push(s.correct);
     }
     let failed_subscriptions = stats.iter().filter(|s| !s.subscribed).count();
+    let per_node: Vec<Value> = (0..nodes)
+        .map(|k| {
+            let on_node = stats.iter().filter(|s| s.subscribed && s.node == k);
+            let (subscribers, delivered) =
+                on_node.fold((0u64, 0u64), |(n, d), s| (n + 1, d + s.correct));
+            json!({
+                "url": endpoints.get(k).map(|e| e.addr.to_string()),
+                "subscribed": subscribers,
+                "delivered": delivered,
+                "latency_ms": shared
+                    .node_latency
+                    .get(k)
+                    .and_then(|l| l.merged().ok())
+                    .map(|h| LatencySummary::from_micros(&h)),
+            })
+        })
+        .collect();
 
     let last_delivery_s = shared.last_delivery_us.load(Ordering::Relaxed) as f64 / 1e6;
     let insert_secs = inserted.elapsed.as_secs_f64();
@@ -797,6 +838,7 @@ pub async fn run(
             "synchronous_commit": args.synchronous_commit,
             "topic_per_client": args.topic_per_client,
             "server": endpoint.addr.to_string(),
+            "nodes": endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
             "source_addrs": sources.len(),
             "connect_concurrency": connect_concurrency,
         },
@@ -834,6 +876,7 @@ pub async fn run(
             "timeline_per_s": timeline,
         },
         "latency_ms": latency,
+        "per_node": per_node,
         "kept_up": kept_up,
         "correct": wrong == 0 && duplicates == 0 && stale == 0,
     });
