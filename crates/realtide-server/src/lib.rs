@@ -88,7 +88,8 @@ pub async fn run(
         Some(settings) => {
             let connection = cluster::connect(settings)
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", logs::error_chain(&e)))?;
+                // An unreachable NATS at start is a settings problem: one line, exit code 2.
+                .map_err(|e| config::ConfigError::Cluster(logs::error_chain(&e)))?;
             let client = connection.client.clone();
             let shared = match &config.database {
                 None => None,

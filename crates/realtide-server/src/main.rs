@@ -121,7 +121,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             logs::complain(&format!("realtide: {error:#}"));
-            ExitCode::FAILURE
+            // Settings that turn out unusable only when used (an unreachable NATS) exit like
+            // the ones rejected before start.
+            if error.downcast_ref::<config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

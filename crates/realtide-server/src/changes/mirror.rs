@@ -145,6 +145,25 @@ async fn read_session(
         ..
     } = *ctx;
     let stream = shared.stream().await.map_err(|e| e.to_string())?;
+    let state = stream.get_info().await.map_err(|e| e.to_string())?.state;
+    match *position {
+        // First start: what is stored already was delivered by the nodes that were running;
+        // from here on this node reads everything, also across the reconnects that follow (a
+        // "new messages only" consumer made after a NATS restart would skip what the slot
+        // holder appended in between).
+        None => *position = Some(state.last_sequence),
+        // The stream was made again (its store was lost): read all of it; records already in
+        // the journal are skipped by their commit position.
+        Some(seq) if state.last_sequence < seq => {
+            tracing::warn!(
+                position = seq,
+                last = state.last_sequence,
+                "the change stream is behind this node's position; reading it from its start"
+            );
+            *position = Some(state.first_sequence.saturating_sub(1));
+        }
+        Some(_) => {}
+    }
     let deliver_policy = match *position {
         Some(seq) => jetstream::consumer::DeliverPolicy::ByStartSequence {
             start_sequence: seq + 1,
