@@ -215,6 +215,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "CLUSTER_NATS_TLS_CA",
     "CLUSTER_HEARTBEAT_MS",
     "CLUSTER_NODE_TIMEOUT_MS",
+    "TENANTS_FILE",
+    "TENANT_IDLE_STOP_SECS",
 ];
 
 /// The default `CHANGES_DIR` of test servers using the database at `url`.
@@ -414,6 +416,18 @@ impl Endpoint {
         }
     }
 
+    /// The `Host` line, unless `headers` bring their own (a tenant chosen by host name).
+    fn default_host(&self, headers: &[(&str, &str)]) -> String {
+        if headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            String::new()
+        } else {
+            format!("Host: {}\r\n", self.addr)
+        }
+    }
+
     /// Attempts a WebSocket upgrade; returns the client or the HTTP refusal.
     pub async fn try_connect(
         &self,
@@ -439,9 +453,9 @@ impl Endpoint {
             format!("{path}?{query}")
         };
         let mut request = format!(
-            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {target} HTTP/1.1\r\n{}Upgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
-            self.addr
+            self.default_host(headers)
         );
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
@@ -509,8 +523,8 @@ impl Endpoint {
         body: Option<&[u8]>,
     ) -> Result<HttpResponse> {
         let mut request = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
+            "{method} {target} HTTP/1.1\r\n{}Connection: close\r\n",
+            self.default_host(headers)
         );
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));

@@ -15,9 +15,37 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{Exporter, Metrics};
 
-/// State shared by every connection.
+/// What every project of one process shares: the shutdown signal, the tracker of connection
+/// tasks and the count of accepted sockets.
+#[derive(Debug, Clone)]
+pub struct ProcessParts {
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+    /// Every connection task and delayed reply, awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// Accepted sockets, counted from accept.
+    pub sockets: Arc<crate::ws::listener::Sockets>,
+}
+
+impl ProcessParts {
+    /// The parts for a process configured by `config` (its connection bounds).
+    pub fn new(config: &Config) -> ProcessParts {
+        ProcessParts {
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            sockets: crate::ws::listener::Sockets::new(
+                config.limits.connections,
+                config.handshake_timeout,
+            ),
+        }
+    }
+}
+
+/// State shared by every connection of one project.
 #[derive(Debug)]
 pub struct App {
+    /// The tenant this project is, when the process serves several.
+    pub tenant: Option<crate::config::tenants::TenantId>,
     /// Validated configuration.
     pub config: Config,
     /// Topics and subscribers.
@@ -28,7 +56,8 @@ pub struct App {
     pub limits: Arc<crate::limits::Limits>,
     /// The publish path of user broadcasts (client, HTTP and database).
     pub publisher: crate::channels::publish::Publisher,
-    /// Cancelled when the server shuts down.
+    /// Cancelled when this project stops: the process shuts down, or (with several tenants)
+    /// this tenant is stopped on its own.
     pub shutdown: CancellationToken,
     /// Cancelled after `shutdown` once decoded changes were handed to the sockets: sessions
     /// then say goodbye and close.
@@ -55,16 +84,18 @@ pub struct ClusterLink {
 }
 
 impl App {
-    /// Builds the shared state.
+    /// Builds the state of one project; `shutdown` is the token it stops with (the process's,
+    /// or a child of it for a tenant).
     pub fn new(
         config: Config,
         link: Option<ClusterLink>,
+        process: &ProcessParts,
+        tenant: Option<crate::config::tenants::TenantId>,
+        shutdown: CancellationToken,
     ) -> Result<Arc<App>, crate::changes::journal::JournalError> {
         let metrics = Arc::new(Metrics::default());
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let exporter = Exporter::new(config.database.is_some());
-        let (config_limits_connections, handshake_timeout) =
-            (config.limits.connections, config.handshake_timeout);
         let postgres = config
             .database
             .clone()
@@ -98,6 +129,7 @@ impl App {
         let publisher =
             crate::channels::publish::Publisher::new(registry.clone(), limits.clone(), peers);
         Ok(Arc::new(App {
+            tenant,
             exporter,
             postgres,
             config,
@@ -105,14 +137,105 @@ impl App {
             publisher,
             limits,
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown,
             disconnect: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            tasks: process.tasks.clone(),
             cluster,
-            sockets: crate::ws::listener::Sockets::new(
-                config_limits_connections,
-                handshake_timeout,
-            ),
+            sockets: process.sockets.clone(),
         }))
+    }
+}
+
+/// The background tasks of one project with a database (replication stream, change feed,
+/// stream mirror, journal keeper), and the tokens of its staged stop.
+#[derive(Debug)]
+pub struct Background {
+    tasks: TaskTracker,
+    /// Cancelled once every session closed: the slot is confirmed and positions are saved.
+    finished: CancellationToken,
+}
+
+impl App {
+    /// Starts this project's background work. Shutdown runs in stages: `shutdown` stops the
+    /// replication stream; the change feed hands what was decoded to the sockets and then
+    /// cancels `disconnect` (sessions close); [`Background::finish`] confirms the slot.
+    /// Without a database, `disconnect` follows `shutdown` at once.
+    pub fn start(self: &Arc<Self>) -> Background {
+        use crate::changes::{feed, source};
+        self.tasks
+            .spawn(self.limits.clone().run(self.shutdown.clone()));
+        let stages = feed::Stages {
+            shutdown: self.shutdown.clone(),
+            replication_stopped: CancellationToken::new(),
+            disconnect: self.disconnect.clone(),
+        };
+        let finished = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        if let Some(postgres) = self.postgres.clone() {
+            let outlet = source::Outlet {
+                publisher: self.publisher.clone(),
+                max_payload: self.config.max_payload_bytes,
+            };
+            tasks.spawn(source::run(
+                postgres.clone(),
+                outlet,
+                self.metrics.clone(),
+                stages.clone(),
+                finished.clone(),
+            ));
+            tasks.spawn(feed::run(
+                postgres.clone(),
+                self.limits.clone(),
+                self.metrics.clone(),
+                crate::changes::render::RenderLimits {
+                    max_record_bytes: postgres.config.max_record_bytes,
+                },
+                stages.clone(),
+            ));
+            tasks.spawn(feed::keeper(postgres.clone(), finished.clone()));
+            if postgres.shared.is_some() {
+                tasks.spawn(crate::changes::mirror::read(
+                    postgres.clone(),
+                    self.publisher.clone(),
+                    self.config.max_payload_bytes,
+                    self.metrics.clone(),
+                    self.shutdown.clone(),
+                ));
+            }
+            let ready = postgres.clone();
+            self.tasks.spawn(crate::db::schema::janitor(
+                postgres.pool.clone(),
+                postgres.config.messages_retention,
+                move || {
+                    ready
+                        .schema_ready
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                },
+                self.shutdown.clone(),
+            ));
+        } else {
+            let disconnect = self.disconnect.clone();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                disconnect.cancel();
+            });
+        }
+        Background { tasks, finished }
+    }
+}
+
+impl Background {
+    /// After every session closed: confirms the slot, saves positions and waits (bounded) for
+    /// the background tasks to end.
+    pub async fn finish(self) {
+        self.finished.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(30), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("replication did not stop in time");
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! below it; `cargo test` checks it, see `tests/layers.rs`):
 //! - [`http`]: routes, the WebSocket upgrade endpoint, the broadcast API, health, metrics.
 //! - [`session`]: one connection's reader loop, one file per client message kind.
+//! - [`tenants`]: the projects of one process: one implicit project, or the tenants of
+//!   `TENANTS_FILE`, started on first use and stopped when idle.
 //! - [`app`]: the state of one project in one value ([`app::App`]).
 //! - [`cluster`]: several nodes as one over NATS: broadcasts, presence and membership across
 //!   nodes (the shared change stream is [`changes::shared`]).
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod session;
 pub mod shutdown;
+pub mod tenants;
 pub mod token;
 pub mod ws;
 
@@ -44,9 +47,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use crate::changes::{feed, source};
-use crate::db::schema;
 
 /// What the serving code needs from the process around it.
 pub struct Process {
@@ -118,109 +118,47 @@ pub async fn run(
             Some(app::ClusterLink { connection, shared })
         }
     };
-    let app = app::App::new(config, link)
-        .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
-    if let Some(cluster) = &app.cluster {
-        cluster.start();
-        cluster.settle().await;
-    }
+    let process_parts = app::ProcessParts::new(&config);
+    let root = process_parts.shutdown.clone();
     match process.stop {
         None => shutdown::watch(
-            app.shutdown.clone(),
-            app.config.shutdown_timeout,
+            root.clone(),
+            config.shutdown_timeout,
             process.logs,
             process.forced_exit,
         )
         .map_err(|e| anyhow::anyhow!("cannot watch for signals: {e}"))?,
         Some(stop) => {
-            let shutdown = app.shutdown.clone();
+            let shutdown = root.clone();
             tokio::spawn(async move {
                 stop.cancelled().await;
                 shutdown.cancel();
             });
         }
     }
-    app.tasks
-        .spawn(app.limits.clone().run(app.shutdown.clone()));
-    // Shutdown runs in stages: the signal stops the accept loop and the replication stream;
-    // the change feed hands what was decoded to the sockets; then sessions close; then the
-    // slot is confirmed and positions saved. Without a database, sessions close at once.
-    let stages = feed::Stages {
-        shutdown: app.shutdown.clone(),
-        replication_stopped: CancellationToken::new(),
-        disconnect: app.disconnect.clone(),
-    };
-    let finished = CancellationToken::new();
-    let background = tokio_util::task::TaskTracker::new();
-    if let Some(postgres) = app.postgres.clone() {
-        let outlet = source::Outlet {
-            publisher: app.publisher.clone(),
-            max_payload: app.config.max_payload_bytes,
-        };
-        background.spawn(source::run(
-            postgres.clone(),
-            outlet,
-            app.metrics.clone(),
-            stages.clone(),
-            finished.clone(),
-        ));
-        background.spawn(feed::run(
-            postgres.clone(),
-            app.limits.clone(),
-            app.metrics.clone(),
-            changes::render::RenderLimits {
-                max_record_bytes: postgres.config.max_record_bytes,
-            },
-            stages.clone(),
-        ));
-        background.spawn(feed::keeper(postgres.clone(), finished.clone()));
-        if postgres.shared.is_some() {
-            background.spawn(changes::mirror::read(
-                postgres.clone(),
-                app.publisher.clone(),
-                app.config.max_payload_bytes,
-                app.metrics.clone(),
-                app.shutdown.clone(),
-            ));
+    let tenants = match config.tenants.clone() {
+        Some(settings) => tenants::Tenants::many(settings, process_parts.clone()),
+        None => {
+            let app = app::App::new(config.clone(), link, &process_parts, None, root.clone())
+                .map_err(|e| anyhow::anyhow!("{} (CHANGES_DIR)", logs::error_chain(&e)))?;
+            if let Some(cluster) = &app.cluster {
+                cluster.start();
+                cluster.settle().await;
+            }
+            tenants::Tenants::one(app)
         }
-        let ready = postgres.clone();
-        app.tasks.spawn(schema::janitor(
-            postgres.pool.clone(),
-            postgres.config.messages_retention,
-            move || {
-                ready
-                    .schema_ready
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            },
-            app.shutdown.clone(),
-        ));
-    } else {
-        let disconnect = app.disconnect.clone();
-        let shutdown = app.shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            disconnect.cancel();
-        });
-    }
+    };
     // Tests and scripts read the actual port from this line.
     logs::say(&format!("realtide listening on {local}"));
-    tracing::info!(addr = %local, tls = app.config.tls.is_some(), "listening");
-    serve(app.clone(), listener).await?;
-    // Every session closed: confirm the slot and save positions.
-    finished.cancel();
-    background.close();
-    if tokio::time::timeout(Duration::from_secs(30), background.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("replication did not stop in time");
-    }
-    if let Some(cluster) = &app.cluster {
-        // After the slot was released: the others take it at once.
-        // With a database this node may have held the slot: the others ask for it at once
-        // (a node that did not hold it only makes them ask early).
-        cluster.goodbye(app.postgres.is_some()).await;
-    }
+    tracing::info!(addr = %local, tls = config.tls.is_some(), tenants = config.tenants.as_ref().map(|t| t.tenants.len()), "listening");
+    let server = Arc::new(http::Server {
+        tenants,
+        process: process_parts,
+        config,
+    });
+    serve(server.clone(), listener).await?;
+    // Every session closed: confirm the slots and save positions.
+    server.tenants.finish().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -243,18 +181,23 @@ pub fn raise_open_files() {
 /// How long shutdown waits for sessions to flush their goodbyes.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Serves until `app.shutdown` is cancelled, then drains: every session sends
+/// Serves until the process's shutdown token is cancelled, then drains: every session sends
 /// `Server requested disconnect` and closes with 1012, within a deadline.
-async fn serve(app: Arc<app::App>, listener: TcpListener) -> std::io::Result<()> {
-    let shutdown = app.shutdown.clone();
+async fn serve(server: Arc<http::Server>, listener: TcpListener) -> std::io::Result<()> {
+    let shutdown = server.process.shutdown.clone();
     let stop = async move { shutdown.cancelled().await };
-    let routes = http::router(app.clone()).layer(axum::middleware::from_fn(
+    let routes = http::router(server.clone()).layer(axum::middleware::from_fn(
         crate::ws::listener::request_deadline,
     ));
-    let connected = routes.into_make_service_with_connect_info::<crate::ws::listener::Connection>();
-    match app.config.tls.clone() {
+    // The tenant is chosen (and a `/t/{tenant}` prefix taken off the path) before routing.
+    let routes = http::with_tenants(server.clone(), routes);
+    let connected = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+        crate::ws::listener::Connection,
+    >(routes);
+    match server.config.tls.clone() {
         None => {
-            let listener = crate::ws::listener::GuardedListener::new(listener, app.sockets.clone());
+            let listener =
+                crate::ws::listener::GuardedListener::new(listener, server.process.sockets.clone());
             axum::serve(listener, connected)
                 .with_graceful_shutdown(stop)
                 .await?
@@ -263,25 +206,21 @@ async fn serve(app: Arc<app::App>, listener: TcpListener) -> std::io::Result<()>
             let listener = crate::ws::tls::TlsListener::new(
                 listener,
                 tls.acceptor,
-                app.sockets.clone(),
-                app.config.handshake_timeout,
+                server.process.sockets.clone(),
+                server.config.handshake_timeout,
             )?;
             axum::serve(listener, connected)
                 .with_graceful_shutdown(stop)
                 .await?
         }
     }
-    // axum's graceful shutdown does not cover upgraded sockets: sessions watch the disconnect
-    // token, which fires once decoded changes were handed to them (bounded by the feed's drain
-    // deadline).
-    let _ = tokio::time::timeout(
-        crate::changes::feed::DRAIN_DEADLINE + Duration::from_secs(2),
-        app.disconnect.cancelled(),
-    )
-    .await;
-    app.disconnect.cancel();
-    app.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, app.tasks.wait())
+    // axum's graceful shutdown does not cover upgraded sockets: sessions watch their project's
+    // disconnect token, which fires once decoded changes were handed to them (bounded by the
+    // feed's drain deadline).
+    server.tenants.disconnect_all().await;
+    let tasks = &server.process.tasks;
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, tasks.wait())
         .await
         .is_err()
     {

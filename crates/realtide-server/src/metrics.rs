@@ -123,6 +123,10 @@ impl Metrics {
     pub fn connection_opened(&self) -> usize {
         self.connections.fetch_add(1, Ordering::Relaxed) + 1
     }
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
     /// A connection closed.
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -399,6 +403,54 @@ impl Exporter {
     }
 }
 
+/// Merges the Prometheus text of several tenants (id, text) into one exposition: each metric
+/// family once (its `# HELP` and `# TYPE` lines, then every tenant's samples together, as the
+/// text format wants), every sample labelled `tenant="<id>"`. Tenant ids need no escaping
+/// (`a-z`, `0-9`, `_`, `-`).
+pub fn label_tenants(rendered: &[(String, String)]) -> String {
+    let mut families: indexmap::IndexMap<String, (Vec<String>, Vec<String>)> =
+        indexmap::IndexMap::new();
+    for (tenant, text) in rendered {
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let name = rest.split(' ').nth(1).unwrap_or_default().to_owned();
+                let (headers, _) = families.entry(name.clone()).or_default();
+                if !headers.iter().any(|h| h == line) {
+                    headers.push(line.to_owned());
+                }
+                current = Some(name);
+                continue;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let (name, rest) = line.split_at(name_end);
+            let family = match &current {
+                Some(family) if name.starts_with(family.as_str()) => family.clone(),
+                _ => name.to_owned(),
+            };
+            let labelled = match rest.strip_prefix('{') {
+                Some(labels) if labels.starts_with('}') => {
+                    format!("{name}{{tenant=\"{tenant}\"{labels}")
+                }
+                Some(labels) => format!("{name}{{tenant=\"{tenant}\",{labels}"),
+                None => format!("{name}{{tenant=\"{tenant}\"}}{rest}"),
+            };
+            families.entry(family).or_default().1.push(labelled);
+        }
+    }
+    let mut out = String::new();
+    for (_, (headers, samples)) in families {
+        for line in headers.iter().chain(samples.iter()) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,5 +504,19 @@ mod tests {
         let other = Exporter::new(false).render(Snapshot::default(), 0, None);
         assert!(other.contains("realtide_connections 0"), "{other}");
         assert!(!other.contains("realtide_replication"), "{other}");
+    }
+
+    #[test]
+    fn tenants_series_are_labelled_and_grouped_by_family() {
+        let a = "# HELP x_total things\n# TYPE x_total counter\nx_total 1\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_sum 3\nh_count 2\n";
+        let b = "# HELP x_total things\n# TYPE x_total counter\nx_total 5\n# TYPE h histogram\nh_bucket{le=\"1\"} 7\nh_sum 8\nh_count 7\n";
+        let merged = label_tenants(&[
+            ("a".to_owned(), a.to_owned()),
+            ("b".to_owned(), b.to_owned()),
+        ]);
+        assert_eq!(
+            merged,
+            "# HELP x_total things\n# TYPE x_total counter\nx_total{tenant=\"a\"} 1\nx_total{tenant=\"b\"} 5\n# TYPE h histogram\nh_bucket{tenant=\"a\",le=\"1\"} 2\nh_sum{tenant=\"a\"} 3\nh_count{tenant=\"a\"} 2\nh_bucket{tenant=\"b\",le=\"1\"} 7\nh_sum{tenant=\"b\"} 8\nh_count{tenant=\"b\"} 7\n"
+        );
     }
 }

@@ -9,10 +9,11 @@
 //! 3. `db`: pools, schema, catalog, authorization, replay.
 //! 4. `config`: typed settings (it builds TLS settings with `ws` and `db` to fail fast).
 //! 5. `changes`, `token`.
-//! 6. `app` (one project's state) and `error` (wire errors).
-//! 7. `session`.
-//! 8. `http`.
-//! 9. `dev` (runs the whole server).
+//! 6. `cluster` (several nodes as one over NATS).
+//! 7. `app` (one project's state) and `error` (wire errors).
+//! 8. `session` and `tenants` (the projects of one process, started and stopped on demand).
+//! 9. `http`.
+//! 10. `dev` (runs the whole server).
 //!
 //! `lib.rs` wires everything together and `main.rs` is the binary: both are left out.
 
@@ -29,7 +30,7 @@ fn layer(top: &str) -> Option<u8> {
         "changes" | "token" => 5,
         "cluster" => 6,
         "app" | "error" => 7,
-        "session" => 8,
+        "session" | "tenants" => 8,
         "http" => 9,
         "dev" => 10,
         _ => return None,

@@ -200,6 +200,14 @@ pub struct ServeArgs {
     /// SIGTERM/SIGINT) the process exits at once, whatever it was waiting on.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
+    /// TOML file of tenants (`[[tenant]]` tables): the process then serves several projects,
+    /// each chosen by the first label of the `Host` header or a `/t/{tenant}` path prefix.
+    #[arg(long, env = "TENANTS_FILE")]
+    pub tenants_file: Option<std::path::PathBuf>,
+    /// Seconds a tenant with no socket keeps running (pools, replication) before it stops; it
+    /// starts again on the next request.
+    #[arg(long, env = "TENANT_IDLE_STOP_SECS", default_value_t = 600)]
+    pub tenant_idle_stop_secs: u64,
     /// NATS server URLs of the cluster, comma-separated (`nats://host:4222`, `tls://...`;
     /// `user:password@` in a URL is used). Unset: this process is a single node.
     #[arg(long, env = "CLUSTER_NATS_URL", hide_env_values = true)]

@@ -14,6 +14,7 @@ use realtide_auth::JwtVerifier;
 
 mod args;
 mod file;
+pub mod tenants;
 
 pub use args::ServeArgs;
 pub use file::{ConfigFile, FileError, apply_file, config_file, describe_args_error};
@@ -57,6 +58,9 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Cluster settings, when CLUSTER_NATS_URL is set.
     pub cluster: Option<ClusterConfig>,
+    /// The tenants, when TENANTS_FILE is set (the process then serves several projects and
+    /// the settings above are only the process's).
+    pub tenants: Option<tenants::TenantsConfig>,
 }
 
 /// How this node joins a cluster over NATS.
@@ -166,6 +170,9 @@ pub enum ConfigError {
     /// A cluster setting is unusable; the text names it.
     #[error("{0}")]
     Cluster(String),
+    /// A tenant setting is unusable; the text names the tenant and the setting.
+    #[error("{0}")]
+    Tenants(String),
     /// Only one of TLS_CERT and TLS_KEY is set.
     #[error("TLS_CERT and TLS_KEY must be set together")]
     TlsPair,
@@ -336,8 +343,25 @@ impl ServeArgs {
         // Checked whether or not a database is configured, so that a typo shows at once.
         let slot = slot_name(self.slot_name.clone())?;
         let jwks = self.jwt_jwks.clone().filter(|s| !s.trim().is_empty());
+        let tenants = self.tenants()?;
+        // With tenants, each has its own secret; the process's verifier then checks nothing
+        // anyone holds (a random secret).
+        let secret = match (&tenants, secret) {
+            (Some(_), None) if jwks.is_none() => Some(format!("{:032x}", rand::random::<u128>())),
+            (_, secret) => secret,
+        };
         if secret.is_none() && jwks.is_none() {
             return Err(ConfigError::MissingJwt);
+        }
+        if tenants.is_some()
+            && self
+                .cluster_nats_url
+                .as_deref()
+                .is_some_and(|u| !u.trim().is_empty())
+        {
+            return Err(ConfigError::Tenants(
+                "TENANTS_FILE and CLUSTER_NATS_URL cannot be used together yet: run one cluster per project".to_owned(),
+            ));
         }
         let jwt = JwtVerifier::new(
             secret.as_deref(),
@@ -426,7 +450,27 @@ impl ServeArgs {
             tls,
             limits: self.limits()?,
             cluster: self.cluster(&slot)?,
+            tenants,
         })
+    }
+
+    /// The tenants, when TENANTS_FILE is set.
+    fn tenants(&self) -> Result<Option<tenants::TenantsConfig>, ConfigError> {
+        let Some(file) = self
+            .tenants_file
+            .clone()
+            .filter(|f| !f.as_os_str().is_empty())
+        else {
+            return Ok(None);
+        };
+        positive("TENANT_IDLE_STOP_SECS", self.tenant_idle_stop_secs)?;
+        let tenants = tenants::load(&file, self)?;
+        Ok(Some(tenants::TenantsConfig {
+            file,
+            tenants,
+            idle_stop: Duration::from_secs(self.tenant_idle_stop_secs),
+            base: Box::new(self.clone()),
+        }))
     }
 
     /// The cluster settings, when CLUSTER_NATS_URL is set.

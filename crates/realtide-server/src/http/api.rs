@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,7 +29,7 @@ use realtide_protocol::encode::UserBody;
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 /// The API routes, at `/api` and `/realtime/v1/api`.
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<Arc<crate::http::Server>> {
     let mut router = Router::new();
     for base in ["/api", "/realtime/v1/api"] {
         router = router
@@ -229,7 +229,11 @@ fn validate(entry: &Value, max_payload: usize) -> Result<BatchMessage, Map<Strin
 }
 
 /// `POST /api/broadcast`: `{"messages":[{topic, event, payload, private?, id?}]}` → 202.
-async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn batch(
+    axum::Extension(app): axum::Extension<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let claims = match authenticate(&app, &headers) {
         Ok(claims) => claims,
         Err(response) => return *response,
@@ -335,7 +339,7 @@ fn content(headers: &HeaderMap) -> Option<Content> {
 
 /// `POST /api/broadcast/:topic/events/:event[?private=true]` with a JSON or raw body → 202.
 async fn single(
-    State(app): State<Arc<App>>,
+    axum::Extension(app): axum::Extension<Arc<App>>,
     Path((sub_topic, event)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
+use crate::http::Server;
 use crate::metrics::ReplicationSample;
 
 pub(crate) async fn healthcheck() -> &'static str {
@@ -17,7 +19,37 @@ pub(crate) async fn healthcheck() -> &'static str {
 
 /// `GET /api/health`: 200 `ok`, or 503 `degraded` while a configured database cannot be
 /// reached or replication cannot run (the readiness probe of the deploy files).
-pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn health(
+    State(server): State<Arc<Server>>,
+    app: Option<Extension<Arc<App>>>,
+) -> Response {
+    match app {
+        Some(Extension(app)) => project_health(&app).await,
+        None => process_health(&server),
+    }
+}
+
+/// With tenants, `/api/health` of no tenant: the process, and which tenants run.
+fn process_health(server: &Server) -> Response {
+    let mut running: Vec<String> = server
+        .tenants
+        .running()
+        .iter()
+        .filter_map(|app| app.tenant.as_ref().map(ToString::to_string))
+        .collect();
+    running.sort();
+    Json(serde_json::json!({
+        "status": "ok",
+        "sockets": server.process.sockets.open(),
+        "tenants": {
+            "configured": server.config.tenants.as_ref().map(|t| t.tenants.len()),
+            "running": running,
+        },
+    }))
+    .into_response()
+}
+
+async fn project_health(app: &App) -> Response {
     let database_connected = match &app.postgres {
         Some(postgres) => Some(postgres.ping().await),
         None => None,
@@ -46,6 +78,7 @@ pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
     };
     let body = Json(serde_json::json!({
         "status": if problem.is_some() { "degraded" } else { "ok" },
+        "tenant": app.tenant.as_ref().map(ToString::to_string),
         "problem": problem,
         "replication": replication.as_ref().map(crate::changes::progress::ReplicationStatus::name),
         "database_configured": app.config.database.is_some(),
@@ -64,9 +97,14 @@ pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text. With `METRICS_JWT_SECRET` set, a request without a valid
-/// `Authorization: Bearer <JWT>` gets 403 with an empty body, as the reference.
-pub(crate) async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(verifier) = &app.config.metrics_jwt {
+/// `Authorization: Bearer <JWT>` gets 403 with an empty body, as the reference. With tenants, a
+/// request that names none gets every running tenant's series, labelled `tenant`.
+pub(crate) async fn prometheus(
+    State(server): State<Arc<Server>>,
+    app: Option<Extension<Arc<App>>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(verifier) = &server.config.metrics_jwt {
         let authorized = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -80,6 +118,37 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) 
             return StatusCode::FORBIDDEN.into_response();
         }
     }
+    let body = match app {
+        Some(Extension(app)) => project_metrics(&app),
+        None => {
+            let mut apps = server.tenants.running();
+            apps.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+            let rendered: Vec<(String, String)> = apps
+                .iter()
+                .map(|app| {
+                    (
+                        app.tenant
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        project_metrics(app),
+                    )
+                })
+                .collect();
+            crate::metrics::label_tenants(&rendered)
+        }
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn project_metrics(app: &App) -> String {
     let replication = app.postgres.as_ref().map(|p| ReplicationSample {
         connected: p.replication_streaming(),
         lag_bytes: p.lag_bytes(),
@@ -93,12 +162,5 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>, headers: HeaderMap) 
     if app.cluster.is_some() {
         body.push_str(&app.metrics.cluster.render());
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    body
 }

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::Extension;
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fastwebsockets::upgrade::IncomingUpgrade;
@@ -15,7 +16,7 @@ use crate::session;
 
 /// `GET /socket/websocket` and `GET /realtime/v1/websocket`.
 pub async fn websocket(
-    State(app): State<Arc<App>>,
+    Extension(app): Extension<Arc<App>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: IncomingUpgrade,

@@ -1,0 +1,311 @@
+//! The projects one process serves. Without `TENANTS_FILE` there is one implicit project, as
+//! a single-project server always was. With it, each tenant is its own [`App`] (its own
+//! registry, presence, limits, counters, pools, replication slot and change journal), started
+//! on the first request that names it and stopped after `TENANT_IDLE_STOP_SECS` without a
+//! socket; nothing but the process (listener, socket count, connection tasks) is shared.
+//!
+//! - [`routing`]: which tenant a request names (`/t/{tenant}` prefix, or the first label of
+//!   the `Host` header), pure.
+
+pub mod routing;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{App, Background, ProcessParts};
+use crate::config::tenants::{TenantId, TenantsConfig};
+
+/// Why a request's tenant cannot serve it.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// No tenant has this id (or the request named none).
+    #[error("Tenant not found")]
+    NotFound,
+    /// The tenant is suspended.
+    #[error("Realtime was disabled for this tenant")]
+    Suspended,
+    /// The tenant's state could not be made (its journal directory, say).
+    #[error("tenant {tenant} could not start: {message}")]
+    Start {
+        /// The tenant.
+        tenant: TenantId,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The projects of this process.
+#[derive(Debug)]
+pub enum Tenants {
+    /// One implicit project: every request is its.
+    One(One),
+    /// Tenants by id.
+    Many(Arc<Set>),
+}
+
+/// The implicit project.
+#[derive(Debug)]
+pub struct One {
+    app: Arc<App>,
+    background: Mutex<Option<Background>>,
+}
+
+/// The tenants of `TENANTS_FILE` and those of them running now.
+#[derive(Debug)]
+pub struct Set {
+    settings: TenantsConfig,
+    process: ProcessParts,
+    state: Mutex<HashMap<TenantId, State>>,
+    /// Stops under way (idle ones), awaited at shutdown.
+    stops: TaskTracker,
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+enum State {
+    Running(Running),
+    /// Stopping; the receiver turns `true` once it stopped.
+    Stopping(watch::Receiver<bool>),
+}
+
+#[derive(Debug)]
+struct Running {
+    app: Arc<App>,
+    background: Background,
+    /// Milliseconds since the set's epoch of the last request that named this tenant.
+    last_used: Arc<AtomicU64>,
+}
+
+impl Tenants {
+    /// One implicit project; its background work starts now.
+    pub fn one(app: Arc<App>) -> Tenants {
+        let background = app.start();
+        Tenants::One(One {
+            app,
+            background: Mutex::new(Some(background)),
+        })
+    }
+
+    /// The tenants of `settings`; none runs until a request names it.
+    pub fn many(settings: TenantsConfig, process: ProcessParts) -> Tenants {
+        let set = Arc::new(Set {
+            settings,
+            process,
+            state: Mutex::new(HashMap::new()),
+            stops: TaskTracker::new(),
+            epoch: Instant::now(),
+        });
+        tokio::spawn(set.clone().stop_idle());
+        Tenants::Many(set)
+    }
+
+    /// Whether requests must name a tenant.
+    pub fn is_many(&self) -> bool {
+        matches!(self, Tenants::Many(_))
+    }
+
+    /// The project a request is for: the implicit one, or the named tenant (started if it is
+    /// not running).
+    pub async fn resolve(&self, tenant: Option<&str>) -> Result<Arc<App>, TenantError> {
+        match self {
+            Tenants::One(one) => Ok(one.app.clone()),
+            Tenants::Many(set) => {
+                let id = tenant
+                    .and_then(TenantId::parse)
+                    .ok_or(TenantError::NotFound)?;
+                set.app(&id).await
+            }
+        }
+    }
+
+    /// The running projects (for health and metrics).
+    pub fn running(&self) -> Vec<Arc<App>> {
+        match self {
+            Tenants::One(one) => vec![one.app.clone()],
+            Tenants::Many(set) => set
+                .state
+                .lock()
+                .values()
+                .filter_map(|state| match state {
+                    State::Running(running) => Some(running.app.clone()),
+                    State::Stopping(_) => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// At shutdown, after the process's token was cancelled: waits (bounded) until every
+    /// running project handed its decoded changes to its sockets, then tells the sessions to
+    /// close.
+    pub async fn disconnect_all(&self) {
+        let apps = self.running();
+        let deadline = crate::changes::feed::DRAIN_DEADLINE + Duration::from_secs(2);
+        let all = futures_util::future::join_all(apps.iter().map(|app| app.disconnect.cancelled()));
+        let _ = tokio::time::timeout(deadline, all).await;
+        for app in &apps {
+            app.disconnect.cancel();
+        }
+    }
+
+    /// After every session closed: confirms the slots and saves positions.
+    pub async fn finish(&self) {
+        match self {
+            Tenants::One(one) => {
+                let background = one.background.lock().take();
+                if let Some(background) = background {
+                    background.finish().await;
+                }
+                if let Some(cluster) = &one.app.cluster {
+                    // After the slot was released: the others take it at once. With a database
+                    // this node may have held the slot (a node that did not only makes them
+                    // ask early).
+                    cluster.goodbye(one.app.postgres.is_some()).await;
+                }
+            }
+            Tenants::Many(set) => {
+                let running: Vec<Running> = {
+                    let mut state = set.state.lock();
+                    let ids: Vec<TenantId> = state
+                        .iter()
+                        .filter(|(_, s)| matches!(s, State::Running(_)))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    ids.into_iter()
+                        .filter_map(|id| match state.remove(&id) {
+                            Some(State::Running(running)) => Some(running),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                futures_util::future::join_all(running.into_iter().map(|r| r.background.finish()))
+                    .await;
+                set.stops.close();
+                let _ = tokio::time::timeout(Duration::from_secs(40), set.stops.wait()).await;
+            }
+        }
+    }
+}
+
+impl Set {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The running tenant `id`, started now if it is not running (after a stop under way).
+    async fn app(&self, id: &TenantId) -> Result<Arc<App>, TenantError> {
+        let settings = self.settings.tenants.get(id).ok_or(TenantError::NotFound)?;
+        if settings.suspended {
+            return Err(TenantError::Suspended);
+        }
+        loop {
+            let mut stopped = {
+                let mut state = self.state.lock();
+                match state.get(id) {
+                    Some(State::Running(running)) => {
+                        running.last_used.store(self.now_ms(), Ordering::Relaxed);
+                        return Ok(running.app.clone());
+                    }
+                    Some(State::Stopping(stopped)) => stopped.clone(),
+                    None => {
+                        let running = self.start(id)?;
+                        let app = running.app.clone();
+                        state.insert(id.clone(), State::Running(running));
+                        return Ok(app);
+                    }
+                }
+            };
+            // Its journal and slot are still held by the stopping instance.
+            if stopped.wait_for(|done| *done).await.is_err() {
+                return Err(TenantError::Start {
+                    tenant: id.clone(),
+                    message: "its previous run did not stop".to_owned(),
+                });
+            }
+        }
+    }
+
+    fn start(&self, id: &TenantId) -> Result<Running, TenantError> {
+        let settings = self.settings.tenants.get(id).ok_or(TenantError::NotFound)?;
+        let failed = |message: String| TenantError::Start {
+            tenant: id.clone(),
+            message,
+        };
+        let config = settings
+            .config(id, &self.settings.base)
+            .map_err(|e| failed(crate::logs::error_chain(&e)))?;
+        let app = App::new(
+            config,
+            None,
+            &self.process,
+            Some(id.clone()),
+            self.process.shutdown.child_token(),
+        )
+        .map_err(|e| failed(crate::logs::error_chain(&e)))?;
+        let background = app.start();
+        tracing::info!(tenant = %id, "tenant started");
+        Ok(Running {
+            app,
+            background,
+            last_used: Arc::new(AtomicU64::new(self.now_ms())),
+        })
+    }
+
+    /// Stops tenants that had no socket and no request for `TENANT_IDLE_STOP_SECS`.
+    async fn stop_idle(self: Arc<Self>) {
+        let idle = self.settings.idle_stop;
+        let period = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let shutdown = self.process.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let now = self.now_ms();
+            let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            let mut state = self.state.lock();
+            let idle_ids: Vec<TenantId> = state
+                .iter()
+                .filter_map(|(id, s)| match s {
+                    State::Running(r)
+                        if r.app.metrics.connections() == 0
+                            && now.saturating_sub(r.last_used.load(Ordering::Relaxed))
+                                >= idle_ms =>
+                    {
+                        Some(id.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            for id in idle_ids {
+                let (done, stopped) = watch::channel(false);
+                let Some(State::Running(running)) =
+                    state.insert(id.clone(), State::Stopping(stopped))
+                else {
+                    continue;
+                };
+                let set = self.clone();
+                self.stops.spawn(async move {
+                    tracing::info!(tenant = %id, "tenant idle; stopping it");
+                    running.app.shutdown.cancel();
+                    let _ = tokio::time::timeout(
+                        crate::changes::feed::DRAIN_DEADLINE + Duration::from_secs(2),
+                        running.app.disconnect.cancelled(),
+                    )
+                    .await;
+                    running.app.disconnect.cancel();
+                    running.background.finish().await;
+                    set.state.lock().remove(&id);
+                    let _ = done.send(true);
+                    tracing::info!(tenant = %id, "tenant stopped");
+                });
+            }
+        }
+    }
+}

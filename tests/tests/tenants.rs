@@ -1,0 +1,521 @@
+//! Several projects in one process (`TENANTS_FILE`): each tenant has its own database, secret,
+//! slot and limits, is chosen by a `/t/{tenant}` path prefix or the first label of `Host`, and
+//! nothing crosses from one tenant to another: tokens, topics, presence, HTTP and database
+//! broadcasts, postgres_changes. One PostgreSQL cluster holds one database per tenant.
+#![allow(clippy::indexing_slicing)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use realtide_tests::{
+    Client, Incoming, PgCluster, Server, TEST_PUBLICATION, Vsn, sign_with, unix_now,
+};
+use serde_json::{Value, json};
+
+const ACME_SECRET: &str = "acme-tenant-secret-0123456789-abcdefghij";
+const GLOBEX_SECRET: &str = "globex-tenant-secret-0123456789-abcdefgh";
+const USER: &str = "11111111-1111-1111-1111-111111111111";
+
+/// Setup SQL of each tenant's database: a published table everyone may read.
+const TABLE_SQL: &str =
+    "create table items (id bigint primary key, owner text not null, note text);
+alter table items replica identity full;
+grant select on items to authenticated, anon;";
+
+fn token(secret: &str, role: &str) -> String {
+    sign_with(
+        &json!({"role": role, "sub": USER, "exp": unix_now() + 3600}),
+        secret,
+    )
+}
+
+/// A PostgreSQL cluster with the databases `acme` and `globex`, and a realtide serving the
+/// tenants `acme`, `globex`, `frozen` (suspended) and `broken` (its database does not exist
+/// on a port nothing listens on).
+struct Tenants {
+    server: Server,
+    pg: PgCluster,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn db_url(pg: &PgCluster, name: &str) -> String {
+    match pg.url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => pg.url.clone(),
+    }
+}
+
+async fn connect_db(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+impl Tenants {
+    async fn start(env: &[(&str, &str)]) -> Result<Tenants> {
+        let pg = PgCluster::start().await?;
+        let admin = pg.connect().await?;
+        for name in ["acme", "globex"] {
+            admin
+                .batch_execute(&format!("create database {name}"))
+                .await?;
+        }
+        let dead_port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.port()
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "realtide-tenants-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("tenants.toml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+[[tenant]]
+external_id = "acme"
+name = "Acme"
+jwt_secret = "{ACME_SECRET}"
+db_url = "{acme}"
+publication = "{TEST_PUBLICATION}"
+
+[[tenant]]
+external_id = "globex"
+jwt_secret = "{GLOBEX_SECRET}"
+db_url = "{globex}"
+publication = "{TEST_PUBLICATION}"
+
+[[tenant]]
+external_id = "frozen"
+jwt_secret = "{ACME_SECRET}"
+suspended = true
+
+[[tenant]]
+external_id = "broken"
+jwt_secret = "{ACME_SECRET}"
+db_url = "postgres://postgres@127.0.0.1:{dead_port}/broken"
+"#,
+                acme = db_url(&pg, "acme"),
+                globex = db_url(&pg, "globex"),
+            ),
+        )?;
+        let file_text = file.to_string_lossy().into_owned();
+        let changes = dir.join("changes").to_string_lossy().into_owned();
+        let mut all: Vec<(&str, &str)> =
+            vec![("TENANTS_FILE", &file_text), ("CHANGES_DIR", &changes)];
+        all.extend_from_slice(env);
+        let server = Server::start(&all).await?;
+        Ok(Tenants {
+            server,
+            pg,
+            _dir: TempDir(dir),
+        })
+    }
+
+    /// Connects to `tenant` through the `/t/{tenant}` prefix.
+    async fn client(&self, tenant: &str, token: &str) -> Result<Client> {
+        self.server
+            .connect_url(
+                Vsn::V2,
+                &format!("/t/{tenant}/realtime/v1/websocket"),
+                &format!("apikey={token}&vsn=2.0.0"),
+                &[],
+            )
+            .await
+    }
+
+    /// `POST /t/{tenant}/api/broadcast` of one message `event` to the topic `room`.
+    async fn http_broadcast(
+        &self,
+        tenant: &str,
+        token: &str,
+        event: &str,
+    ) -> Result<realtide_tests::HttpResponse> {
+        let body = json!({"messages": [{"topic": "room", "event": event, "payload": {"n": 2}}]})
+            .to_string();
+        self.server
+            .http_body(
+                "POST",
+                &format!("/t/{tenant}/api/broadcast"),
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &format!("Bearer {token}")),
+                ],
+                Some(body.as_bytes()),
+            )
+            .await
+    }
+
+    /// Sets up the tenant's table (after its first request started it, so that the
+    /// publication exists) and waits until its slot streams.
+    async fn prepare(&self, tenant: &str) -> Result<tokio_postgres::Client> {
+        let db = connect_db(&db_url(&self.pg, tenant)).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = db
+                .query(
+                    "select 1 from pg_publication where pubname = $1",
+                    &[&TEST_PUBLICATION],
+                )
+                .await?;
+            if !rows.is_empty() {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "publication of {tenant} not created; stderr:\n{}",
+                self.server.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        db.batch_execute(TABLE_SQL).await?;
+        db.batch_execute(&format!(
+            "alter publication {TEST_PUBLICATION} add table items"
+        ))
+        .await?;
+        self.pg
+            .wait_slot_active(&format!("realtide_{tenant}"))
+            .await?;
+        Ok(db)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn unknown_and_suspended_tenants_are_refused_before_the_upgrade() -> Result<()> {
+    let env = Tenants::start(&[]).await?;
+    let anon = token(ACME_SECRET, "anon");
+    let query = format!("apikey={anon}&vsn=2.0.0");
+    let unknown = env
+        .server
+        .try_connect(Vsn::V2, "/t/nope/realtime/v1/websocket", &query, &[])
+        .await?
+        .refused()?;
+    ensure!(unknown.status == 404, "{unknown:?}");
+    ensure!(
+        serde_json::from_str::<Value>(&unknown.body)? == json!({"error": "Tenant not found"}),
+        "{unknown:?}"
+    );
+    // No prefix, and a Host whose first label is no tenant.
+    let by_address = env
+        .server
+        .try_connect(Vsn::V2, "/socket/websocket", &query, &[])
+        .await?
+        .refused()?;
+    ensure!(by_address.status == 404, "{by_address:?}");
+    let suspended = env
+        .server
+        .try_connect(Vsn::V2, "/t/frozen/socket/websocket", &query, &[])
+        .await?
+        .refused()?;
+    ensure!(suspended.status == 403, "{suspended:?}");
+    ensure!(
+        serde_json::from_str::<Value>(&suspended.body)?
+            == json!({"error": "Realtime was disabled for this tenant"}),
+        "{suspended:?}"
+    );
+    let ping = env.server.http("GET", "/t/nope/api/ping", &[]).await?;
+    ensure!(
+        ping.status == 401
+            && serde_json::from_str::<Value>(&ping.body)?
+                == json!({"message": "Tenant not found in database"}),
+        "{ping:?}"
+    );
+    let ping = env.server.http("GET", "/t/frozen/api/ping", &[]).await?;
+    ensure!(
+        ping.status == 403
+            && serde_json::from_str::<Value>(&ping.body)?
+                == json!({"message": "Tenant is suspended"}),
+        "{ping:?}"
+    );
+    // The first label of Host names the tenant too.
+    let mut by_host = env
+        .server
+        .connect_url(
+            Vsn::V2,
+            "/socket/websocket",
+            &query,
+            &[("Host", "acme.realtime.example.com")],
+        )
+        .await?;
+    by_host.heartbeat().await?;
+    let ping = env
+        .server
+        .http("GET", "/api/ping", &[("Host", "acme.localhost:4000")])
+        .await?;
+    ensure!(ping.status == 200, "{ping:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_of_one_tenant_is_refused_by_another() -> Result<()> {
+    let env = Tenants::start(&[]).await?;
+    let acme_token = token(ACME_SECRET, "authenticated");
+    let refused = env
+        .server
+        .try_connect(
+            Vsn::V2,
+            "/t/globex/realtime/v1/websocket",
+            &format!("apikey={acme_token}&vsn=2.0.0"),
+            &[],
+        )
+        .await?
+        .refused()?;
+    ensure!(
+        refused.status == 401
+            && serde_json::from_str::<Value>(&refused.body)?
+                == json!({"error": "Failed to validate JWT signature"}),
+        "{refused:?}"
+    );
+    // A channel token of another tenant is refused at join too.
+    let mut globex = env.client("globex", &token(GLOBEX_SECRET, "anon")).await?;
+    let join_ref = globex
+        .send_join(
+            "realtime:room",
+            &json!({"config": {}, "access_token": acme_token}),
+        )
+        .await?;
+    let reply = globex.expect_reply("realtime:room", &join_ref).await?;
+    ensure!(
+        reply.status() == Some("error") && reply.raw.contains("Failed to validate JWT signature"),
+        "{}",
+        reply.raw
+    );
+    // The HTTP API checks the tenant's own secret.
+    let response = env.http_broadcast("globex", &acme_token, "e").await?;
+    ensure!(response.status == 401, "{response:?}");
+    env.client("acme", &acme_token).await?.heartbeat().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn equal_topic_names_stay_in_their_tenant() -> Result<()> {
+    let env = Tenants::start(&[]).await?;
+    let acme_token = token(ACME_SECRET, "anon");
+    let globex_token = token(GLOBEX_SECRET, "anon");
+    let mut a1 = env.client("acme", &acme_token).await?;
+    let mut a2 = env.client("acme", &acme_token).await?;
+    let mut g1 = env.client("globex", &globex_token).await?;
+    let config =
+        json!({"config": {"broadcast": {"self": false}, "presence": {"key": "", "enabled": true}}});
+    let (a1_ref, _) = a1.join("realtime:room", &config).await?;
+    a2.join("realtime:room", &config).await?;
+    let (_, reply) = g1.join("realtime:room", &config).await?;
+    ensure!(reply.status() == Some("ok"), "{}", reply.raw);
+    g1.drain(Duration::from_millis(300)).await?;
+    a2.drain(Duration::from_millis(300)).await?;
+
+    a1.broadcast(&a1_ref, "realtime:room", "hello", json!({"n": 1}))
+        .await?;
+    let got = a2.expect_event("realtime:room", "broadcast").await?;
+    ensure!(got.payload["payload"] == json!({"n": 1}), "{}", got.raw);
+    a1.track(&a1_ref, "realtime:room", json!({"who": "acme"}))
+        .await?;
+    let diff = a2.expect_event("realtime:room", "presence_diff").await?;
+    ensure!(
+        diff.raw.contains("acme"),
+        "acme's presence diff: {}",
+        diff.raw
+    );
+    // An HTTP broadcast to globex's `room` reaches globex only.
+    let response = env
+        .http_broadcast("globex", &globex_token, "from-http")
+        .await?;
+    ensure!(response.status == 202, "{response:?}");
+    let got = g1.expect_event("realtime:room", "broadcast").await?;
+    ensure!(
+        got.payload["event"] == "from-http",
+        "globex got {}",
+        got.raw
+    );
+    // Globex saw neither acme's broadcast nor its presence; acme did not see globex's.
+    g1.assert_no_frame(Duration::from_millis(500)).await?;
+    a2.assert_no_frame(Duration::from_millis(300)).await?;
+    let mut g2 = env.client("globex", &globex_token).await?;
+    g2.join("realtime:room", &config).await?;
+    let state = g2.expect_event("realtime:room", "presence_state").await?;
+    ensure!(state.payload == json!({}), "globex presence {}", state.raw);
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_changes_and_database_broadcasts_stay_in_their_tenant() -> Result<()> {
+    let env = Tenants::start(&[]).await?;
+    let acme_token = token(ACME_SECRET, "authenticated");
+    let globex_token = token(GLOBEX_SECRET, "authenticated");
+    let mut acme = env.client("acme", &acme_token).await?;
+    let mut globex = env.client("globex", &globex_token).await?;
+    let acme_db = env.prepare("acme").await?;
+    let globex_db = env.prepare("globex").await?;
+    let bindings = json!([{"event": "*", "schema": "public", "table": "items"}]);
+    acme.join_changes("realtime:items", bindings.clone(), None)
+        .await?;
+    globex
+        .join_changes("realtime:items", bindings, None)
+        .await?;
+    acme.join_config("realtime:feed", json!({"broadcast": {"self": false}}))
+        .await?;
+    globex
+        .join_config("realtime:feed", json!({"broadcast": {"self": false}}))
+        .await?;
+
+    acme_db
+        .batch_execute("insert into items values (1, 'acme', 'a')")
+        .await?;
+    globex_db
+        .batch_execute("insert into items values (2, 'globex', 'g')")
+        .await?;
+    let got = acme.next_change("realtime:items").await?;
+    ensure!(
+        got.payload["data"]["record"]["owner"] == "acme",
+        "acme got {}",
+        got.raw
+    );
+    let got = globex.next_change("realtime:items").await?;
+    ensure!(
+        got.payload["data"]["record"]["owner"] == "globex",
+        "globex got {}",
+        got.raw
+    );
+    // A database broadcast from acme's database reaches acme's `feed` only.
+    acme_db
+        .batch_execute("select realtime.send('{\"n\": 1}'::jsonb, 'tick', 'feed', false)")
+        .await?;
+    // A JSON database broadcast reaches vsn 2.0.0 subscribers as a binary (kind 4) frame.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match acme.recv_timeout(left).await? {
+            Some(Incoming::Binary(frame)) if frame.windows(4).any(|w| w == b"tick") => break,
+            Some(_) => continue,
+            None => anyhow::bail!("acme's database broadcast did not arrive"),
+        }
+    }
+    // Barrier: one more globex row; nothing of acme's came before it.
+    globex_db
+        .batch_execute("insert into items values (3, 'globex', 'g')")
+        .await?;
+    let got = globex
+        .expect_text_within(Duration::from_secs(30), |m| {
+            m.event != "presence_state" && m.topic != "phoenix"
+        })
+        .await?;
+    ensure!(
+        got.event == "postgres_changes" && got.payload["data"]["record"]["id"] == 3,
+        "globex got {}",
+        got.raw
+    );
+    acme.assert_no_frame(Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenant_whose_database_is_down_does_not_affect_another() -> Result<()> {
+    let env = Tenants::start(&[]).await?;
+    // `broken` starts, and its replication keeps failing in the background.
+    let mut broken = env.client("broken", &token(ACME_SECRET, "anon")).await?;
+    let (_, reply) = broken.join("realtime:room", &json!({"config": {}})).await?;
+    ensure!(reply.status() == Some("ok"), "{}", reply.raw);
+    let health = env.server.http("GET", "/t/broken/api/health", &[]).await?;
+    ensure!(health.status == 503, "broken health {health:?}");
+    // Globex joins and broadcasts as usual, at once.
+    let globex_token = token(GLOBEX_SECRET, "anon");
+    let mut g1 = env.client("globex", &globex_token).await?;
+    let mut g2 = env.client("globex", &globex_token).await?;
+    let config = json!({"config": {"broadcast": {"self": false}}});
+    let started = tokio::time::Instant::now();
+    let (g1_ref, reply) = g1.join("realtime:room", &config).await?;
+    ensure!(reply.status() == Some("ok"), "{}", reply.raw);
+    g2.join("realtime:room", &config).await?;
+    for n in 0..20 {
+        g1.broadcast(&g1_ref, "realtime:room", "tick", json!({"n": n}))
+            .await?;
+        let got = g2.expect_event("realtime:room", "broadcast").await?;
+        ensure!(got.payload["payload"]["n"] == n, "{}", got.raw);
+    }
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "globex was slowed down: {:?}",
+        started.elapsed()
+    );
+    // Globex's own replication comes up while broken's keeps failing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = env.server.http("GET", "/t/globex/api/health", &[]).await?;
+        if health.status == 200 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "globex health {health:?}\n{}",
+            env.server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let health = env.server.http("GET", "/t/broken/api/health", &[]).await?;
+    ensure!(health.status == 503, "broken health {health:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_and_metrics_name_the_tenants_and_idle_tenants_stop() -> Result<()> {
+    let env = Tenants::start(&[("TENANT_IDLE_STOP_SECS", "1")]).await?;
+    let mut acme = env.client("acme", &token(ACME_SECRET, "anon")).await?;
+    acme.join("realtime:room", &json!({"config": {}})).await?;
+    let health = env.server.http("GET", "/t/acme/api/health", &[]).await?;
+    let body: Value = serde_json::from_str(&health.body)?;
+    ensure!(body["tenant"] == "acme", "{body}");
+    let process: Value =
+        serde_json::from_str(&env.server.http("GET", "/api/health", &[]).await?.body)?;
+    ensure!(
+        process["tenants"] == json!({"configured": 4, "running": ["acme"]}),
+        "{process}"
+    );
+    let metrics = env.server.http("GET", "/metrics", &[]).await?;
+    ensure!(
+        metrics
+            .body
+            .contains("realtide_connections{tenant=\"acme\"} 1"),
+        "metrics:\n{}",
+        metrics.body
+    );
+    // With its socket gone, acme stops after the idle period, and starts again on demand.
+    drop(acme);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let process: Value =
+            serde_json::from_str(&env.server.http("GET", "/api/health", &[]).await?.body)?;
+        if process["tenants"]["running"] == json!([]) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "acme still running: {process}\n{}",
+            env.server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut again = env.client("acme", &token(ACME_SECRET, "anon")).await?;
+    let (_, reply) = again.join("realtime:room", &json!({"config": {}})).await?;
+    ensure!(reply.status() == Some("ok"), "{}", reply.raw);
+    Ok(())
+}
