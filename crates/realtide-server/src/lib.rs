@@ -150,7 +150,7 @@ pub async fn run(
     };
     // Tests and scripts read the actual port from this line.
     logs::say(&format!("realtide listening on {local}"));
-    tracing::info!(addr = %local, tls = config.tls.is_some(), tenants = config.tenants.as_ref().map(|t| t.tenants.len()), "listening");
+    tracing::info!(addr = %local, tls = config.tls.is_some(), tenants = config.tenants.is_some(), "listening");
     let server = Arc::new(http::Server {
         tenants,
         process: process_parts,

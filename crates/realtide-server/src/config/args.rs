@@ -204,6 +204,18 @@ pub struct ServeArgs {
     /// each chosen by the first label of the `Host` header or a `/t/{tenant}` path prefix.
     #[arg(long, env = "TENANTS_FILE")]
     pub tenants_file: Option<std::path::PathBuf>,
+    /// PostgreSQL URL of the control database that keeps the tenants (written by the
+    /// management API `/api/tenants`); instead of TENANTS_FILE.
+    #[arg(long, env = "TENANTS_DB_URL", hide_env_values = true)]
+    pub tenants_db_url: Option<String>,
+    /// Key the tenants' settings (secrets included) are sealed with in the control database
+    /// (at least 32 characters; keep it: without it the stored tenants cannot be read).
+    #[arg(long, env = "DB_ENC_KEY", hide_env_values = true)]
+    pub db_enc_key: Option<String>,
+    /// Seconds a tenant read from the control database is used before it is read again
+    /// (updates through this process's API apply at once).
+    #[arg(long, env = "TENANT_CACHE_TTL_SECS", default_value_t = 60)]
+    pub tenant_cache_ttl_secs: u64,
     /// Seconds a tenant with no socket keeps running (pools, replication) before it stops; it
     /// starts again on the next request.
     #[arg(long, env = "TENANT_IDLE_STOP_SECS", default_value_t = 600)]

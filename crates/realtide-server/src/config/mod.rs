@@ -454,25 +454,6 @@ impl ServeArgs {
         })
     }
 
-    /// The tenants, when TENANTS_FILE is set.
-    fn tenants(&self) -> Result<Option<tenants::TenantsConfig>, ConfigError> {
-        let Some(file) = self
-            .tenants_file
-            .clone()
-            .filter(|f| !f.as_os_str().is_empty())
-        else {
-            return Ok(None);
-        };
-        positive("TENANT_IDLE_STOP_SECS", self.tenant_idle_stop_secs)?;
-        let tenants = tenants::load(&file, self)?;
-        Ok(Some(tenants::TenantsConfig {
-            file,
-            tenants,
-            idle_stop: Duration::from_secs(self.tenant_idle_stop_secs),
-            base: Box::new(self.clone()),
-        }))
-    }
-
     /// The cluster settings, when CLUSTER_NATS_URL is set.
     fn cluster(&self, slot: &str) -> Result<Option<ClusterConfig>, ConfigError> {
         let Some(urls) = self
@@ -635,6 +616,61 @@ impl ServeArgs {
                 self.rate_counter_tick_ms,
             )?),
         })
+    }
+
+    /// The tenants, when TENANTS_FILE or TENANTS_DB_URL is set.
+    fn tenants(&self) -> Result<Option<tenants::TenantsConfig>, ConfigError> {
+        let file = self
+            .tenants_file
+            .clone()
+            .filter(|f| !f.as_os_str().is_empty());
+        let url = self.tenants_db_url.clone().filter(|u| !u.is_empty());
+        let source = match (file, url) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Tenants(
+                    "TENANTS_FILE and TENANTS_DB_URL: set one of them".to_owned(),
+                ));
+            }
+            (Some(path), None) => tenants::TenantSource::File {
+                tenants: tenants::load(&path, self)?,
+                path,
+            },
+            (None, Some(url)) => {
+                db_url(&url).map_err(|_| {
+                    ConfigError::Tenants("TENANTS_DB_URL is not a usable PostgreSQL URL".to_owned())
+                })?;
+                let key = self.db_enc_key.clone().filter(|k| !k.is_empty()).ok_or_else(|| {
+                    ConfigError::Tenants(
+                        "DB_ENC_KEY must be set with TENANTS_DB_URL (tenant secrets are stored sealed with it)"
+                            .to_owned(),
+                    )
+                })?;
+                check_secret("DB_ENC_KEY", &key)?;
+                tenants::TenantSource::Database {
+                    url,
+                    key,
+                    cache_ttl: Duration::from_secs(positive(
+                        "TENANT_CACHE_TTL_SECS",
+                        self.tenant_cache_ttl_secs,
+                    )?),
+                }
+            }
+        };
+        positive("TENANT_IDLE_STOP_SECS", self.tenant_idle_stop_secs)?;
+        let api_jwt = match self.api_jwt_secret.clone().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(secret) => {
+                check_secret("API_JWT_SECRET", &secret)?;
+                Some(JwtVerifier::new(Some(&secret), None, None).map_err(ConfigError::Jwt)?)
+            }
+        };
+        Ok(Some(tenants::TenantsConfig {
+            source,
+            idle_stop: Duration::from_secs(self.tenant_idle_stop_secs),
+            base: Box::new(self.clone()),
+            api_jwt,
+        }))
     }
 }
 

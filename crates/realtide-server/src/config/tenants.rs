@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, ServeArgs};
 
@@ -41,7 +41,7 @@ impl std::fmt::Display for TenantId {
 
 /// One tenant as written in `TENANTS_FILE` (`[[tenant]]` tables). Unset fields take the
 /// process's setting of the same name.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSettings {
     /// The external id (`Host` label or `/t/{id}` prefix).
@@ -119,17 +119,40 @@ struct TenantsFile {
     tenant: Vec<TenantSettings>,
 }
 
+/// Where the tenants are kept.
+#[derive(Debug, Clone)]
+pub enum TenantSource {
+    /// `TENANTS_FILE`: read once at start, read-only.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its tenants, by id.
+        tenants: BTreeMap<TenantId, TenantSettings>,
+    },
+    /// `TENANTS_DB_URL`: the control database, written by the management API.
+    Database {
+        /// Its URL.
+        url: String,
+        /// `DB_ENC_KEY`, the key the stored settings are sealed with.
+        key: String,
+        /// `TENANT_CACHE_TTL_SECS`: how long a looked-up tenant is used without asking the
+        /// control database again.
+        cache_ttl: std::time::Duration,
+    },
+}
+
 /// Where the tenants come from and how long an unused one keeps running.
 #[derive(Debug, Clone)]
 pub struct TenantsConfig {
-    /// `TENANTS_FILE`.
-    pub file: PathBuf,
-    /// The tenants read from it, by id.
-    pub tenants: BTreeMap<TenantId, TenantSettings>,
+    /// The tenants' source.
+    pub source: TenantSource,
     /// `TENANT_IDLE_STOP_SECS`: a running tenant with no socket for this long is stopped.
     pub idle_stop: std::time::Duration,
     /// The process's settings, under every tenant's own.
     pub base: Box<ServeArgs>,
+    /// Verifier of the management API's tokens (`API_JWT_SECRET`); without it the API
+    /// refuses every request.
+    pub api_jwt: Option<realtide_auth::JwtVerifier>,
 }
 
 /// Reads and checks `TENANTS_FILE`: every tenant's settings must make a valid configuration.
@@ -268,6 +291,7 @@ impl TenantSettings {
             args.private_only = private_only;
         }
         args.tenants_file = None;
+        args.tenants_db_url = None;
         args.into_config()
     }
 }

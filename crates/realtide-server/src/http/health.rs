@@ -42,7 +42,13 @@ fn process_health(server: &Server) -> Response {
         "status": "ok",
         "sockets": server.process.sockets.open(),
         "tenants": {
-            "configured": server.config.tenants.as_ref().map(|t| t.tenants.len()),
+            "configured": match &server.config.tenants {
+                Some(crate::config::tenants::TenantsConfig {
+                    source: crate::config::tenants::TenantSource::File { tenants, .. },
+                    ..
+                }) => Some(tenants.len()),
+                _ => None,
+            },
             "running": running,
         },
     }))

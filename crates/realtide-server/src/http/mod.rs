@@ -13,6 +13,7 @@
 pub mod api;
 pub mod health;
 pub mod socket;
+pub mod tenants;
 
 use std::sync::Arc;
 
@@ -48,6 +49,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/api/health", get(health::health))
         .route("/metrics", get(health::prometheus))
         .merge(api::routes())
+        .merge(tenants::routes())
         .with_state(server)
 }
 
@@ -101,7 +103,8 @@ pub async fn resolve(
             (host, path)
         }
     };
-    if path == "/healthcheck" {
+    // The process's own routes: liveness, and the management API of tenants.
+    if path == "/healthcheck" || path == "/api/tenants" || path.starts_with("/api/tenants/") {
         return next.run(request).await;
     }
     match server.tenants.resolve(named.as_deref()).await {
@@ -113,12 +116,12 @@ pub async fn resolve(
         Err(TenantError::NotFound) if path == "/api/health" || path == "/metrics" => {
             next.run(request).await
         }
-        Err(error) => refuse(&server, &path, &error).await,
+        Err(error) => refuse(&server, &path, named.as_deref(), &error).await,
     }
 }
 
 /// The refusal of a request whose tenant cannot serve it, in the shape of its route.
-async fn refuse(server: &Server, path: &str, error: &TenantError) -> Response {
+async fn refuse(server: &Server, path: &str, named: Option<&str>, error: &TenantError) -> Response {
     let json = |status: StatusCode, body: serde_json::Value| {
         (
             status,
@@ -127,8 +130,12 @@ async fn refuse(server: &Server, path: &str, error: &TenantError) -> Response {
         )
             .into_response()
     };
-    if let TenantError::Start { tenant, message } = error {
-        tracing::error!(%tenant, %message, "tenant could not start");
+    match error {
+        TenantError::Start { tenant, message } => {
+            tracing::error!(%tenant, %message, "tenant could not start");
+        }
+        TenantError::Store(message) => tracing::error!(%message, "tenant lookup failed"),
+        TenantError::NotFound | TenantError::Suspended => {}
     }
     if path.ends_with("/websocket") {
         let (status, message) = match error {
@@ -137,12 +144,13 @@ async fn refuse(server: &Server, path: &str, error: &TenantError) -> Response {
                 StatusCode::FORBIDDEN,
                 "Realtime was disabled for this tenant",
             ),
-            TenantError::Start { .. } => (
+            TenantError::Start { .. } | TenantError::Store(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Error connecting to Realtime",
             ),
         };
         tracing::info!(
+            tenant = named.unwrap_or_default(),
             status = status.as_u16(),
             reason = message,
             "connect refused"
@@ -154,7 +162,9 @@ async fn refuse(server: &Server, path: &str, error: &TenantError) -> Response {
     let (status, message) = match error {
         TenantError::NotFound => (StatusCode::UNAUTHORIZED, "Tenant not found in database"),
         TenantError::Suspended => (StatusCode::FORBIDDEN, "Tenant is suspended"),
-        TenantError::Start { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error"),
+        TenantError::Start { .. } | TenantError::Store(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+        }
     };
     json(status, serde_json::json!({ "message": message }))
 }

@@ -6,8 +6,10 @@
 //!
 //! - [`routing`]: which tenant a request names (`/t/{tenant}` prefix, or the first label of
 //!   the `Host` header), pure.
+//! - [`store`]: the control database (`TENANTS_DB_URL`), settings sealed with `DB_ENC_KEY`.
 
 pub mod routing;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +21,8 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Background, ProcessParts};
-use crate::config::tenants::{TenantId, TenantsConfig};
+use crate::config::tenants::{TenantId, TenantSettings, TenantSource, TenantsConfig};
+use store::{Record, Store};
 
 /// Why a request's tenant cannot serve it.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,9 @@ pub enum TenantError {
     /// The tenant is suspended.
     #[error("Realtime was disabled for this tenant")]
     Suspended,
+    /// The control database failed.
+    #[error("{0}")]
+    Store(String),
     /// The tenant's state could not be made (its journal directory, say).
     #[error("tenant {tenant} could not start: {message}")]
     Start {
@@ -56,15 +62,30 @@ pub struct One {
     background: Mutex<Option<Background>>,
 }
 
-/// The tenants of `TENANTS_FILE` and those of them running now.
+/// The tenants (of `TENANTS_FILE` or the control database) and those of them running now.
 #[derive(Debug)]
 pub struct Set {
     settings: TenantsConfig,
+    catalog: Catalog,
     process: ProcessParts,
     state: Mutex<HashMap<TenantId, State>>,
     /// Stops under way (idle ones), awaited at shutdown.
     stops: TaskTracker,
     epoch: Instant,
+}
+
+/// Where tenants are looked up.
+#[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one value per process")]
+enum Catalog {
+    /// `TENANTS_FILE`, read once.
+    File(std::collections::BTreeMap<TenantId, Arc<Record>>),
+    /// The control database, with a bounded cache of lookups (misses included) so that a
+    /// connect does not ask the database each time.
+    Database {
+        store: Store,
+        cache: moka::future::Cache<TenantId, Option<Arc<Record>>>,
+    },
 }
 
 #[derive(Debug)]
@@ -94,7 +115,39 @@ impl Tenants {
 
     /// The tenants of `settings`; none runs until a request names it.
     pub fn many(settings: TenantsConfig, process: ProcessParts) -> Tenants {
+        let catalog = match &settings.source {
+            TenantSource::File { tenants, .. } => {
+                let inserted_at = crate::tenants::now_rfc3339();
+                Catalog::File(
+                    tenants
+                        .iter()
+                        .map(|(id, settings)| {
+                            (
+                                id.clone(),
+                                Arc::new(Record {
+                                    settings: settings.clone(),
+                                    uuid: uuid::Uuid::new_v4().to_string(),
+                                    inserted_at: inserted_at.clone(),
+                                }),
+                            )
+                        })
+                        .collect(),
+                )
+            }
+            TenantSource::Database {
+                url,
+                key,
+                cache_ttl,
+            } => Catalog::Database {
+                store: Store::new(url, key),
+                cache: moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(*cache_ttl)
+                    .build(),
+            },
+        };
         let set = Arc::new(Set {
+            catalog,
             settings,
             process,
             state: Mutex::new(HashMap::new()),
@@ -197,10 +250,23 @@ impl Set {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The stored tenant `id`.
+    pub async fn lookup(&self, id: &TenantId) -> Result<Option<Arc<Record>>, TenantError> {
+        match &self.catalog {
+            Catalog::File(tenants) => Ok(tenants.get(id).cloned()),
+            Catalog::Database { store, cache } => cache
+                .try_get_with(id.clone(), async {
+                    store.get(id).await.map(|record| record.map(Arc::new))
+                })
+                .await
+                .map_err(|e| TenantError::Store(crate::logs::error_chain(e.as_ref()))),
+        }
+    }
+
     /// The running tenant `id`, started now if it is not running (after a stop under way).
-    async fn app(&self, id: &TenantId) -> Result<Arc<App>, TenantError> {
-        let settings = self.settings.tenants.get(id).ok_or(TenantError::NotFound)?;
-        if settings.suspended {
+    pub async fn app(self: &Arc<Self>, id: &TenantId) -> Result<Arc<App>, TenantError> {
+        let record = self.lookup(id).await?.ok_or(TenantError::NotFound)?;
+        if record.settings.suspended {
             return Err(TenantError::Suspended);
         }
         loop {
@@ -213,7 +279,7 @@ impl Set {
                     }
                     Some(State::Stopping(stopped)) => stopped.clone(),
                     None => {
-                        let running = self.start(id)?;
+                        let running = self.start(id, &record.settings)?;
                         let app = running.app.clone();
                         state.insert(id.clone(), State::Running(running));
                         return Ok(app);
@@ -230,8 +296,7 @@ impl Set {
         }
     }
 
-    fn start(&self, id: &TenantId) -> Result<Running, TenantError> {
-        let settings = self.settings.tenants.get(id).ok_or(TenantError::NotFound)?;
+    fn start(&self, id: &TenantId, settings: &TenantSettings) -> Result<Running, TenantError> {
         let failed = |message: String| TenantError::Start {
             tenant: id.clone(),
             message,
@@ -254,6 +319,121 @@ impl Set {
             background,
             last_used: Arc::new(AtomicU64::new(self.now_ms())),
         })
+    }
+
+    /// Starts stopping the running tenant `id` (under the state lock): its sockets get
+    /// `Server requested disconnect` once its decoded changes reached them, then its slot is
+    /// confirmed and its pools closed. Returns what turns `true` once it stopped.
+    fn begin_stop(
+        self: &Arc<Self>,
+        state: &mut HashMap<TenantId, State>,
+        id: &TenantId,
+    ) -> Option<watch::Receiver<bool>> {
+        match state.get(id) {
+            Some(State::Stopping(stopped)) => return Some(stopped.clone()),
+            Some(State::Running(_)) => {}
+            None => return None,
+        }
+        let (done, stopped) = watch::channel(false);
+        let Some(State::Running(running)) =
+            state.insert(id.clone(), State::Stopping(stopped.clone()))
+        else {
+            return None;
+        };
+        let set = self.clone();
+        let id = id.clone();
+        self.stops.spawn(async move {
+            running.app.shutdown.cancel();
+            let _ = tokio::time::timeout(
+                crate::changes::feed::DRAIN_DEADLINE + Duration::from_secs(2),
+                running.app.disconnect.cancelled(),
+            )
+            .await;
+            running.app.disconnect.cancel();
+            let Running {
+                app, background, ..
+            } = running;
+            background.finish().await;
+            // The next start takes the same journal (a lock file) and slot: wait (bounded)
+            // until the sessions and tasks that still hold this run have let go of it.
+            let postgres = app.postgres.clone();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while (Arc::strong_count(&app) > 1
+                || postgres.as_ref().is_some_and(|p| Arc::strong_count(p) > 2))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drop(postgres);
+            drop(app);
+            set.state.lock().remove(&id);
+            let _ = done.send(true);
+            tracing::info!(tenant = %id, "tenant stopped");
+        });
+        Some(stopped)
+    }
+
+    /// Stops the running tenant `id` and waits until it stopped.
+    pub async fn stop(self: &Arc<Self>, id: &TenantId) {
+        let stopped = {
+            let mut state = self.state.lock();
+            self.begin_stop(&mut state, id)
+        };
+        if let Some(mut stopped) = stopped {
+            let _ = stopped.wait_for(|done| *done).await;
+        }
+    }
+
+    /// The running app of `id`, without starting it.
+    pub fn running(&self, id: &TenantId) -> Option<Arc<App>> {
+        match self.state.lock().get(id) {
+            Some(State::Running(running)) => Some(running.app.clone()),
+            _ => None,
+        }
+    }
+
+    /// The process's settings the tenants' are laid over.
+    pub fn base(&self) -> &crate::config::ServeArgs {
+        &self.settings.base
+    }
+
+    /// The management API's token verifier.
+    pub fn api_jwt(&self) -> Option<&realtide_auth::JwtVerifier> {
+        self.settings.api_jwt.as_ref()
+    }
+
+    /// The control database, when tenants are kept there (the file is read-only).
+    pub fn store(&self) -> Option<&Store> {
+        match &self.catalog {
+            Catalog::Database { store, .. } => Some(store),
+            Catalog::File(_) => None,
+        }
+    }
+
+    /// Every tenant.
+    pub async fn list(&self) -> Result<Vec<(TenantId, Arc<Record>)>, TenantError> {
+        match &self.catalog {
+            Catalog::File(tenants) => Ok(tenants
+                .iter()
+                .map(|(id, record)| (id.clone(), record.clone()))
+                .collect()),
+            Catalog::Database { store, .. } => Ok(store
+                .list()
+                .await
+                .map_err(|e| TenantError::Store(crate::logs::error_chain(&e)))?
+                .into_iter()
+                .filter_map(|record| {
+                    TenantId::parse(&record.settings.external_id).map(|id| (id, Arc::new(record)))
+                })
+                .collect()),
+        }
+    }
+
+    /// Forgets what the cache holds of `id` (after a write, or a reload).
+    pub async fn invalidate(&self, id: &TenantId) {
+        if let Catalog::Database { cache, .. } = &self.catalog {
+            cache.invalidate(id).await;
+        }
     }
 
     /// Stops tenants that had no socket and no request for `TENANT_IDLE_STOP_SECS`.
@@ -284,28 +464,35 @@ impl Set {
                 })
                 .collect();
             for id in idle_ids {
-                let (done, stopped) = watch::channel(false);
-                let Some(State::Running(running)) =
-                    state.insert(id.clone(), State::Stopping(stopped))
-                else {
-                    continue;
-                };
-                let set = self.clone();
-                self.stops.spawn(async move {
-                    tracing::info!(tenant = %id, "tenant idle; stopping it");
-                    running.app.shutdown.cancel();
-                    let _ = tokio::time::timeout(
-                        crate::changes::feed::DRAIN_DEADLINE + Duration::from_secs(2),
-                        running.app.disconnect.cancelled(),
-                    )
-                    .await;
-                    running.app.disconnect.cancel();
-                    running.background.finish().await;
-                    set.state.lock().remove(&id);
-                    let _ = done.send(true);
-                    tracing::info!(tenant = %id, "tenant stopped");
-                });
+                tracing::info!(tenant = %id, "tenant idle; stopping it");
+                let _ = self.begin_stop(&mut state, &id);
             }
         }
     }
+}
+
+/// Now as RFC 3339 UTC (seconds).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
