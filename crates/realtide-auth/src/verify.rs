@@ -46,7 +46,15 @@ struct Inner {
     jwks: Option<JwkSet>,
     /// Claim validators, including the built-in `exp` / `iat` rules.
     rules: ClaimRules,
+    /// Tokens whose signature this verifier already checked, by SHA-256 of the cleaned token
+    /// (bounded, and forgotten after a while): a reconnect or rejoin with the same token skips
+    /// the signature check. The claims are still checked every time (expiry moves on).
+    verified: moka::sync::Cache<[u8; 32], ()>,
 }
+
+/// Most tokens whose verified signature is remembered, and for how long.
+const VERIFIED_TOKENS: u64 = 10_000;
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,6 +99,10 @@ impl JwtVerifier {
                 secret: secret.map(|secret| DecodingKey::from_secret(secret.as_bytes())),
                 jwks,
                 rules,
+                verified: moka::sync::Cache::builder()
+                    .max_capacity(VERIFIED_TOKENS)
+                    .time_to_live(VERIFIED_FOR)
+                    .build(),
             }),
         })
     }
@@ -107,14 +119,18 @@ impl JwtVerifier {
 
     /// Verifies `token` at `now_unix` (unix seconds).
     pub fn verify_at(&self, token: &str, now_unix: i64) -> Result<Claims, AuthError> {
+        use sha2::Digest;
         let cleaned = token::clean(token);
         let parsed = token::parse(&cleaned)?;
-        let (key, algorithm) = self.signer(&parsed.header)?;
-        let signature =
-            std::str::from_utf8(parsed.signature).map_err(|_| AuthError::InvalidSignature)?;
-        match jsonwebtoken::crypto::verify(signature, parsed.signing_input, key, algorithm) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Err(AuthError::InvalidSignature),
+        let digest: [u8; 32] = sha2::Sha256::digest(&cleaned).into();
+        if !self.inner.verified.contains_key(&digest) {
+            let (key, algorithm) = self.signer(&parsed.header)?;
+            let signature =
+                std::str::from_utf8(parsed.signature).map_err(|_| AuthError::InvalidSignature)?;
+            match jsonwebtoken::crypto::verify(signature, parsed.signing_input, key, algorithm) {
+                Ok(true) => self.inner.verified.insert(digest, ()),
+                Ok(false) | Err(_) => return Err(AuthError::InvalidSignature),
+            }
         }
         self.inner.rules.apply(parsed.claims, now_unix)
     }

@@ -448,3 +448,49 @@ fn debug_does_not_print_secrets() -> TestResult {
     assert_eq!(format!("{cloned:?}"), debug);
     Ok(())
 }
+
+#[test]
+fn a_remembered_signature_still_has_its_claims_checked_and_binds_only_that_token() -> TestResult {
+    let verifier = secret_verifier()?;
+    let good = hs(Algorithm::HS256, "HS256", &good_claims(), SECRET)?;
+    // Verified once (remembered), then again: same claims.
+    assert!(verifier.verify_at(&good, NOW).is_ok());
+    assert_eq!(verifier.verify_at(&good, NOW)?.role, "authenticated");
+    // Expiry is checked on every use, remembered or not.
+    assert!(matches!(
+        verifier.verify_at(&good, NOW + 7200),
+        Err(AuthError::Expired { .. })
+    ));
+    // The same header and claims with another signature is not the remembered token.
+    let forged = match good.rsplit_once('.') {
+        Some((head, _)) => format!("{head}.AAAA"),
+        None => return Err("no signature part".into()),
+    };
+    assert_eq!(
+        verifier.verify_at(&forged, NOW).map(|_| ()),
+        Err(AuthError::InvalidSignature)
+    );
+    // Nor are other claims under the remembered token's signature.
+    let mut claims = good_claims();
+    claims["role"] = json!("service_role");
+    let resigned = hs(Algorithm::HS256, "HS256", &claims, "another-secret")?;
+    let swapped = format!(
+        "{}.{}",
+        resigned
+            .rsplit_once('.')
+            .map(|(h, _)| h)
+            .unwrap_or_default(),
+        good.rsplit_once('.').map(|(_, s)| s).unwrap_or_default()
+    );
+    assert_eq!(
+        verifier.verify_at(&swapped, NOW).map(|_| ()),
+        Err(AuthError::InvalidSignature)
+    );
+    // Another verifier (another secret) remembers nothing of this one.
+    let other = JwtVerifier::new(Some("another-secret-that-is-long-enough-000"), None, None)?;
+    assert_eq!(
+        other.verify_at(&good, NOW).map(|_| ()),
+        Err(AuthError::InvalidSignature)
+    );
+    Ok(())
+}

@@ -35,6 +35,10 @@ pub struct DevArgs {
     /// Delete the data directory first.
     #[arg(long)]
     fresh: bool,
+    /// Serve this many demo tenants (`tenant1` ... `tenantN`, one database each, at
+    /// `/t/tenant<k>`) instead of one project; at most 100.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    tenants: u32,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -381,6 +385,7 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
     let DevArgs {
         data_dir,
         fresh,
+        tenants,
         mut serve,
     } = args;
     if fresh && data_dir.exists() {
@@ -403,10 +408,52 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
         // What the banner prints, and nothing more reachable than that.
         serve.host = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     }
+    let runtime = tokio::runtime::Runtime::new()?;
+    if tenants > 0 {
+        let demo = runtime.block_on(demo_tenants(&dir, pg_port, tenants))?;
+        serve.db_url = None;
+        serve.tenants_file = Some(demo.file);
+        // The tenants' journals belong with their databases, in the data directory.
+        if serve.changes_dir == Path::new(".realtide/changes") {
+            serve.changes_dir = dir.join("changes");
+        }
+        let config = serve.into_config().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let logs = crate::logs::init(config.json_logs);
+        crate::raise_open_files();
+        let result = runtime.block_on(async {
+            let listener = crate::bind(&config).await?;
+            let local = listener.local_addr()?;
+            let base = format!("http://127.0.0.1:{}", local.port());
+            let mut text = format!("\nrealtide dev is running {tenants} tenants\n");
+            for tenant in &demo.tenants {
+                text.push_str(&format!(
+                    "\n  {name}\n    URL:         {base}/t/{name}\n    database:    postgres://postgres@127.0.0.1:{pg_port}/{name}\n    anon key:    {anon}\n    user token:  {user}\n",
+                    name = tenant.name,
+                    anon = tenant.anon,
+                    user = tenant.user,
+                ));
+            }
+            text.push_str(&format!(
+                "\nEach tenant has its own secret, database (with the demo table public.todos), slot and\ntopics; the tenant is the URL's /t/<name> (or the first label of the Host header).\nTenants: {}\nCtrl-C stops realtide and PostgreSQL.\n",
+                dir.join("tenants.toml").display()
+            ));
+            crate::logs::say(&text);
+            let process = crate::Process {
+                logs: logs.clone(),
+                forced_exit: Some(cluster.stopper()),
+                stop: None,
+            };
+            crate::run(config, listener, process).await
+        });
+        runtime.shutdown_background();
+        logs.flush(Duration::from_millis(500));
+        drop(cluster);
+        let _ = std::fs::remove_file(dir.join("realtide.pid"));
+        return result;
+    }
     let config = serve.into_config().map_err(|e| anyhow::anyhow!("{e}"))?;
     let logs = crate::logs::init(config.json_logs);
     crate::raise_open_files();
-    let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let client = crate::db::pool::connect(&db_url, None).await?;
         client
@@ -460,4 +507,72 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
     drop(cluster);
     let _ = std::fs::remove_file(dir.join("realtide.pid"));
     result
+}
+
+/// One demo tenant's name and keys.
+struct DemoTenant {
+    name: String,
+    anon: String,
+    user: String,
+}
+
+/// The demo tenants and their file.
+struct DemoTenants {
+    file: PathBuf,
+    tenants: Vec<DemoTenant>,
+}
+
+/// Creates `tenant1` ... `tenant<count>`: a database each with the roles and the demo table,
+/// a secret each (kept in the data directory), and the tenants file naming them.
+async fn demo_tenants(dir: &Path, pg_port: u16, count: u32) -> anyhow::Result<DemoTenants> {
+    const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    let admin_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
+    let admin = crate::db::pool::connect(&admin_url, None).await?;
+    let mut file = String::new();
+    let mut tenants = Vec::new();
+    for k in 1..=count {
+        let name = format!("tenant{k}");
+        let exists = admin
+            .query_opt("select 1 from pg_database where datname = $1", &[&name])
+            .await?
+            .is_some();
+        if !exists {
+            admin
+                .batch_execute(&format!("create database {name}"))
+                .await
+                .with_context(|| format!("creating the database {name}"))?;
+        }
+        let url = format!("postgres://postgres@127.0.0.1:{pg_port}/{name}");
+        let client = crate::db::pool::connect(&url, None).await?;
+        client
+            .batch_execute(SUPABASE_SQL)
+            .await
+            .with_context(|| format!("installing roles and auth helpers in {name}"))?;
+        client
+            .batch_execute(DEMO_SQL)
+            .await
+            .with_context(|| format!("installing the demo table in {name}"))?;
+        let secret_dir = dir.join("tenants").join(&name);
+        std::fs::create_dir_all(&secret_dir)?;
+        let secret = dev_secret(&secret_dir, None)?;
+        file.push_str(&format!(
+            "[[tenant]]\nexternal_id = \"{name}\"\njwt_secret = \"{secret}\"\ndb_url = \"{url}\"\npublication = \"supabase_realtime\"\n\n"
+        ));
+        tenants.push(DemoTenant {
+            anon: crate::token::sign(&secret, "anon", None, TEN_YEARS),
+            user: crate::token::sign(
+                &secret,
+                "authenticated",
+                Some(DEMO_USER),
+                Duration::from_secs(30 * 24 * 3600),
+            ),
+            name,
+        });
+    }
+    let path = dir.join("tenants.toml");
+    std::fs::write(&path, file).context("cannot write the tenants file")?;
+    Ok(DemoTenants {
+        file: path,
+        tenants,
+    })
 }

@@ -16,11 +16,11 @@ const { createClient } = require('@supabase/supabase-js')
 const { realtideBin, waitFor, sleep } = require('../lib/helpers')
 
 /** Starts `realtide dev` on `dataDir`; default log level unless `env` sets one. */
-function startDev(dataDir, env = {}) {
+function startDev(dataDir, env = {}, extra = []) {
   const inherited = { ...process.env }
   delete inherited.RUST_LOG
   delete inherited.HOST
-  const child = spawn(realtideBin(), ['dev', '--data-dir', dataDir, '--port', '0'], {
+  const child = spawn(realtideBin(), ['dev', '--data-dir', dataDir, '--port', '0', ...extra], {
     env: { ...inherited, JWT_SECRET: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -173,6 +173,77 @@ test('a second realtide dev after a kill -9 takes over the data directory', asyn
     await waitFor(() => /realtide listening on/.test(dev.out), 'realtide dev to start after kill -9', { timeout: 60000 })
     assert.match(dev.err, /left running by an earlier realtide dev/)
   } finally {
+    await stopDev(dev)
+  }
+  fs.rmSync(dataDir, { recursive: true, force: true })
+})
+
+test('realtide dev --tenants 2 serves two isolated demo tenants as printed', async () => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'realtide-dev-'))
+  fs.chmodSync(dataDir, 0o755)
+  const dev = startDev(dataDir, {}, ['--tenants', '2'])
+  const clients = []
+  try {
+    await waitFor(() => /realtide listening on/.test(dev.out), 'realtide dev --tenants to start', { timeout: 90000 })
+    const out = dev.out
+    const tenant = (name) => {
+      const block = out.split(`\n  ${name}\n`)[1]
+      assert.ok(block, `no block for ${name} in:\n${out}`)
+      return {
+        url: block.match(/URL:\s+(\S+)/)[1],
+        db: block.match(/database:\s+(\S+)/)[1],
+        anon: block.match(/anon key:\s+(\S+)/)[1],
+        user: block.match(/user token:\s+(\S+)/)[1],
+      }
+    }
+    const t1 = tenant('tenant1')
+    const t2 = tenant('tenant2')
+    assert.match(t1.url, /^http:\/\/127\.0\.0\.1:\d+\/t\/tenant1$/)
+    assert.notEqual(t1.anon, t2.anon)
+    const subscribe = async (t, name) => {
+      const supabase = createClient(t.url, t.anon, {
+        realtime: { transport: require('ws') },
+        accessToken: async () => t.user,
+      })
+      clients.push(supabase)
+      await supabase.realtime.setAuth()
+      const got = []
+      const status = []
+      const system = []
+      supabase
+        .channel('todos')
+        .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'todos' }, (c) => got.push(c.new.title))
+        .on('system', {}, (m) => system.push(m))
+        .subscribe((s) => status.push(s))
+      // Changes flow once the server says `Subscribed to PostgreSQL`.
+      await waitFor(() => status.includes('SUBSCRIBED') && system.some((m) => m.status === 'ok'), `${name} subscribed`, { timeout: 30000 })
+      return got
+    }
+    const got1 = await subscribe(t1, 'tenant1')
+    const got2 = await subscribe(t2, 'tenant2')
+    const sub = JSON.parse(Buffer.from(t1.user.split('.')[1], 'base64url')).sub
+    const psql = (db, sql) => execFileSync('psql', [db, '-q', '-v', 'ON_ERROR_STOP=1', '-c', sql])
+    psql(t1.db, `insert into public.todos(owner, title) values ('${sub}', 'in-one')`)
+    psql(t2.db, `insert into public.todos(owner, title) values ('${sub}', 'in-two')`)
+    await waitFor(() => got1.includes('in-one') && got2.includes('in-two'), 'each tenant its own row', { timeout: 30000 }).catch((e) => {
+      throw new Error(`${e.message}: got ${JSON.stringify([got1, got2])}\n${dev.err}`)
+    })
+    await sleep(500)
+    assert.deepEqual(got1, ['in-one'])
+    assert.deepEqual(got2, ['in-two'])
+    // A key of tenant1 does not open tenant2.
+    const port = new URL(t1.url).port
+    const refused = await new Promise((resolve) => {
+      const WebSocket = require('ws')
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/t/tenant2/realtime/v1/websocket?apikey=${t1.anon}&vsn=2.0.0`)
+      ws.on('unexpected-response', (_req, res) => { resolve({ status: res.statusCode }); ws.terminate() })
+      ws.on('open', () => { resolve({ status: 101 }); ws.close() })
+      ws.on('error', () => {})
+    })
+    assert.equal(refused.status, 401)
+  } finally {
+    for (const c of clients) await c.removeAllChannels().catch(() => {})
+    for (const c of clients) c.realtime.disconnect()
     await stopDev(dev)
   }
   fs.rmSync(dataDir, { recursive: true, force: true })
