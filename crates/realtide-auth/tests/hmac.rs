@@ -472,7 +472,9 @@ fn a_remembered_signature_still_has_its_claims_checked_and_binds_only_that_token
     );
     // Nor are other claims under the remembered token's signature.
     let mut claims = good_claims();
-    claims["role"] = json!("service_role");
+    if let Some(map) = claims.as_object_mut() {
+        map.insert("role".to_owned(), json!("service_role"));
+    }
     let resigned = hs(Algorithm::HS256, "HS256", &claims, "another-secret")?;
     let swapped = format!(
         "{}.{}",
