@@ -35,6 +35,8 @@ fn token(secret: &str, role: &str) -> String {
 struct Tenants {
     server: Server,
     pg: PgCluster,
+    /// The server's settings (tenants file, journal directory, extra env), for a restart.
+    env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -114,15 +116,35 @@ db_url = "postgres://postgres@127.0.0.1:{dead_port}/broken"
         )?;
         let file_text = file.to_string_lossy().into_owned();
         let changes = dir.join("changes").to_string_lossy().into_owned();
-        let mut all: Vec<(&str, &str)> =
-            vec![("TENANTS_FILE", &file_text), ("CHANGES_DIR", &changes)];
-        all.extend_from_slice(env);
-        let server = Server::start(&all).await?;
+        let mut all: Vec<(String, String)> = vec![
+            ("TENANTS_FILE".to_owned(), file_text),
+            ("CHANGES_DIR".to_owned(), changes),
+        ];
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let borrowed: Vec<(&str, &str)> =
+            all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let server = Server::start(&borrowed).await?;
         Ok(Tenants {
             server,
             pg,
+            env: all,
             _dir: TempDir(dir),
         })
+    }
+
+    /// Kills the server (SIGKILL) and starts it again with the same settings.
+    async fn kill(&mut self) -> Result<()> {
+        self.server.kill().await
+    }
+
+    async fn start_again(&mut self) -> Result<()> {
+        let borrowed: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.server = Server::start(&borrowed).await?;
+        Ok(())
     }
 
     /// Connects to `tenant` through the `/t/{tenant}` prefix.
@@ -517,5 +539,101 @@ async fn health_and_metrics_name_the_tenants_and_idle_tenants_stop() -> Result<(
     let mut again = env.client("acme", &token(ACME_SECRET, "anon")).await?;
     let (_, reply) = again.join("realtime:room", &json!({"config": {}})).await?;
     ensure!(reply.status() == Some("ok"), "{}", reply.raw);
+    Ok(())
+}
+
+/// Joins `topic` for changes of `items` as `token`'s user.
+async fn join_items(client: &mut Client, topic: &str) -> Result<()> {
+    client
+        .join_changes(
+            topic,
+            json!([{"event": "INSERT", "schema": "public", "table": "items"}]),
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ids of the next changes on `topic` up to and including `last`.
+async fn ids_until(client: &mut Client, topic: &str, last: i64) -> Result<Vec<i64>> {
+    let mut ids = Vec::new();
+    loop {
+        let msg = client.next_change(topic).await?;
+        let id = msg.payload["data"]["record"]["id"].as_i64().unwrap_or(-1);
+        ids.push(id);
+        if id == last {
+            return Ok(ids);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restart_resumes_every_tenants_slot_without_skipping_changes() -> Result<()> {
+    let mut env = Tenants::start(&[]).await?;
+    let acme_token = token(ACME_SECRET, "authenticated");
+    let globex_token = token(GLOBEX_SECRET, "authenticated");
+    let topic = "realtime:durable";
+    let mut acme = env.client("acme", &acme_token).await?;
+    let mut globex = env.client("globex", &globex_token).await?;
+    let acme_db = env.prepare("acme").await?;
+    let globex_db = env.prepare("globex").await?;
+    join_items(&mut acme, topic).await?;
+    join_items(&mut globex, topic).await?;
+    acme_db
+        .batch_execute("insert into items values (1, 'acme', 'a')")
+        .await?;
+    globex_db
+        .batch_execute("insert into items values (10, 'globex', 'g')")
+        .await?;
+    ensure!(ids_until(&mut acme, topic, 1).await? == [1]);
+    ensure!(ids_until(&mut globex, topic, 10).await? == [10]);
+    // Delivered and confirmed, and the subscribers' positions saved (every 100 ms).
+    for (db, slot) in [(&acme_db, "realtide_acme"), (&globex_db, "realtide_globex")] {
+        let lsn: String = db
+            .query_one("select pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+        env.pg.wait_confirmed(slot, &lsn).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // kill -9, and rows committed in both tenants while the process is down.
+    env.kill().await?;
+    drop(acme);
+    drop(globex);
+    acme_db
+        .batch_execute("insert into items values (2, 'acme', 'a')")
+        .await?;
+    globex_db
+        .batch_execute("insert into items values (20, 'globex', 'g')")
+        .await?;
+    env.start_again().await?;
+
+    // The same subscribers rejoin: each gets what its tenant committed while down, then the
+    // next row, once and in order, and nothing of the other tenant.
+    let mut acme = env.client("acme", &acme_token).await?;
+    let mut globex = env.client("globex", &globex_token).await?;
+    join_items(&mut acme, topic).await?;
+    join_items(&mut globex, topic).await?;
+    acme_db
+        .batch_execute("insert into items values (3, 'acme', 'a')")
+        .await?;
+    globex_db
+        .batch_execute("insert into items values (30, 'globex', 'g')")
+        .await?;
+    let got = ids_until(&mut acme, topic, 3).await?;
+    ensure!(
+        got == [2, 3],
+        "acme after the restart: {got:?}\n{}",
+        env.server.stderr()
+    );
+    let got = ids_until(&mut globex, topic, 30).await?;
+    ensure!(
+        got == [20, 30],
+        "globex after the restart: {got:?}\n{}",
+        env.server.stderr()
+    );
+    acme.assert_no_frame(Duration::from_millis(500)).await?;
+    globex.assert_no_frame(Duration::from_millis(300)).await?;
     Ok(())
 }
