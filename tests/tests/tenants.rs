@@ -637,3 +637,46 @@ async fn a_restart_resumes_every_tenants_slot_without_skipping_changes() -> Resu
     globex.assert_no_frame(Duration::from_millis(300)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idle_tenant_past_the_resume_window_gives_its_slot_back() -> Result<()> {
+    let env = Tenants::start(&[
+        ("TENANT_IDLE_STOP_SECS", "2"),
+        ("CHANGES_RESUME_WINDOW", "1"),
+    ])
+    .await?;
+    let acme_token = token(ACME_SECRET, "authenticated");
+    let mut acme = env.client("acme", &acme_token).await?;
+    let acme_db = env.prepare("acme").await?;
+    join_items(&mut acme, "realtime:items").await?;
+    drop(acme);
+    // Stopped when idle, its slot dropped (no WAL held for nobody) and its journal removed.
+    let admin = env.pg.connect().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let slots = admin
+            .query(
+                "select 1 from pg_replication_slots where slot_name = 'realtide_acme'",
+                &[],
+            )
+            .await?;
+        if slots.is_empty() {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "acme's slot still there\n{}",
+            env.server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The next request starts it again with a new slot, and changes flow.
+    let mut acme = env.client("acme", &acme_token).await?;
+    env.pg.wait_slot_active("realtide_acme").await?;
+    join_items(&mut acme, "realtime:items").await?;
+    acme_db
+        .batch_execute("insert into items values (7, 'acme', 'a')")
+        .await?;
+    ensure!(ids_until(&mut acme, "realtime:items", 7).await? == [7]);
+    Ok(())
+}

@@ -381,35 +381,10 @@ async fn remove(
         && let Ok(config) = record.settings.config(&id, set.base())
         && let Some(database) = config.database
     {
-        drop_slot(&database).await;
-        if let Err(error) = std::fs::remove_dir_all(&database.changes.dir)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(tenant = %id, %error, "could not remove the tenant's change journal");
-        }
+        crate::tenants::forget_stream(&database).await;
     }
     tracing::info!(tenant = %id, "tenant deleted");
     StatusCode::NO_CONTENT.into_response()
-}
-
-/// Drops a deleted tenant's replication slot (inactive once the tenant stopped).
-async fn drop_slot(database: &crate::config::DatabaseConfig) {
-    let client = match crate::db::pool::connect(&database.url, database.tls.as_ref()).await {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::warn!(slot = %database.slot, error = %crate::logs::error_chain(&error), "could not drop the deleted tenant's slot");
-            return;
-        }
-    };
-    let result = client
-        .execute(
-            "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
-            &[&database.slot],
-        )
-        .await;
-    if let Err(error) = result {
-        tracing::warn!(slot = %database.slot, %error, "could not drop the deleted tenant's slot");
-    }
 }
 
 async fn reload(

@@ -155,6 +155,7 @@ impl Tenants {
             epoch: Instant::now(),
         });
         tokio::spawn(set.clone().stop_idle());
+        set.resume_active();
         Tenants::Many(set)
     }
 
@@ -328,6 +329,7 @@ impl Set {
         self: &Arc<Self>,
         state: &mut HashMap<TenantId, State>,
         id: &TenantId,
+        forget: bool,
     ) -> Option<watch::Receiver<bool>> {
         match state.get(id) {
             Some(State::Stopping(stopped)) => return Some(stopped.clone()),
@@ -364,6 +366,12 @@ impl Set {
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // An idle tenant's subscribers are past their resume window: nobody is owed the
+            // changes committed until it starts again, so its slot (which would hold WAL back
+            // meanwhile) and journal go; the next start makes them anew.
+            if forget && let Some(postgres) = &postgres {
+                forget_stream(&postgres.config).await;
+            }
             drop(postgres);
             drop(app);
             set.state.lock().remove(&id);
@@ -373,11 +381,37 @@ impl Set {
         Some(stopped)
     }
 
+    /// Starts, at process start, the tenants that were running when the process stopped (their
+    /// journal is still there): their slots resume at once and their subscribers can rejoin;
+    /// unused, they stop again after the idle period.
+    pub fn resume_active(self: &Arc<Self>) {
+        let dir = self.settings.base.changes_dir.join("tenants");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let ids: Vec<TenantId> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().and_then(TenantId::parse))
+            .collect();
+        let set = self.clone();
+        tokio::spawn(async move {
+            for id in ids {
+                match set.app(&id).await {
+                    Ok(_) => tracing::info!(tenant = %id, "tenant resumed at start"),
+                    Err(TenantError::NotFound) => {}
+                    Err(error) => {
+                        tracing::warn!(tenant = %id, %error, "tenant could not resume at start")
+                    }
+                }
+            }
+        });
+    }
+
     /// Stops the running tenant `id` and waits until it stopped.
     pub async fn stop(self: &Arc<Self>, id: &TenantId) {
         let stopped = {
             let mut state = self.state.lock();
-            self.begin_stop(&mut state, id)
+            self.begin_stop(&mut state, id, false)
         };
         if let Some(mut stopped) = stopped {
             let _ = stopped.wait_for(|done| *done).await;
@@ -439,6 +473,7 @@ impl Set {
     /// Stops tenants that had no socket and no request for `TENANT_IDLE_STOP_SECS`.
     async fn stop_idle(self: Arc<Self>) {
         let idle = self.settings.idle_stop;
+        let forget = idle >= Duration::from_secs(self.settings.base.changes_resume_window);
         let period = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
         let shutdown = self.process.shutdown.clone();
         loop {
@@ -465,7 +500,7 @@ impl Set {
                 .collect();
             for id in idle_ids {
                 tracing::info!(tenant = %id, "tenant idle; stopping it");
-                let _ = self.begin_stop(&mut state, &id);
+                let _ = self.begin_stop(&mut state, &id, forget);
             }
         }
     }
@@ -495,4 +530,37 @@ pub fn now_rfc3339() -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+/// Drops a stopped tenant's replication slot (inactive by then) and removes its change
+/// journal; failures are logged (a slot left behind is dropped on the next delete, or by hand).
+pub async fn forget_stream(database: &crate::config::DatabaseConfig) {
+    match crate::db::pool::connect(&database.url, database.tls.as_ref()).await {
+        Ok(client) => {
+            if let Err(error) = client
+                .execute(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
+                     where slot_name = $1 and not active",
+                    &[&database.slot],
+                )
+                .await
+            {
+                tracing::warn!(slot = %database.slot, %error, "could not drop a stopped tenant's slot");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(slot = %database.slot, error = %crate::logs::error_chain(&error), "could not drop a stopped tenant's slot");
+        }
+    }
+    // The journal's directory is `CHANGES_DIR/tenants/<id>/<slot>`: the tenant's directory goes.
+    let tenant_dir = database
+        .changes
+        .dir
+        .parent()
+        .unwrap_or(&database.changes.dir);
+    if let Err(error) = std::fs::remove_dir_all(tenant_dir)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, "could not remove a stopped tenant's change journal");
+    }
 }
