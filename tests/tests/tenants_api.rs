@@ -246,6 +246,22 @@ async fn tenants_are_managed_through_the_api() -> Result<()> {
     ensure!(status == 204, "reload {status}");
     let (code, _) = client.expect_end(Duration::from_secs(20)).await?;
     ensure!(code == Some(1012), "close after reload {code:?}");
+    // Shutdown stops it the same way; the next connect starts it again.
+    let mut client = server
+        .connect_url(Vsn::V2, "/t/acme/realtime/v1/websocket", &new_query, &[])
+        .await?;
+    client.join("realtime:room", &json!({"config": {}})).await?;
+    let (status, _, _) = call(
+        &server,
+        "POST",
+        "/api/tenants/acme/shutdown",
+        Some(&admin),
+        None,
+    )
+    .await?;
+    ensure!(status == 204, "shutdown {status}");
+    let (code, _) = client.expect_end(Duration::from_secs(20)).await?;
+    ensure!(code == Some(1012), "close after shutdown {code:?}");
     let (status, _, _) = call(
         &server,
         "POST",

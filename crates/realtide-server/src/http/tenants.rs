@@ -1,5 +1,5 @@
 //! The management API of tenants, in the reference's shapes: `GET/POST /api/tenants`,
-//! `GET/PUT/PATCH/DELETE /api/tenants/{id}`, `POST /api/tenants/{id}/reload`,
+//! `GET/PUT/PATCH/DELETE /api/tenants/{id}`, `POST /api/tenants/{id}/reload` and `/shutdown`,
 //! `GET /api/tenants/{id}/health`. Every request needs `Authorization: Bearer <JWT>` signed
 //! with `API_JWT_SECRET` (otherwise 403 with an empty body). Writes need the control database
 //! (`TENANTS_DB_URL`); a `TENANTS_FILE` is read-only. Database passwords and JWT secrets are
@@ -31,6 +31,7 @@ pub fn routes() -> Router<Arc<Server>> {
             get(show).put(update).patch(update).delete(remove),
         )
         .route("/api/tenants/{id}/reload", post(reload))
+        .route("/api/tenants/{id}/shutdown", post(shutdown))
         .route("/api/tenants/{id}/health", get(health))
 }
 
@@ -392,11 +393,28 @@ async fn reload(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (id, set) = match named(&server, &headers, &id) {
+    stop_tenant(&server, &headers, &id, true).await
+}
+
+/// `POST /api/tenants/{id}/shutdown`: as reload, keeping what is cached.
+async fn shutdown(
+    State(server): State<Arc<Server>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    stop_tenant(&server, &headers, &id, false).await
+}
+
+/// Stops a running tenant (its sockets get `Server requested disconnect`, 1012); it starts
+/// again on the next request. With `reread`, its settings are read again then.
+async fn stop_tenant(server: &Server, headers: &HeaderMap, id: &str, reread: bool) -> Response {
+    let (id, set) = match named(server, headers, id) {
         Ok(found) => found,
         Err(response) => return *response,
     };
-    set.invalidate(&id).await;
+    if reread {
+        set.invalidate(&id).await;
+    }
     match set.lookup(&id).await {
         Ok(Some(_)) => {
             set.stop(&id).await;
