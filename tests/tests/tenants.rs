@@ -106,6 +106,11 @@ jwt_secret = "{ACME_SECRET}"
 suspended = true
 
 [[tenant]]
+external_id = "lobby"
+jwt_secret = "{ACME_SECRET}"
+presence_enabled = true
+
+[[tenant]]
 external_id = "broken"
 jwt_secret = "{ACME_SECRET}"
 db_url = "postgres://postgres@127.0.0.1:{dead_port}/broken"
@@ -509,7 +514,7 @@ async fn health_and_metrics_name_the_tenants_and_idle_tenants_stop() -> Result<(
     let process: Value =
         serde_json::from_str(&env.server.http("GET", "/api/health", &[]).await?.body)?;
     ensure!(
-        process["tenants"] == json!({"configured": 4, "running": ["acme"]}),
+        process["tenants"] == json!({"configured": 5, "running": ["acme"]}),
         "{process}"
     );
     let metrics = env.server.http("GET", "/metrics", &[]).await?;
@@ -678,5 +683,23 @@ async fn an_idle_tenant_past_the_resume_window_gives_its_slot_back() -> Result<(
         .batch_execute("insert into items values (7, 'acme', 'a')")
         .await?;
     ensure!(ids_until(&mut acme, "realtime:items", 7).await? == [7]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenants_presence_flag_turns_presence_on_for_every_join() -> Result<()> {
+    let env = Tenants::start(&[]).await?;
+    let anon = token(ACME_SECRET, "anon");
+    // `lobby` has presence_enabled: a join that does not ask for presence gets its state.
+    let mut lobby = env.client("lobby", &anon).await?;
+    lobby.join("realtime:room", &json!({"config": {}})).await?;
+    let state = lobby
+        .expect_event("realtime:room", "presence_state")
+        .await?;
+    ensure!(state.payload == json!({}), "{}", state.raw);
+    // `acme` has not: the same join gets no presence.
+    let mut acme = env.client("acme", &anon).await?;
+    acme.join("realtime:room", &json!({"config": {}})).await?;
+    acme.assert_no_frame(Duration::from_millis(500)).await?;
     Ok(())
 }

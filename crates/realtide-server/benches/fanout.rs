@@ -30,6 +30,7 @@ fn limits() -> Arc<Limits> {
         presence_calls: 0,
         presence_window: Duration::from_secs(30),
         private_only: false,
+        presence_enabled: false,
         outbound_total_bytes: usize::MAX,
         presence_state_bytes: usize::MAX,
         presence_total_bytes: usize::MAX,

@@ -94,6 +94,8 @@ pub struct LimitSettings {
     pub presence_window: Duration,
     /// `PRIVATE_ONLY`.
     pub private_only: bool,
+    /// `PRESENCE_ENABLED`: presence for every join.
+    pub presence_enabled: bool,
     /// `OUTBOUND_TOTAL_BYTES`.
     pub outbound_total_bytes: usize,
     /// `PRESENCE_MAX_STATE_BYTES` (per topic).
@@ -116,6 +118,7 @@ impl LimitSettings {
             presence_calls: 0,
             presence_window: Duration::from_secs(30),
             private_only: false,
+            presence_enabled: false,
             outbound_total_bytes: usize::MAX,
             presence_state_bytes: usize::MAX,
             presence_total_bytes: usize::MAX,

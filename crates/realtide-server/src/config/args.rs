@@ -157,6 +157,10 @@ pub struct ServeArgs {
     /// Refuse public channels (`PrivateOnly: This project only allows private channels`).
     #[arg(long, env = "PRIVATE_ONLY", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub private_only: bool,
+    /// Presence on for every join, also those whose `config.presence.enabled` is not set (the
+    /// reference's tenant flag `presence_enabled`).
+    #[arg(long, env = "PRESENCE_ENABLED", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub presence_enabled: bool,
     /// Period of the rate counters' window buckets, in milliseconds (12 buckets).
     #[arg(long, env = "RATE_COUNTER_TICK_MS", default_value_t = 5000)]
     pub rate_counter_tick_ms: u64,

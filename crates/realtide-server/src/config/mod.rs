@@ -608,6 +608,7 @@ impl ServeArgs {
                 self.client_presence_window_ms,
             )?),
             private_only: self.private_only,
+            presence_enabled: self.presence_enabled,
             outbound_total_bytes: self.outbound_total_bytes,
             presence_state_bytes: self.presence_max_state_bytes,
             presence_total_bytes: self.presence_max_total_bytes,

@@ -106,6 +106,9 @@ pub struct TenantSettings {
     /// `PRIVATE_ONLY` of this tenant.
     #[serde(default)]
     pub private_only: Option<bool>,
+    /// `PRESENCE_ENABLED` of this tenant.
+    #[serde(default)]
+    pub presence_enabled: Option<bool>,
     /// A suspended tenant's connects are refused (`Realtime was disabled for this tenant`).
     #[serde(default)]
     pub suspended: bool,
@@ -289,6 +292,9 @@ impl TenantSettings {
         }
         if let Some(private_only) = self.private_only {
             args.private_only = private_only;
+        }
+        if let Some(presence_enabled) = self.presence_enabled {
+            args.presence_enabled = presence_enabled;
         }
         args.tenants_file = None;
         args.tenants_db_url = None;

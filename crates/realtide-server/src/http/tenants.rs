@@ -129,6 +129,7 @@ fn render(set: &Set, id: &TenantId, record: &Record) -> Value {
         "max_client_presence_events_per_window": s.max_client_presence_events_per_window.unwrap_or(base.client_presence_max_calls),
         "client_presence_window_ms": s.client_presence_window_ms.unwrap_or(base.client_presence_window_ms),
         "private_only": s.private_only.unwrap_or(base.private_only),
+        "presence_enabled": s.presence_enabled.unwrap_or(base.presence_enabled),
         "suspend": s.suspended,
         "inserted_at": record.inserted_at,
         "extensions": extensions,

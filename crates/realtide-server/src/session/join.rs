@@ -59,8 +59,10 @@ impl Session {
         topic: &Topic,
         join_ref: Option<JoinRef>,
         reference: Option<&Ref>,
-        request: JoinRequest,
+        mut request: JoinRequest,
     ) -> Result<(), JoinError> {
+        // The project's presence flag turns presence on for joins that did not ask for it.
+        request.presence_enabled |= self.app.limits.settings.presence_enabled;
         let sub_topic = topic.sub_topic().unwrap_or_default();
         if sub_topic.is_empty() {
             return Err(JoinError::TopicNameRequired);
