@@ -111,6 +111,11 @@ jwt_secret = "{ACME_SECRET}"
 presence_enabled = true
 
 [[tenant]]
+external_id = "noisy"
+jwt_secret = "{ACME_SECRET}"
+max_events_per_second = 5
+
+[[tenant]]
 external_id = "broken"
 jwt_secret = "{ACME_SECRET}"
 db_url = "postgres://postgres@127.0.0.1:{dead_port}/broken"
@@ -514,7 +519,7 @@ async fn health_and_metrics_name_the_tenants_and_idle_tenants_stop() -> Result<(
     let process: Value =
         serde_json::from_str(&env.server.http("GET", "/api/health", &[]).await?.body)?;
     ensure!(
-        process["tenants"] == json!({"configured": 5, "running": ["acme"]}),
+        process["tenants"] == json!({"configured": 6, "running": ["acme"]}),
         "{process}"
     );
     let metrics = env.server.http("GET", "/metrics", &[]).await?;
@@ -701,5 +706,57 @@ async fn a_tenants_presence_flag_turns_presence_on_for_every_join() -> Result<()
     let mut acme = env.client("acme", &anon).await?;
     acme.join("realtime:room", &json!({"config": {}})).await?;
     acme.assert_no_frame(Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_tenants_event_limit_does_not_touch_another() -> Result<()> {
+    let env = Tenants::start(&[("RATE_COUNTER_TICK_MS", "200")]).await?;
+    let topic = "realtime:busy";
+    let config = json!({"config": {"broadcast": {"self": false}}});
+    // `noisy` (5 events/s) and `globex` (no limit) carry the same traffic on the same topic.
+    let noisy_token = token(ACME_SECRET, "anon");
+    let globex_token = token(GLOBEX_SECRET, "anon");
+    let mut noisy_sender = env.client("noisy", &noisy_token).await?;
+    let mut noisy_receiver = env.client("noisy", &noisy_token).await?;
+    let mut sender = env.client("globex", &globex_token).await?;
+    let mut receiver = env.client("globex", &globex_token).await?;
+    let (noisy_ref, _) = noisy_sender.join(topic, &config).await?;
+    noisy_receiver.join(topic, &config).await?;
+    let (sender_ref, _) = sender.join(topic, &config).await?;
+    receiver.join(topic, &config).await?;
+    for n in 0..10 {
+        noisy_sender
+            .broadcast(&noisy_ref, topic, "e", json!({ "n": n }))
+            .await?;
+        sender
+            .broadcast(&sender_ref, topic, "e", json!({ "n": n }))
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    noisy_sender
+        .broadcast(&noisy_ref, topic, "e", json!({"n": "late"}))
+        .await?;
+    // Noisy's receiving channel is shut down for its tenant's limit ...
+    let system = noisy_receiver
+        .expect_text(|m| m.topic == topic && m.event == "system")
+        .await?;
+    ensure!(
+        system.payload["message"] == "Too many messages per second",
+        "{}",
+        system.raw
+    );
+    // ... while globex, over the same rate, keeps delivering everything, in order.
+    for n in 10..60 {
+        sender
+            .broadcast(&sender_ref, topic, "e", json!({ "n": n }))
+            .await?;
+    }
+    let mut got = Vec::new();
+    while got.len() < 60 {
+        let msg = receiver.expect_event(topic, "broadcast").await?;
+        got.push(msg.payload["payload"]["n"].as_i64().unwrap_or(-1));
+    }
+    ensure!(got == (0..60).collect::<Vec<i64>>(), "globex got {got:?}");
     Ok(())
 }

@@ -112,6 +112,10 @@ async fn tenants_are_managed_through_the_api() -> Result<()> {
             "{body}: {status} {text}"
         );
     }
+    // An oversized body is refused before it is read whole.
+    let huge = json!({"tenant": {"external_id": "acme", "name": "x".repeat(3 << 20)}});
+    let (status, _, _) = call(&server, "POST", "/api/tenants", Some(&admin), Some(huge)).await?;
+    ensure!(status == 413, "oversized body: {status}");
     let (_, text, _) = call(&server, "GET", "/api/tenants", Some(&admin), None).await?;
     ensure!(
         serde_json::from_str::<Value>(&text)? == json!({"data": []}),
