@@ -162,8 +162,14 @@ impl App {
     /// Without a database, `disconnect` follows `shutdown` at once.
     pub fn start(self: &Arc<Self>) -> Background {
         use crate::changes::{feed, source};
-        self.tasks
-            .spawn(self.limits.clone().run(self.shutdown.clone()));
+        use tracing::Instrument;
+        let span = self.span();
+        self.tasks.spawn(
+            self.limits
+                .clone()
+                .run(self.shutdown.clone())
+                .instrument(span.clone()),
+        );
         let stages = feed::Stages {
             shutdown: self.shutdown.clone(),
             replication_stopped: CancellationToken::new(),
@@ -176,43 +182,55 @@ impl App {
                 publisher: self.publisher.clone(),
                 max_payload: self.config.max_payload_bytes,
             };
-            tasks.spawn(source::run(
-                postgres.clone(),
-                outlet,
-                self.metrics.clone(),
-                stages.clone(),
-                finished.clone(),
-            ));
-            tasks.spawn(feed::run(
-                postgres.clone(),
-                self.limits.clone(),
-                self.metrics.clone(),
-                crate::changes::render::RenderLimits {
-                    max_record_bytes: postgres.config.max_record_bytes,
-                },
-                stages.clone(),
-            ));
-            tasks.spawn(feed::keeper(postgres.clone(), finished.clone()));
-            if postgres.shared.is_some() {
-                tasks.spawn(crate::changes::mirror::read(
+            tasks.spawn(
+                source::run(
                     postgres.clone(),
-                    self.publisher.clone(),
-                    self.config.max_payload_bytes,
+                    outlet,
                     self.metrics.clone(),
-                    self.shutdown.clone(),
-                ));
+                    stages.clone(),
+                    finished.clone(),
+                )
+                .instrument(span.clone()),
+            );
+            tasks.spawn(
+                feed::run(
+                    postgres.clone(),
+                    self.limits.clone(),
+                    self.metrics.clone(),
+                    crate::changes::render::RenderLimits {
+                        max_record_bytes: postgres.config.max_record_bytes,
+                    },
+                    stages.clone(),
+                )
+                .instrument(span.clone()),
+            );
+            tasks.spawn(feed::keeper(postgres.clone(), finished.clone()).instrument(span.clone()));
+            if postgres.shared.is_some() {
+                tasks.spawn(
+                    crate::changes::mirror::read(
+                        postgres.clone(),
+                        self.publisher.clone(),
+                        self.config.max_payload_bytes,
+                        self.metrics.clone(),
+                        self.shutdown.clone(),
+                    )
+                    .instrument(span.clone()),
+                );
             }
             let ready = postgres.clone();
-            self.tasks.spawn(crate::db::schema::janitor(
-                postgres.pool.clone(),
-                postgres.config.messages_retention,
-                move || {
-                    ready
-                        .schema_ready
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                },
-                self.shutdown.clone(),
-            ));
+            self.tasks.spawn(
+                crate::db::schema::janitor(
+                    postgres.pool.clone(),
+                    postgres.config.messages_retention,
+                    move || {
+                        ready
+                            .schema_ready
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    },
+                    self.shutdown.clone(),
+                )
+                .instrument(span.clone()),
+            );
         } else {
             let disconnect = self.disconnect.clone();
             let shutdown = self.shutdown.clone();
@@ -222,6 +240,16 @@ impl App {
             });
         }
         Background { tasks, finished }
+    }
+}
+
+impl App {
+    /// The span this project's tasks log in: the tenant's id, when the process serves several.
+    pub fn span(&self) -> tracing::Span {
+        match &self.tenant {
+            Some(tenant) => tracing::info_span!("tenant", tenant = %tenant),
+            None => tracing::Span::none(),
+        }
     }
 }
 

@@ -10,10 +10,16 @@
 // The Rust version of these tests is tests/tests/tenants.rs.
 //
 // Absence is always checked against a barrier: a later message the same channel may receive.
+//
+// Also: a tenant `broken` whose database is on a port nothing listens on (it must not slow
+// or stop another tenant), and, with a second server, the management API over a control
+// database (TENANTS_DB_URL): create, rotate the secret of and delete a tenant while
+// supabase-js clients are connected to it (the Rust version is tests/tests/tenants_api.rs).
 
 const { describe, it, before, after, afterEach } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
+const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const WebSocket = require('ws')
@@ -37,6 +43,18 @@ alter publication ${PUBLICATION} add table items;
 const tok = (secret, role = 'anon', extra = {}) =>
   h.signToken({ role, sub: USER, exp: h.nowSec() + 3600, iat: h.nowSec(), ...extra }, secret)
 
+/** A TCP port of 127.0.0.1 that was free a moment ago (nothing listens on it). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer()
+    probe.once('error', reject)
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address()
+      probe.close(() => resolve(port))
+    })
+  })
+}
+
 let db
 let server
 let dir
@@ -52,6 +70,8 @@ before(async () => {
     t.dbUrl = db.dbUrl.replace(/\/[^/]*$/, `/${name}`)
     tenantDb[name] = t
   }
+  // `broken`'s database: a port nothing listens on.
+  const deadPort = await freePort()
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'realtide-tenants-js-'))
   const file = path.join(dir, 'tenants.toml')
   fs.writeFileSync(
@@ -81,6 +101,12 @@ external_id = "frozen"
 name = "Frozen"
 jwt_secret = "${ACME_SECRET}"
 suspended = true
+
+[[tenant]]
+external_id = "broken"
+name = "Broken"
+jwt_secret = "${ACME_SECRET}"
+db_url = "postgres://postgres@127.0.0.1:${deadPort}/broken"
 `
   )
   // No DB_URL: every tenant has its own database. (startServer sets a JWT_SECRET of its own;
@@ -115,30 +141,34 @@ const wait = (cond, what, clients = [], timeout = 15000) => h.waitFor(cond, what
 
 /**
  * A channel `topic` of client `c` recording its broadcasts (any event), presence events and
- * statuses. Resolves to { ch, got, presence, rec } once subscribed (the first status is
+ * statuses (and, with `recordSystem`, its `system` messages). Resolves to
+ * { ch, got, presence, system, rec } once subscribed (the first status is
  * returned as `rec.statuses[0]`, SUBSCRIBED or not, unless `expectOk`).
  */
-async function channel(c, topic, { config = {}, expectOk = true } = {}) {
+async function channel(c, topic, { config = {}, expectOk = true, recordSystem = false } = {}) {
   const got = []
   const presence = []
+  const system = []
   const ch = c.supabase.channel(topic, { config })
   ch.on('broadcast', { event: '*' }, (m) => got.push(m))
+  if (recordSystem) ch.on('system', {}, (p) => system.push(p))
   ch.on('presence', { event: 'join' }, (p) => presence.push({ event: 'join', key: p.key, metas: p.newPresences }))
   ch.on('presence', { event: 'leave' }, (p) => presence.push({ event: 'leave', key: p.key, metas: p.leftPresences }))
   const rec = expectOk ? await h.subscribeOk(ch, [c]) : h.subscribe(ch)
-  return { ch, got, presence, rec }
+  return { ch, got, presence, system, rec }
 }
 
 /**
- * A raw `ws` connect to `urlPath` (with `headers`): { status: 101 } when the upgrade
+ * A raw `ws` connect to `urlPath` (with `headers`, to `srv`, by default the TENANTS_FILE
+ * server): { status: 101 } when the upgrade
  * succeeded, else { status, body } of the HTTP refusal. Bounded: 10 s.
  */
-function rawConnect(urlPath, headers = {}) {
+function rawConnect(urlPath, headers = {}, srv = server) {
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(`${server.wsBase}${urlPath}`, { headers })
+    const socket = new WebSocket(`${srv.wsBase}${urlPath}`, { headers })
     const timer = setTimeout(() => {
       socket.terminate()
-      reject(new Error(`no answer to the upgrade of ${urlPath} within 10 s\n${server.output()}`))
+      reject(new Error(`no answer to the upgrade of ${urlPath} within 10 s\n${srv.output()}`))
     }, 10000)
     socket.on('open', () => {
       clearTimeout(timer)
@@ -190,6 +220,20 @@ async function postBroadcast(tenant, bearer, event) {
   })
   return { status: res.status, body: await res.text() }
 }
+
+/** GET `urlPath` of `srv` (bounded: 10 s): { status, body, json } (json: null when not JSON). */
+async function httpGet(urlPath, srv = server) {
+  const res = await fetch(`${srv.httpUrl}${urlPath}`, { signal: AbortSignal.timeout(10000) })
+  const body = await res.text()
+  let json = null
+  try {
+    json = JSON.parse(body)
+  } catch {}
+  return { status: res.status, body, json }
+}
+
+/** The CLOSE frames (code, reason) a recording client's sockets ended with. */
+const closes = (c) => c.log.frames.filter((f) => f.dir === 'CLOSE').map((f) => ({ code: f.code, reason: f.reason }))
 
 /** [event, payload without the message id] of database broadcasts (realtime.send adds `id`). */
 const dbBroadcasts = (got) =>
@@ -476,5 +520,235 @@ describe('multi-tenant mode (TENANTS_FILE), supabase-js', () => {
       assert.equal(direct.status, httpStatus, JSON.stringify(direct))
       assert.deepEqual(JSON.parse(direct.body), { message: httpMessage })
     }
+  })
+
+  it('a tenant whose database is down does not affect another', async () => {
+    // `broken`: a supabase-js client connects and joins a public broadcast channel. The join
+    // needs no database, so it is accepted although the tenant's database cannot be reached.
+    const b = client('broken', 'b1')
+    const bRoom = await channel(b, 'room', { config: { broadcast: { self: true, ack: true } }, expectOk: false })
+    const bFirst = await Promise.race([bRoom.rec.first, h.sleep(15000).then(() => null)])
+    assert.ok(bFirst, `a join status of broken within 15 s\n${h.dumpFrames([b])}`)
+    assert.deepEqual(bFirst, { status: 'SUBSCRIBED', err: undefined }, h.dumpFrames([b]))
+    assert.match(b.log.urls[0], new RegExp(`^ws://127\\.0\\.0\\.1:${server.port}/t/broken/realtime/v1/websocket\\?`))
+    const bReply = framesOn(b, 'realtime:room').find((f) => !f.binary && f.msg[3] === 'phx_reply')
+    assert.equal(bReply?.msg[4].status, 'ok', h.dumpFrames([b]))
+    // Its readiness says what is wrong: 503, degraded.
+    const bHealth = await httpGet('/t/broken/api/health')
+    assert.equal(bHealth.status, 503, JSON.stringify(bHealth))
+    assert.equal(bHealth.json?.status, 'degraded', bHealth.body)
+    assert.equal(bHealth.json?.tenant, 'broken', bHealth.body)
+    assert.equal(typeof bHealth.json?.problem, 'string', bHealth.body)
+    assert.equal(bHealth.json?.database_connected, false, bHealth.body)
+
+    // Meanwhile globex: two clients join and exchange 50 broadcasts, each side's in order
+    // (25 each way, sent back to back, every one acknowledged).
+    const g1 = client('globex', 'g1')
+    const g2 = client('globex', 'g2')
+    const config = { broadcast: { self: false, ack: true } }
+    const g1Ticks = await channel(g1, 'ticks', { config })
+    const g2Ticks = await channel(g2, 'ticks', { config })
+    const sends = []
+    for (let i = 0; i < 25; i++) {
+      sends.push(g1Ticks.ch.send({ type: 'broadcast', event: 'tick', payload: { from: 'g1', n: i } }))
+      sends.push(g2Ticks.ch.send({ type: 'broadcast', event: 'tick', payload: { from: 'g2', n: i } }))
+    }
+    assert.deepEqual(await Promise.all(sends), Array(50).fill('ok'), h.dumpFrames([g1, g2]))
+    await wait(() => g1Ticks.got.length >= 25 && g2Ticks.got.length >= 25, '25 broadcasts at each globex client', [g1, g2])
+    const seq = (from) => Array.from({ length: 25 }, (_, n) => ['tick', { from, n }])
+    assert.deepEqual(g2Ticks.got.map((m) => [m.event, m.payload]), seq('g1'), h.dumpFrames([g2]))
+    assert.deepEqual(g1Ticks.got.map((m) => [m.event, m.payload]), seq('g2'), h.dumpFrames([g1]))
+
+    // Globex's own replication comes up (its readiness turns 200) while broken's keeps failing.
+    let last
+    await wait(
+      async () => {
+        last = await httpGet('/t/globex/api/health')
+        // Not yet: the last answer is in the timeout's message.
+        if (last.status !== 200) throw new Error(`globex health ${last.status}: ${last.body}`)
+        return true
+      },
+      'globex health 200',
+      [],
+      30000
+    )
+    assert.equal(last.json?.status, 'ok', last.body)
+    assert.equal(last.json?.tenant, 'globex', last.body)
+    const bAgain = await httpGet('/t/broken/api/health')
+    assert.equal(bAgain.status, 503, JSON.stringify(bAgain))
+
+    // broken's client is still connected and joined, and its own broadcasts work (ack + self).
+    assert.equal(await bRoom.ch.send({ type: 'broadcast', event: 'still-here', payload: { n: 1 } }), 'ok', h.dumpFrames([b]))
+    await wait(() => bRoom.got.some((m) => m.event === 'still-here'), "broken's own broadcast back", [b])
+    assert.ok(b.realtime.isConnected(), h.dumpFrames([b]))
+    assert.deepEqual(closes(b), [], h.dumpFrames([b]))
+    assert.deepEqual(bRoom.rec.statuses, [{ status: 'SUBSCRIBED', err: undefined }], h.dumpFrames([b]))
+    assert.equal(b.log.urls.length, 1, b.log.urls.join('\n'))
+    // Nor did globex's clients reconnect or see broken's message.
+    for (const c of [g1, g2]) {
+      assert.equal(c.log.urls.length, 1, `${c.name}: ${c.log.urls.join('\n')}`)
+      assert.deepEqual(closes(c), [], h.dumpFrames([c]))
+    }
+    assert.ok(!g1Ticks.got.concat(g2Ticks.got).some((m) => m.event === 'still-here'))
+  })
+})
+
+// ---------------------------------------------------------------- management API
+
+const API_SECRET = 'management-api-secret-0123456789-abcdef'
+const ENC_KEY = 'control-database-sealing-key-0123456789ab'
+const MGMT_SECRET = 'mgmt-tenant-secret-0123456789-abcdefghijk'
+const MGMT_SECRET_2 = 'mgmt-tenant-secret-rotated-0123456789-abc'
+
+describe('the management API over a control database (TENANTS_DB_URL), supabase-js', () => {
+  let api
+  let apiDir
+  before(async () => {
+    apiDir = fs.mkdtempSync(path.join(os.tmpdir(), 'realtide-tenants-api-js-'))
+    // The control database is the test cluster's `postgres`; no TENANTS_FILE (an empty one is
+    // refused by the server, so none may come from this process's environment either).
+    assert.equal(process.env.TENANTS_FILE, undefined, 'TENANTS_FILE must not be set for this suite')
+    api = await h.startServer({
+      TENANTS_DB_URL: db.dbUrl,
+      DB_ENC_KEY: ENC_KEY,
+      API_JWT_SECRET: API_SECRET,
+      CHANGES_DIR: path.join(apiDir, 'changes'),
+    })
+  })
+  after(async () => {
+    await h.closeAllClients()
+    if (api) await api.stop()
+    if (apiDir) fs.rmSync(apiDir, { recursive: true, force: true })
+  })
+
+  const admin = () => h.signToken({ role: 'service_role', exp: h.nowSec() + 3600 }, API_SECRET)
+
+  /** `method` `urlPath` of the management server (bounded: 20 s): { status, body, json, location }. */
+  async function call(method, urlPath, { token, body } = {}) {
+    const headers = { 'content-type': 'application/json' }
+    if (token) headers.authorization = `Bearer ${token}`
+    const res = await fetch(`${api.httpUrl}${urlPath}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(20000),
+    })
+    const text = await res.text()
+    let json = null
+    try {
+      json = JSON.parse(text)
+    } catch {}
+    return { status: res.status, body: text, json, location: res.headers.get('location') }
+  }
+
+  /** A supabase-js client of the managed tenant `mgmt` whose anon key is signed with `secret`. */
+  const mgmtClient = (name, secret) =>
+    h.makeClient(
+      { httpUrl: `${api.httpUrl}/t/mgmt`, wsBase: `${api.wsBase}/t/mgmt` },
+      { name: `${name}@mgmt`, anonKey: h.signToken({ role: 'anon', exp: h.nowSec() + 3600 }, secret) }
+    )
+
+  it('create, rotate the secret of and delete a tenant while supabase-js clients use it', async () => {
+    // Authorization: no token (and a tenant's token) get 403 with an empty body.
+    const noToken = await call('GET', '/api/tenants')
+    assert.equal(noToken.status, 403, JSON.stringify(noToken))
+    assert.equal(noToken.body, '')
+    const tenantToken = await call('GET', '/api/tenants', { token: h.signToken({ role: 'anon', exp: h.nowSec() + 3600 }, MGMT_SECRET) })
+    assert.equal(tenantToken.status, 403, JSON.stringify(tenantToken))
+    assert.equal(tenantToken.body, '')
+    // Validation: an external id that cannot be a tenant's is refused, naming the field.
+    const bad = await call('POST', '/api/tenants', { token: admin(), body: { tenant: { external_id: 'Bad.Id', jwt_secret: MGMT_SECRET } } })
+    assert.equal(bad.status, 422, JSON.stringify(bad))
+    assert.ok(Array.isArray(bad.json?.errors?.external_id), bad.body)
+    const none = await call('GET', '/api/tenants', { token: admin() })
+    assert.equal(none.status, 200, JSON.stringify(none))
+    assert.deepEqual(none.json, { data: [] })
+
+    // Create: a database of its own, then the tenant.
+    await db.sql('create database mgmt')
+    const mgmtUrl = db.dbUrl.replace(/\/[^/]*$/, '/mgmt')
+    const created = await call('POST', '/api/tenants', {
+      token: admin(),
+      body: { tenant: { external_id: 'mgmt', jwt_secret: MGMT_SECRET, db_url: mgmtUrl } },
+    })
+    assert.equal(created.status, 201, `${JSON.stringify(created)}\n${api.output()}`)
+    assert.equal(created.location, '/api/tenants/mgmt')
+    assert.equal(created.json?.data?.external_id, 'mgmt', created.body)
+    assert.ok(!created.body.includes(MGMT_SECRET), `the secret in the response: ${created.body}`)
+
+    // Two supabase-js clients of it subscribe to `room`; a broadcast flows.
+    const m1 = mgmtClient('m1', MGMT_SECRET)
+    const m2 = mgmtClient('m2', MGMT_SECRET)
+    const config = { broadcast: { self: false, ack: true } }
+    const m1Room = await channel(m1, 'room', { config, recordSystem: true })
+    const m2Room = await channel(m2, 'room', { config, recordSystem: true })
+    assert.match(m1.log.urls[0], new RegExp(`^ws://127\\.0\\.0\\.1:${api.port}/t/mgmt/realtime/v1/websocket\\?`))
+    assert.equal(await m1Room.ch.send({ type: 'broadcast', event: 'hello', payload: { n: 1 } }), 'ok', h.dumpFrames([m1]))
+    await wait(() => m2Room.got.length >= 1, 'hello at m2', [m2])
+    assert.deepEqual(m2Room.got.map((m) => [m.event, m.payload]), [['hello', { n: 1 }]])
+
+    // Rotate its secret: 200, and the server disconnects both clients (a system message
+    // "Server requested disconnect" on the channel, then close 1012).
+    const rotated = await call('PUT', '/api/tenants/mgmt', { token: admin(), body: { tenant: { jwt_secret: MGMT_SECRET_2 } } })
+    assert.equal(rotated.status, 200, `${JSON.stringify(rotated)}\n${api.output()}`)
+    assert.ok(!rotated.body.includes(MGMT_SECRET_2), `the secret in the response: ${rotated.body}`)
+    for (const [c, room] of [
+      [m1, m1Room],
+      [m2, m2Room],
+    ]) {
+      await wait(() => closes(c).length >= 1, `${c.name}'s socket closed by the server`, [c], 20000)
+      assert.deepEqual(closes(c)[0], { code: 1012, reason: 'server restart' }, h.dumpFrames([c]))
+      await wait(() => room.system.length >= 1, `${c.name}'s system message`, [c])
+      assert.equal(room.system[0].message, 'Server requested disconnect', JSON.stringify(room.system))
+      assert.equal(room.system[0].status, 'ok', JSON.stringify(room.system))
+      // supabase-js: the channel leaves SUBSCRIBED; its subscribe callback reports the close.
+      await wait(() => room.ch.state !== 'joined', `${c.name}'s channel no longer joined`, [c])
+      await wait(() => room.rec.statuses.length >= 2, `${c.name}'s subscribe callback after the close`, [c])
+      assert.deepEqual(
+        room.rec.statuses.slice(0, 2),
+        [
+          { status: 'SUBSCRIBED', err: undefined },
+          { status: 'CHANNEL_ERROR', err: 'socket closed: 1012 (server restart)' },
+        ],
+        h.dumpFrames([c])
+      )
+      // Its reconnects with the old key are refused at the upgrade: 401.
+      await wait(() => refusals(c).length >= 1, `${c.name}'s reconnect refused`, [c], 20000)
+      assert.deepEqual([...new Set(refusals(c))], ['Unexpected server response: 401'], h.dumpFrames([c]))
+      assert.ok(!room.rec.statuses.slice(1).some((s) => s.status === 'SUBSCRIBED'), JSON.stringify(room.rec.statuses))
+    }
+    const old = await rawConnect(`/t/mgmt/realtime/v1/websocket?apikey=${encodeURIComponent(m1.anonKey)}&vsn=2.0.0`, {}, api)
+    assert.equal(old.status, 401, JSON.stringify(old))
+    await h.closeClient(m1)
+    await h.closeClient(m2)
+
+    // A client with a key signed by the new secret subscribes, and broadcasts.
+    const m3 = mgmtClient('m3', MGMT_SECRET_2)
+    const m3Room = await channel(m3, 'room', { config: { broadcast: { self: true, ack: true } }, recordSystem: true })
+    assert.equal(await m3Room.ch.send({ type: 'broadcast', event: 'rotated', payload: { n: 2 } }), 'ok', h.dumpFrames([m3]))
+    await wait(() => m3Room.got.some((m) => m.event === 'rotated'), 'rotated at m3', [m3])
+    // Its replication runs (the slot the delete must drop).
+    await db.waitForSlot('realtide_mgmt')
+
+    // Delete: 204; m3 is disconnected the same way, the tenant is gone, its slot dropped.
+    const deleted = await call('DELETE', '/api/tenants/mgmt', { token: admin() })
+    assert.equal(deleted.status, 204, `${JSON.stringify(deleted)}\n${api.output()}`)
+    await wait(() => closes(m3).length >= 1, "m3's socket closed by the server", [m3], 20000)
+    assert.deepEqual(closes(m3)[0], { code: 1012, reason: 'server restart' }, h.dumpFrames([m3]))
+    await wait(() => m3Room.system.length >= 1, "m3's system message", [m3])
+    assert.equal(m3Room.system[0].message, 'Server requested disconnect', JSON.stringify(m3Room.system))
+    await wait(() => m3Room.ch.state !== 'joined', "m3's channel no longer joined", [m3])
+    await wait(() => m3Room.rec.statuses.length >= 2, "m3's subscribe callback after the close", [m3])
+    assert.deepEqual(m3Room.rec.statuses[1], { status: 'CHANNEL_ERROR', err: 'socket closed: 1012 (server restart)' })
+    const gone = await rawConnect(`/t/mgmt/realtime/v1/websocket?apikey=${encodeURIComponent(m3.anonKey)}&vsn=2.0.0`, {}, api)
+    assert.equal(gone.status, 404, JSON.stringify(gone))
+    assert.deepEqual(JSON.parse(gone.body), { error: 'Tenant not found' })
+    const slots = (await db.sql("select count(*) from pg_replication_slots where slot_name = 'realtide_mgmt'")).trim()
+    assert.equal(slots, '0', `realtide_mgmt is still there\n${api.output()}`)
+    // m3's reconnects are refused as the tenant's are: 404.
+    await wait(() => refusals(m3).length >= 1, "m3's reconnect refused", [m3], 20000)
+    assert.deepEqual([...new Set(refusals(m3))], ['Unexpected server response: 404'], h.dumpFrames([m3]))
+    const shown = await call('GET', '/api/tenants/mgmt', { token: admin() })
+    assert.equal(shown.status, 404, JSON.stringify(shown))
   })
 })

@@ -90,7 +90,8 @@ async fn project_health(app: &App) -> Response {
         "database_configured": app.config.database.is_some(),
         "database_connected": database_connected,
         "connections": snapshot.connections,
-        "sockets": app.sockets.open(),
+        // Accepted sockets are the process's: not shown for one tenant of several.
+        "sockets": app.tenant.is_none().then(|| app.sockets.open()),
         "channels": snapshot.channels,
         "replication_lag_seconds": app.postgres.as_ref().map(|_| snapshot.replication_lag_seconds),
         "replication_connected": app.postgres.as_ref().is_some_and(|p| p.replication_streaming()),

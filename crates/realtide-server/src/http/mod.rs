@@ -109,8 +109,9 @@ pub async fn resolve(
     }
     match server.tenants.resolve(named.as_deref()).await {
         Ok(app) => {
+            let span = app.span();
             request.extensions_mut().insert(app);
-            next.run(request).await
+            tracing::Instrument::instrument(next.run(request), span).await
         }
         // The process's own health and metrics answer requests that name no tenant.
         Err(TenantError::NotFound) if path == "/api/health" || path == "/metrics" => {

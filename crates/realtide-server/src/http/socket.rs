@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use fastwebsockets::upgrade::IncomingUpgrade;
 use realtide_protocol::Vsn;
 
+use tracing::Instrument;
+
 use crate::app::App;
 use crate::error::ConnectError;
 use crate::session;
@@ -59,25 +61,29 @@ pub async fn websocket(
     let request_headers: Arc<str> =
         crate::db::authorization::request_headers(&headers, true).into();
     let session_app = app.clone();
-    app.tasks.spawn(async move {
-        let _slot = slot;
-        match pending.await {
-            Ok(socket) => {
-                let opened = session_app.metrics.connection_opened();
-                tracing::debug!(connections = opened, ?vsn, "socket connected");
-                session::run(
-                    session_app.clone(),
-                    socket.into_inner(),
-                    vsn,
-                    token,
-                    request_headers,
-                )
-                .await;
-                session_app.metrics.connection_closed();
+    let span = app.span();
+    app.tasks.spawn(
+        async move {
+            let _slot = slot;
+            match pending.await {
+                Ok(socket) => {
+                    let opened = session_app.metrics.connection_opened();
+                    tracing::debug!(connections = opened, ?vsn, "socket connected");
+                    session::run(
+                        session_app.clone(),
+                        socket.into_inner(),
+                        vsn,
+                        token,
+                        request_headers,
+                    )
+                    .await;
+                    session_app.metrics.connection_closed();
+                }
+                Err(error) => tracing::debug!(%error, "websocket upgrade did not complete"),
             }
-            Err(error) => tracing::debug!(%error, "websocket upgrade did not complete"),
         }
-    });
+        .instrument(span),
+    );
     response.into_response()
 }
 
