@@ -11,6 +11,8 @@
 //! - [`encode`]: server frames: replies, pushes, broadcasts, V2 kind-4 user broadcasts.
 //! - [`presence`]: rendering of presence metas, `presence_state` and `presence_diff` payloads.
 //! - [`system`]: `system` message payloads.
+//! - [`plain`]: the plain JSON protocol of the per-app endpoint (`subscribe`, `change`,
+//!   `presence_state`, ...): typed client messages with error codes, server messages.
 //! - [`peer`]: the binary messages realtide nodes of a cluster exchange over NATS (broadcasts,
 //!   presence, heartbeats, change stream records); decoding never panics.
 //! - [`wsframe`]: RFC 6455 framing shared by the server, the load generator and the tests'
@@ -22,6 +24,7 @@ pub mod frame;
 pub mod id;
 pub mod message;
 pub mod peer;
+pub mod plain;
 pub mod presence;
 pub mod system;
 pub mod wsframe;

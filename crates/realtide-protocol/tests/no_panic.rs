@@ -229,6 +229,7 @@ struct Tally {
     inputs: usize,
     text_ok: usize,
     binary_ok: usize,
+    plain_ok: usize,
     errors: Vec<String>,
 }
 
@@ -326,6 +327,18 @@ fn exercise(input: &[u8], tally: &mut Tally) {
                 let _ = ClientMessage::from_inbound(inbound);
             }
         }
+        // The per-app endpoint's plain JSON protocol reads the same text frames.
+        if let Ok(message) = realtide_protocol::plain::parse(text) {
+            tally.plain_ok += 1;
+            if let realtide_protocol::plain::ClientMessage::Subscribe { table, filter } = &message
+                && (table.name.is_empty()
+                    || filter.len() > realtide_protocol::plain::MAX_FILTER_COLUMNS)
+            {
+                tally
+                    .errors
+                    .push(format!("plain {text:?} gave {message:?}"));
+            }
+        }
     }
     let bytes = Bytes::copy_from_slice(input);
     match decode_binary(Vsn::V1, &bytes) {
@@ -345,10 +358,11 @@ fn exercise(input: &[u8], tally: &mut Tally) {
 
 fn finish(name: &str, tally: Tally, min_ok: usize) -> TestResult {
     eprintln!(
-        "{name}: {} inputs, {} text decodes, {} binary decodes, {} invariant failures",
+        "{name}: {} inputs, {} text decodes, {} binary decodes, {} plain messages, {} invariant failures",
         tally.inputs,
         tally.text_ok,
         tally.binary_ok,
+        tally.plain_ok,
         tally.errors.len()
     );
     if let Some(first) = tally.errors.first() {
