@@ -203,7 +203,40 @@ def write_peer_seeds() -> int:
     return n
 
 
+PLAIN_OUT = ROOT / "fuzz" / "seeds" / "plain"
+
+
+def plain_seeds():
+    """Client messages of the per-app endpoint's plain JSON protocol; names with "bad" are
+    refused by the parser."""
+    yield "subscribe", '{"type":"subscribe","table":"messages"}'
+    yield "subscribe schema and filter", '{"type":"subscribe","table":"app.todos","filter":{"room_id":7,"done":false,"owner":"u1","note":null}}'
+    yield "unsubscribe", '{"type":"unsubscribe","table":"messages"}'
+    yield "presence track", '{"type":"presence_track","metadata":{"name":"ada","typing":true}}'
+    yield "presence track without metadata", '{"type":"presence_track"}'
+    yield "event", '{"type":"event","event":"ping","payload":{"n":1,"list":[1,2]}}'
+    yield "bad not json", '{"type":'
+    yield "bad array", '[{"type":"subscribe"}]'
+    yield "bad unknown type", '{"type":"dance"}'
+    yield "bad table injection", '{"type":"subscribe","table":"t; drop table x"}'
+    yield "bad filter object value", '{"type":"subscribe","table":"t","filter":{"c":{"$gt":1}}}'
+    yield "bad event name empty", '{"type":"event","event":""}'
+    yield "bad deep nesting", '{"type":"event","event":"e","payload":' + "[" * 200 + "]" * 200 + "}"
+
+
+def write_plain_seeds() -> int:
+    PLAIN_OUT.mkdir(parents=True, exist_ok=True)
+    for old in PLAIN_OUT.iterdir():
+        old.unlink()
+    n = 0
+    for name, text in plain_seeds():
+        (PLAIN_OUT / slug(name)).write_text(text)
+        n += 1
+    return n
+
+
 WRITERS = {
+    "plain": (write_plain_seeds, PLAIN_OUT),
     "peer": (write_peer_seeds, PEER_OUT),
     "decode_frame": (write_decode_frame_seeds, OUT),
     "wsframe": (write_wsframe_seeds, WSFRAME_OUT),

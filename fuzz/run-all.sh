@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 SECONDS_EACH="${1:-600}"
 shift || true
 TARGETS=("$@")
-[ "${#TARGETS[@]}" -eq 0 ] && TARGETS=(decode_frame client_frames binary_frame pgoutput filter jwt wsframe peer)
+[ "${#TARGETS[@]}" -eq 0 ] && TARGETS=(decode_frame client_frames binary_frame pgoutput filter jwt wsframe peer plain)
 export RUSTC_BOOTSTRAP=1
 for target in "${TARGETS[@]}"; do
   mkdir -p "corpus/$target" "work/$target"

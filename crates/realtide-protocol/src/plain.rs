@@ -497,4 +497,17 @@ mod tests {
             r#"{"type":"error","code":"UNKNOWN_TYPE","message":"x"}"#
         );
     }
+
+    #[test]
+    fn the_fuzz_seeds_parse_as_named() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/plain");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            assert_eq!(parse(&text).is_err(), name.contains("bad"), "{name}");
+            n += 1;
+        }
+        assert!(n >= 10, "{n} seeds");
+    }
 }
