@@ -78,7 +78,7 @@ describe('a client whose socket drops mid-stream', () => {
           { clients: [dropped], timeout: 20000 }
         )
         assert.ok(subD.tracker.count > 0, 'rows arrived before the drop')
-        drops.push({ count: subD.tracker.count, last: subD.tracker.last, acked: acks.acked() })
+        drops.push({ count: subD.tracker.count, last: subD.tracker.last, acked: acks.acked(), ackedBefore: acks.ackedBefore() })
         f.wsOf(dropped)._socket.destroy()
       }
       await ins.done
