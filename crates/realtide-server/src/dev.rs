@@ -438,18 +438,9 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
                 dir.join("tenants.toml").display()
             ));
             crate::logs::say(&text);
-            let process = crate::Process {
-                logs: logs.clone(),
-                forced_exit: Some(cluster.stopper()),
-                stop: None,
-            };
-            crate::run(config, listener, process).await
+            crate::run(config, listener, dev_process(&logs, &cluster)).await
         });
-        runtime.shutdown_background();
-        logs.flush(Duration::from_millis(500));
-        drop(cluster);
-        let _ = std::fs::remove_file(dir.join("realtide.pid"));
-        return result;
+        return wind_down(runtime, &logs, cluster, &dir, result);
     }
     let config = serve.into_config().map_err(|e| anyhow::anyhow!("{e}"))?;
     let logs = crate::logs::init(config.json_logs);
@@ -495,13 +486,29 @@ fn dev(args: DevArgs, host_given: bool) -> anyhow::Result<()> {
             dir: &dir,
             data_dir_flag,
         }));
-        let process = crate::Process {
-            logs: logs.clone(),
-            forced_exit: Some(cluster.stopper()),
-            stop: None,
-        };
-        crate::run(config, listener, process).await
+        crate::run(config, listener, dev_process(&logs, &cluster)).await
     });
+    wind_down(runtime, &logs, cluster, &dir, result)
+}
+
+/// What the server needs from `realtide dev`: its log output, and PostgreSQL stopped on a
+/// forced exit.
+fn dev_process(logs: &crate::logs::LogOutput, cluster: &Cluster) -> crate::Process {
+    crate::Process {
+        logs: logs.clone(),
+        forced_exit: Some(cluster.stopper()),
+        stop: None,
+    }
+}
+
+/// After the server stopped: the runtime, the log output, PostgreSQL and the PID file.
+fn wind_down(
+    runtime: tokio::runtime::Runtime,
+    logs: &crate::logs::LogOutput,
+    cluster: Cluster,
+    dir: &Path,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
     runtime.shutdown_background();
     logs.flush(Duration::from_millis(500));
     drop(cluster);
